@@ -1,0 +1,551 @@
+//! Settings: flags win over the environment, the environment over the optional
+//! configuration file (`KEYPLANE_CONFIG`, TOML, no secrets), and that over the
+//! defaults. Everything is validated here, once, into [`Settings`]; a bad value
+//! is a [`ConfigError`] naming the variable and what it expects.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use keyplane_domain::{Mode, format_duration, parse_duration};
+use keyplane_store::{DatabaseLocation, PoolSettings, describe_url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// A setting that could not be accepted. Printed as one line; the process
+/// then exits with status 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {expected}")]
+pub struct ConfigError {
+    /// The environment variable (and flag) at fault.
+    pub setting: String,
+    /// What it expects, and what it got when that is not a secret.
+    pub expected: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, expected: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting: setting.to_owned(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// The settings as given on the command line or in the environment, before
+/// validation. Secrets are not here: they are read from the environment only.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// A TOML file with non-secret settings.
+    #[arg(long, env = "KEYPLANE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// dev, mixed or prod.
+    #[arg(long, env = "KEYPLANE_MODE", global = true)]
+    pub mode: Option<String>,
+    /// The address the server listens on.
+    #[arg(long, env = "KEYPLANE_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Where the embedded database keeps its files (dev without DATABASE_URL).
+    #[arg(long, env = "KEYPLANE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The most database connections the pool opens.
+    #[arg(long, env = "KEYPLANE_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<String>,
+    /// How long start-up waits for an unreachable database (e.g. 30s).
+    #[arg(long, env = "KEYPLANE_DB_STARTUP_WAIT", global = true)]
+    pub db_startup_wait: Option<String>,
+    /// The largest request body accepted, in bytes (or with KiB / MiB).
+    #[arg(long, env = "KEYPLANE_BODY_LIMIT", global = true)]
+    pub body_limit: Option<String>,
+    /// How long one request may take before it is answered 408 (e.g. 30s).
+    #[arg(long, env = "KEYPLANE_REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<String>,
+    /// How long a graceful shutdown waits for in-flight requests (e.g. 30s).
+    #[arg(long, env = "KEYPLANE_SHUTDOWN_GRACE", global = true)]
+    pub shutdown_grace: Option<String>,
+    /// text or json (the default in prod).
+    #[arg(long, env = "KEYPLANE_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// The longest life any key may have (seconds or e.g. 90d).
+    #[arg(long, env = "KEYPLANE_MAX_KEY_LIFETIME", global = true)]
+    pub max_key_lifetime: Option<String>,
+}
+
+/// The configuration file's shape: the same settings, without secrets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    mode: Option<String>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    db_max_connections: Option<toml::Value>,
+    db_startup_wait: Option<toml::Value>,
+    body_limit: Option<toml::Value>,
+    request_timeout: Option<toml::Value>,
+    shutdown_grace: Option<toml::Value>,
+    log_format: Option<String>,
+    max_key_lifetime: Option<toml::Value>,
+}
+
+/// Settings that are secrets and so may never come from the configuration file.
+const SECRET_SETTINGS: [(&str, &str); 3] = [
+    ("database_url", "DATABASE_URL"),
+    ("bootstrap_token", "KEYPLANE_BOOTSTRAP_TOKEN"),
+    ("master_key", "KEYPLANE_MASTER_KEY"),
+];
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+/// Validated settings for every `keyplane` command.
+#[derive(Clone)]
+pub struct Settings {
+    /// How strictly keyplane guards itself.
+    pub mode: Mode,
+    /// The address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where the data lives.
+    pub database: DatabaseLocation,
+    /// Connection pool limits and the start-up wait.
+    pub pool: PoolSettings,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// The token that authenticates as the built-in `admin` operator, if set.
+    pub bootstrap_token: Option<SecretString>,
+    /// The longest life any key may have.
+    pub max_key_lifetime: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Dev,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: default_database(PathBuf::from("keyplane-data")),
+            pool: PoolSettings::default(),
+            body_limit: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            bootstrap_token: None,
+            max_key_lifetime: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+#[cfg(feature = "embedded")]
+fn default_database(data_dir: PathBuf) -> DatabaseLocation {
+    DatabaseLocation::Embedded(data_dir)
+}
+
+#[cfg(not(feature = "embedded"))]
+fn default_database(_data_dir: PathBuf) -> DatabaseLocation {
+    DatabaseLocation::Url(SecretString::from(""))
+}
+
+/// Reads a secret from `NAME`, or from the file that `NAME_FILE` names (the
+/// Docker and Kubernetes secrets convention). Giving both is an error.
+pub fn secret_from_env(name: &str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let direct = std::env::var(name).ok().filter(|v| !v.is_empty());
+    let path = std::env::var_os(&file_var).filter(|v| !v.is_empty());
+    match (direct, path) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            name,
+            format!("set either {name} or {file_var}, not both"),
+        )),
+        (Some(value), None) => Ok(Some(SecretString::from(value))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|err| {
+                ConfigError::new(
+                    &file_var,
+                    format!(
+                        "expected a readable file ({}: {err})",
+                        Path::new(&path).display()
+                    ),
+                )
+            })?;
+            let value = text.trim_end_matches(['\r', '\n']).to_owned();
+            if value.is_empty() {
+                return Err(ConfigError::new(&file_var, "the file is empty"));
+            }
+            Ok(Some(SecretString::from(value)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl Settings {
+    /// Validates the given arguments, the configuration file they name and the
+    /// secrets in the environment into settings.
+    pub fn load(args: &SettingsArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let defaults = Settings::default();
+
+        let mode = pick(&args.mode, &file.mode)
+            .map(|v| parse_with("KEYPLANE_MODE", &v, Mode::from_str))
+            .transpose()?
+            .unwrap_or(defaults.mode);
+        let listen = pick(&args.listen, &file.listen)
+            .map(|v| {
+                parse_with("KEYPLANE_LISTEN", &v, |s| {
+                    SocketAddr::from_str(s)
+                        .map_err(|_| "expected an address and port, e.g. 127.0.0.1:8080")
+                })
+            })
+            .transpose()?
+            .unwrap_or(defaults.listen);
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("keyplane-data"));
+        let database = database_location(mode, data_dir)?;
+
+        let max_connections = number_setting(
+            "KEYPLANE_DB_MAX_CONNECTIONS",
+            &args.db_max_connections,
+            &file.db_max_connections,
+        )?
+        .map(|n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new("KEYPLANE_DB_MAX_CONNECTIONS", "expected 1 to 1000")
+                })
+        })
+        .transpose()?
+        .unwrap_or(defaults.pool.max_connections);
+        let startup_wait = duration_setting(
+            "KEYPLANE_DB_STARTUP_WAIT",
+            &args.db_startup_wait,
+            &file.db_startup_wait,
+        )?
+        .unwrap_or(defaults.pool.startup_wait);
+        let body_limit = pick_value(&args.body_limit, &file.body_limit)
+            .map(|v| parse_with("KEYPLANE_BODY_LIMIT", &v, parse_size))
+            .transpose()?
+            .unwrap_or(defaults.body_limit);
+        let request_timeout = duration_setting(
+            "KEYPLANE_REQUEST_TIMEOUT",
+            &args.request_timeout,
+            &file.request_timeout,
+        )?
+        .unwrap_or(defaults.request_timeout);
+        let shutdown_grace = duration_setting(
+            "KEYPLANE_SHUTDOWN_GRACE",
+            &args.shutdown_grace,
+            &file.shutdown_grace,
+        )?
+        .unwrap_or(defaults.shutdown_grace);
+        let log_format = pick(&args.log_format, &file.log_format)
+            .map(|v| {
+                parse_with("KEYPLANE_LOG_FORMAT", &v, |s| match s {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err("expected text or json"),
+                })
+            })
+            .transpose()?
+            .unwrap_or(if mode == Mode::Prod {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            });
+        let max_key_lifetime = duration_setting(
+            "KEYPLANE_MAX_KEY_LIFETIME",
+            &args.max_key_lifetime,
+            &file.max_key_lifetime,
+        )?
+        .unwrap_or(defaults.max_key_lifetime);
+        if max_key_lifetime < Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "KEYPLANE_MAX_KEY_LIFETIME",
+                "expected at least 60s",
+            ));
+        }
+
+        let bootstrap_token = secret_from_env("KEYPLANE_BOOTSTRAP_TOKEN")?;
+        if bootstrap_token
+            .as_ref()
+            .is_some_and(|token| token.expose_secret().chars().count() < 32)
+        {
+            return Err(ConfigError::new(
+                "KEYPLANE_BOOTSTRAP_TOKEN",
+                "expected at least 32 characters",
+            ));
+        }
+
+        Ok(Settings {
+            mode,
+            listen,
+            database,
+            pool: PoolSettings {
+                max_connections,
+                startup_wait,
+                ..defaults.pool
+            },
+            body_limit,
+            request_timeout,
+            shutdown_grace,
+            log_format,
+            bootstrap_token,
+            max_key_lifetime,
+        })
+    }
+
+    /// One line per setting, secrets masked, for the start-up log.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("mode", self.mode.to_string()),
+            ("listen", self.listen.to_string()),
+            ("database", describe_location(&self.database)),
+            ("db_max_connections", self.pool.max_connections.to_string()),
+            ("body_limit", self.body_limit.to_string()),
+            ("request_timeout", format_duration(self.request_timeout)),
+            ("max_key_lifetime", format_duration(self.max_key_lifetime)),
+            (
+                "bootstrap_token",
+                if self.bootstrap_token.is_some() {
+                    "set (hidden)"
+                } else {
+                    "not set"
+                }
+                .to_owned(),
+            ),
+        ]
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Settings");
+        for (name, value) in self.summary() {
+            out.field(name, &value);
+        }
+        out.finish()
+    }
+}
+
+/// Names the database for humans, never showing a password.
+pub fn describe_location(location: &DatabaseLocation) -> String {
+    match location {
+        DatabaseLocation::Url(url) => format!("postgres {}", describe_url(url)),
+        #[cfg(feature = "embedded")]
+        DatabaseLocation::Embedded(dir) => format!("embedded in {}", dir.display()),
+    }
+}
+
+fn database_location(mode: Mode, data_dir: PathBuf) -> Result<DatabaseLocation, ConfigError> {
+    match secret_from_env("DATABASE_URL")? {
+        Some(url) => {
+            let scheme_ok = ["postgres://", "postgresql://"]
+                .iter()
+                .any(|s| url.expose_secret().starts_with(s));
+            if !scheme_ok || describe_url(&url).starts_with("an unparsable") {
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "expected a PostgreSQL URL, e.g. postgres://user:password@host:5432/keyplane",
+                ));
+            }
+            Ok(DatabaseLocation::Url(url))
+        }
+        None if mode != Mode::Dev => Err(ConfigError::new(
+            "DATABASE_URL",
+            format!("required in {mode} mode (the embedded database is for dev only)"),
+        )),
+        None => embedded_or_error(data_dir),
+    }
+}
+
+#[cfg(feature = "embedded")]
+fn embedded_or_error(data_dir: PathBuf) -> Result<DatabaseLocation, ConfigError> {
+    Ok(DatabaseLocation::Embedded(data_dir))
+}
+
+#[cfg(not(feature = "embedded"))]
+fn embedded_or_error(_data_dir: PathBuf) -> Result<DatabaseLocation, ConfigError> {
+    Err(ConfigError::new(
+        "DATABASE_URL",
+        "required (this build has no embedded database)",
+    ))
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let setting = "KEYPLANE_CONFIG";
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigError::new(
+            setting,
+            format!("expected a readable file ({}: {err})", path.display()),
+        )
+    })?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|err| ConfigError::new(setting, format!("expected TOML ({})", err.message())))?;
+    for (key, variable) in SECRET_SETTINGS {
+        if table.contains_key(key) {
+            return Err(ConfigError::new(
+                setting,
+                format!(
+                    "`{key}` is a secret: set {variable} or {variable}_FILE in the environment instead"
+                ),
+            ));
+        }
+    }
+    table.try_into().map_err(|err: toml::de::Error| {
+        ConfigError::new(
+            setting,
+            format!("expected known settings ({})", err.message()),
+        )
+    })
+}
+
+fn pick(arg: &Option<String>, file: &Option<String>) -> Option<String> {
+    arg.clone().or_else(|| file.clone())
+}
+
+/// Numbers and durations may be written bare or quoted in the file.
+fn pick_value(arg: &Option<String>, file: &Option<toml::Value>) -> Option<String> {
+    arg.clone().or_else(|| {
+        file.as_ref().map(|v| match v {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    })
+}
+
+fn parse_with<T, E: fmt::Display>(
+    setting: &str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, ConfigError> {
+    parse(value.trim()).map_err(|err| {
+        let shown: String = value.chars().take(64).collect();
+        ConfigError::new(setting, format!("{err}, got {shown:?}"))
+    })
+}
+
+fn number_setting(
+    setting: &str,
+    arg: &Option<String>,
+    file: &Option<toml::Value>,
+) -> Result<Option<u64>, ConfigError> {
+    pick_value(arg, file)
+        .map(|v| {
+            parse_with(setting, &v, |s| {
+                s.parse::<u64>().map_err(|_| "expected a whole number")
+            })
+        })
+        .transpose()
+}
+
+fn duration_setting(
+    setting: &str,
+    arg: &Option<String>,
+    file: &Option<toml::Value>,
+) -> Result<Option<Duration>, ConfigError> {
+    pick_value(arg, file)
+        .map(|v| parse_with(setting, &v, parse_duration))
+        .transpose()
+}
+
+/// Reads `65536`, `64KiB` or `1MiB`, between 1 KiB and 64 MiB.
+fn parse_size(text: &str) -> Result<usize, &'static str> {
+    const EXPECTED: &str = "expected bytes between 1KiB and 64MiB, e.g. 65536 or 64KiB";
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale: usize = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        _ => return Err(EXPECTED),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+        .ok_or(EXPECTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_bytes_and_binary_units_within_bounds() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("2MiB"), Ok(2 * 1024 * 1024));
+        for bad in [
+            "",
+            "12",
+            "1GiB",
+            "64 KiB",
+            "-1",
+            "KiB",
+            "999999999999999999999",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_mode_names_its_variable_and_the_choices() {
+        let args = SettingsArgs {
+            mode: Some("production".into()),
+            ..SettingsArgs::default()
+        };
+        let err = Settings::load(&args).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(r#"KEYPLANE_MODE: expected one of dev, mixed, prod, got "production""#)
+        );
+    }
+
+    #[test]
+    fn a_secret_in_the_configuration_file_is_refused_without_echoing_it() {
+        let dir = std::env::temp_dir().join(format!("keyplane-config-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("keyplane.toml");
+        let written = std::fs::write(
+            &path,
+            "mode = \"dev\"\nbootstrap_token = \"do-not-print-me-0123456789abcdef\"\n",
+        );
+        assert!(written.is_ok());
+        let args = SettingsArgs {
+            config: Some(path),
+            ..SettingsArgs::default()
+        };
+        let err = Settings::load(&args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("KEYPLANE_CONFIG: `bootstrap_token` is a secret"),
+            "{err}"
+        );
+        assert!(!err.contains("do-not-print-me"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

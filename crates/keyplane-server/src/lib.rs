@@ -1,0 +1,16 @@
+//! The keyplane control plane.
+//!
+//! [`App::build`] turns validated [`Settings`] into a running server; `main`
+//! and the tests both start it that way, the tests on port 0 with their own
+//! shutdown signal.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod request;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::{ConfigError, Settings, SettingsArgs};

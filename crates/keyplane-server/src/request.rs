@@ -1,0 +1,78 @@
+//! Per-request context: the request id, the tracing span every log line of
+//! the request is written in, and the problem body of error answers.
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::error::render_problem;
+
+/// The header a request id arrives and leaves in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The id of one request: the caller's `X-Request-Id` when it is a sane token,
+/// a fresh UUID otherwise.
+#[derive(Debug, Clone)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Accepts 1 to 128 characters of `A-Z a-z 0-9 - _ . : /`; anything else
+    /// (which could forge log lines or carry a secret) is replaced.
+    fn from_request(request: &Request) -> RequestId {
+        let given = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                (1..=128).contains(&v.len())
+                    && v.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
+                    })
+            });
+        match given {
+            Some(id) => RequestId(id.to_owned()),
+            None => RequestId(Uuid::new_v4().to_string()),
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Gives the request its id and span, logs its outcome, writes the problem
+/// body of an error answer and echoes the id back.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let id = RequestId::from_request(&request);
+    request.extensions_mut().insert(id.clone());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id.as_str(),
+        method = %request.method(),
+        path = %request.uri().path(),
+        status = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let mut response = render_problem(response, id.as_str());
+    let status = response.status();
+    span.record("status", status.as_u16());
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(latency_ms, "request answered");
+        } else {
+            tracing::debug!(latency_ms, "request answered");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}

@@ -1,0 +1,84 @@
+//! `/healthz` and `/readyz`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use keyplane_store::Readiness;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
+
+/// The process is up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// The mode this process runs in: `dev`, `mixed` or `prod`.
+    #[schema(example = "dev")]
+    pub mode: String,
+    /// This build's version.
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+}
+
+/// The process is ready to serve.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// The id of the deployment whose data this process serves (stable across restarts).
+    pub deployment_id: String,
+}
+
+/// How long `/readyz` waits for the database before calling it unreachable.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness: answers as long as the process runs; touches nothing else.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "get_health",
+    tag = "health",
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
+pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        mode: state.settings.mode.to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness: the database answers and every migration is applied.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "get_readiness",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve", body = Ready),
+        (status = 503, description = "The database is unreachable or behind", body = Problem,
+            content_type = "application/problem+json"),
+    ),
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    match state.db.readiness(READINESS_TIMEOUT).await {
+        Readiness::Ready { deployment_id } => Ok(Json(Ready {
+            status: "ready",
+            deployment_id,
+        })),
+        Readiness::Unreachable => Err(ApiError::Unavailable {
+            code: "database_unavailable",
+            detail: "the database is not reachable".to_owned(),
+        }),
+        Readiness::MigrationsPending => Err(ApiError::Unavailable {
+            code: "migrations_pending",
+            detail: "the database schema is behind this build; run `keyplane migrate`".to_owned(),
+        }),
+    }
+}

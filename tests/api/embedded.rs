@@ -1,0 +1,92 @@
+//! `keyplane serve` with no DATABASE_URL: the embedded PostgreSQL, for real,
+//! through the binary a newcomer runs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{eventually, free_port};
+
+struct Serve {
+    child: Child,
+    base: String,
+}
+
+impl Serve {
+    fn start(data_dir: &std::path::Path) -> Serve {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_keyplane"))
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env_remove("KEYPLANE_MODE")
+            .env("KEYPLANE_DATA_DIR", data_dir)
+            .env("KEYPLANE_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("keyplane serve starts");
+        Serve {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn ready(&self) -> Value {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.base);
+        eventually(
+            Duration::from_secs(180),
+            "the embedded server to be ready",
+            || {
+                let request = client.get(&url).send();
+                async move {
+                    let response = request.await.ok()?;
+                    if response.status() != 200 {
+                        return None;
+                    }
+                    response.json::<Value>().await.ok()
+                }
+            },
+        )
+        .await
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        self.child.wait().expect("keyplane exits")
+    }
+}
+
+#[tokio::test]
+async fn dev_mode_without_a_database_url_keeps_its_data_across_a_restart() {
+    let data_dir = tempfile::tempdir().unwrap();
+
+    let first = Serve::start(data_dir.path());
+    let before = first.ready().await;
+    assert_eq!(before["status"], "ready");
+    let health: Value = reqwest::get(format!("{}/healthz", first.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["mode"], "dev");
+    assert!(
+        first.terminate().success(),
+        "keyplane exits cleanly on SIGTERM"
+    );
+
+    let second = Serve::start(data_dir.path());
+    let after = second.ready().await;
+    assert_eq!(
+        after["deployment_id"], before["deployment_id"],
+        "the same data after a restart"
+    );
+    assert!(second.terminate().success());
+}

@@ -1,0 +1,64 @@
+use serde_json::Value;
+
+use crate::support::TestServer;
+
+#[tokio::test]
+async fn healthz_says_the_process_is_up_and_names_its_mode() {
+    let server = TestServer::start().await;
+    let response = server.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["mode"], "dev");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn readyz_is_ready_once_migrations_are_applied() {
+    let server = TestServer::start().await;
+    let response = server.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert!(uuid::Uuid::parse_str(body["deployment_id"].as_str().unwrap()).is_ok());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../openapi/openapi.json"
+    ))
+    .expect("openapi/openapi.json exists");
+    let generated = keyplane_server::routes::openapi().to_pretty_json().unwrap();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "openapi/openapi.json is stale: regenerate it with \
+         `cargo run -p keyplane-server -- openapi > openapi/openapi.json`"
+    );
+
+    let server = TestServer::start().await;
+    let served: Value = server.get("/openapi.json").await.json().await.unwrap();
+    let committed: Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(served, committed);
+    assert!(served["paths"]["/readyz"]["get"]["responses"]["503"].is_object());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn docs_page_serves_interactive_api_documentation() {
+    let server = TestServer::start().await;
+    let response = server.get("/docs").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("api-reference") && page.contains("/readyz"));
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,117 @@
+use std::time::Duration;
+
+use keyplane_server::App;
+
+use crate::support::{FlakyLink, Link, TestServer, eventually, fresh_database, settings_for};
+
+#[tokio::test]
+async fn readyz_goes_503_while_the_database_is_away_and_200_once_it_is_back() {
+    let url = fresh_database().await;
+    let link = FlakyLink::to(&url).await;
+    let server = TestServer::start_with(settings_for(&link.url_through(&url))).await;
+    assert_eq!(server.get("/readyz").await.status(), 200);
+
+    link.set(Link::Down);
+    let body: serde_json::Value =
+        eventually(Duration::from_secs(30), "readyz to answer 503", || async {
+            let response = server.get("/readyz").await;
+            (response.status() == 503).then_some(response)
+        })
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["code"], "database_unavailable");
+    // Liveness does not depend on the database.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+
+    link.set(Link::Up);
+    eventually(
+        Duration::from_secs(30),
+        "readyz to answer 200 again",
+        || async { (server.get("/readyz").await.status() == 200).then_some(()) },
+    )
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let url = fresh_database().await;
+    let link = FlakyLink::to(&url).await;
+    let mut server = TestServer::start_with(settings_for(&link.url_through(&url))).await;
+    assert_eq!(server.get("/readyz").await.status(), 200);
+
+    // Hold the database's bytes so /readyz is still running when shutdown starts.
+    link.set(Link::Stalled);
+    let in_flight = tokio::spawn(server.client.get(server.url("/readyz")).send());
+    eventually(
+        Duration::from_secs(10),
+        "the readiness query to reach the link",
+        || async { (link.held() > 0).then_some(()) },
+    )
+    .await;
+    server.signal_stop();
+    // New connections are refused once shutdown has begun.
+    let addr = server.addr;
+    eventually(
+        Duration::from_secs(10),
+        "the listener to close",
+        || async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+
+    link.set(Link::Up);
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn startup_waits_for_a_database_that_comes_up_late() {
+    let url = fresh_database().await;
+    let link = FlakyLink::to(&url).await;
+    link.set(Link::Down);
+    let settings = settings_for(&link.url_through(&url));
+    let starting = tokio::spawn(App::build(settings));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if starting.is_finished() {
+        panic!(
+            "start-up gave up too soon: {:#}",
+            starting.await.unwrap().err().unwrap()
+        );
+    }
+    link.set(Link::Up);
+    let app = starting
+        .await
+        .unwrap()
+        .expect("server starts once the database is up");
+    drop(app);
+}
+
+#[tokio::test]
+async fn startup_gives_up_on_an_unreachable_database_with_a_clear_message() {
+    let port = crate::support::free_port();
+    let mut settings = settings_for(&format!(
+        "postgres://keyplane:s3cret-pw@127.0.0.1:{port}/keyplane"
+    ));
+    settings.pool.startup_wait = Duration::from_millis(500);
+    let err = App::build(settings).await.err().expect("start-up fails");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}/keyplane not reachable after")),
+        "{message}"
+    );
+    assert!(
+        !message.contains("s3cret-pw"),
+        "the password leaked: {message}"
+    );
+}

@@ -1,0 +1,12 @@
+//! Black-box tests: the real server on port 0, talking HTTP to a real
+//! PostgreSQL (a fresh database per test, from `KEYPLANE_TEST_DATABASE_URL`,
+//! which `scripts/test` provides).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+mod cli;
+mod embedded;
+mod errors;
+mod health;
+mod lifecycle;

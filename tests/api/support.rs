@@ -1,0 +1,265 @@
+//! Starting servers, databases and a link to the database that can fail.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keyplane_server::{App, Settings};
+use keyplane_store::{DatabaseLocation, PoolSettings};
+use secrecy::SecretString;
+use sqlx::Connection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The admin URL of the PostgreSQL the tests may create databases on.
+pub fn admin_url() -> String {
+    std::env::var("KEYPLANE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "KEYPLANE_TEST_DATABASE_URL is not set: run the tests with scripts/test, \
+             which starts a throwaway PostgreSQL, or point it at one you own"
+        )
+    })
+}
+
+/// Creates an empty database and answers its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("keyplane_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect as admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    conn.close().await.ok();
+    with_database(&admin, &name)
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    format!("{base}/{name}{query}")
+}
+
+/// Settings for a test server on port 0 against `database_url`.
+pub fn settings_for(database_url: &str) -> Settings {
+    Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database: DatabaseLocation::Url(SecretString::from(database_url.to_owned())),
+        pool: PoolSettings {
+            max_connections: 5,
+            acquire_timeout: Duration::from_secs(2),
+            startup_wait: Duration::from_secs(5),
+        },
+        ..Settings::default()
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client for it.
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh database.
+    pub async fn start() -> TestServer {
+        let url = fresh_database().await;
+        TestServer::start_with(settings_for(&url)).await
+    }
+
+    /// Starts a server with the given settings.
+    pub async fn start_with(settings: Settings) -> TestServer {
+        let app = App::build(settings).await.expect("server builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// The absolute URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A GET to `path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request answered")
+    }
+
+    /// Signals shutdown without waiting for it.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.signal_stop();
+        match self.handle.take() {
+            Some(handle) => handle.await.expect("server task joins"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Polls `check` until it yields a value or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the link between keyplane and its database does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Bytes flow.
+    Up,
+    /// Bytes are read but held until the link is up again.
+    Stalled,
+    /// Every connection is cut and new ones are refused.
+    Down,
+}
+
+/// A TCP forwarder in front of PostgreSQL whose link can be stalled or cut,
+/// to see what keyplane does when its database goes away.
+pub struct FlakyLink {
+    /// Where keyplane should connect.
+    pub addr: SocketAddr,
+    state: watch::Sender<Link>,
+    held: Arc<AtomicUsize>,
+}
+
+impl FlakyLink {
+    /// Forwards to the host and port of `database_url`.
+    pub async fn to(database_url: &str) -> FlakyLink {
+        let options: sqlx::postgres::PgConnectOptions = database_url.parse().expect("database url");
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind link");
+        let addr = listener.local_addr().expect("link addr");
+        let (state, _) = watch::channel(Link::Up);
+        let held = Arc::new(AtomicUsize::new(0));
+        let link = FlakyLink {
+            addr,
+            state: state.clone(),
+            held: held.clone(),
+        };
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *state.borrow() == Link::Down {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(
+                    client_read,
+                    server_write,
+                    state.subscribe(),
+                    held.clone(),
+                ));
+                tokio::spawn(pump(
+                    server_read,
+                    client_write,
+                    state.subscribe(),
+                    held.clone(),
+                ));
+            }
+        });
+        link
+    }
+
+    /// `database_url` rewritten to go through this link.
+    pub fn url_through(&self, database_url: &str) -> String {
+        let options: sqlx::postgres::PgConnectOptions = database_url.parse().expect("database url");
+        let original = format!("{}:{}", options.get_host(), options.get_port());
+        database_url.replacen(&original, &self.addr.to_string(), 1)
+    }
+
+    /// Changes what the link does.
+    pub fn set(&self, link: Link) {
+        self.state.send_replace(link);
+    }
+
+    /// How many chunks have been held back while stalled.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut state: watch::Receiver<Link>,
+    held: Arc<AtomicUsize>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = state.wait_for(|s| *s == Link::Down) => return,
+        };
+        let Ok(n @ 1..) = read else { return };
+        if *state.borrow() == Link::Stalled {
+            held.fetch_add(1, Ordering::SeqCst);
+        }
+        match state.wait_for(|s| *s != Link::Stalled).await.map(|s| *s) {
+            Ok(Link::Up) => {}
+            _ => return,
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A port that was free a moment ago, for servers that must be told their port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
