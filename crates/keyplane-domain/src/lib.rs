@@ -1,10 +1,19 @@
 //! keyplane's domain: the types every other crate speaks, with no IO.
 //!
 //! Values arrive here as untrusted text and leave as types that cannot hold a
-//! bad value ("parse, don't validate").
+//! bad value ("parse, don't validate"): a [`KeySecret`] whose checksum was
+//! checked, a [`Scope`] from the catalog, a [`Name`] without control characters.
 
+mod access;
 mod duration;
+mod key;
 mod mode;
+mod name;
+mod scope;
 
+pub use access::{ManagementRole, ManagementRoleError, Permission};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use key::{KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, mask_untrusted};
 pub use mode::{Mode, ModeError};
+pub use name::{Name, NameError, RoleName, RoleNameError};
+pub use scope::{CATALOG as SCOPE_CATALOG, Scope, ScopeError, ScopeSet, effective_scopes};
