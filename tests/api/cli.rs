@@ -73,3 +73,50 @@ fn prod_without_a_database_url_refuses_to_start() {
         "keyplane: DATABASE_URL: required in prod mode (the embedded database is for dev only)"
     );
 }
+
+#[tokio::test]
+async fn admin_key_create_prints_a_working_key_once() {
+    let url = crate::support::fresh_database().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_keyplane"))
+        .args([
+            "admin-key",
+            "create",
+            "--name",
+            "first-operator",
+            "--role",
+            "operator",
+        ])
+        .env("DATABASE_URL", &url)
+        .env_remove("KEYPLANE_BOOTSTRAP_TOKEN")
+        .output()
+        .expect("keyplane runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout.trim();
+    assert!(key.starts_with("kpa_") && key.len() == 42, "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains(key), "the key was logged");
+
+    let server = crate::support::TestServer::start_with(crate::support::settings_for(&url)).await;
+    let (status, _) =
+        crate::support::call(server.as_(key, reqwest::Method::GET, "/v1/instances"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = crate::support::call(
+        server.as_(key, reqwest::Method::GET, "/v1/admin-keys"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "an operator key cannot read admin keys");
+    server.stop().await.unwrap();
+
+    let (status, stderr) = keyplane(
+        &[("DATABASE_URL", &url)],
+        &["admin-key", "create", "--name", "x", "--role", "root"],
+    );
+    assert_ne!(status, 0);
+    assert!(stderr.contains("--role"), "{stderr}");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{eventually, free_port};
+use crate::support::{BOOTSTRAP, eventually, free_port};
 
 struct Serve {
     child: Child,
@@ -21,6 +21,7 @@ impl Serve {
             .env_remove("DATABASE_URL")
             .env_remove("KEYPLANE_MODE")
             .env("KEYPLANE_DATA_DIR", data_dir)
+            .env("KEYPLANE_BOOTSTRAP_TOKEN", BOOTSTRAP)
             .env("KEYPLANE_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,8 +5,13 @@
 
 mod support;
 
+mod access;
+mod audit;
+mod bad_input;
 mod cli;
 mod embedded;
 mod errors;
 mod health;
+mod instances;
+mod keys;
 mod lifecycle;

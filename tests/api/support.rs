@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use keyplane_server::{App, Settings};
 use keyplane_store::{DatabaseLocation, PoolSettings};
 use secrecy::SecretString;
+use serde_json::Value;
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -87,7 +88,11 @@ impl TestServer {
 
     /// Starts a server with the given settings.
     pub async fn start_with(settings: Settings) -> TestServer {
-        let app = App::build(settings).await.expect("server builds");
+        TestServer::from_app(App::build(settings).await.expect("server builds"))
+    }
+
+    /// Runs an app that was already built.
+    pub fn from_app(app: App) -> TestServer {
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async {
@@ -262,4 +267,79 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// The bootstrap token test servers run with.
+pub const BOOTSTRAP: &str = "bootstrap-token-for-tests-0123456789abcdef";
+
+/// Settings for a test server with the bootstrap token set.
+pub fn admin_settings_for(database_url: &str) -> Settings {
+    Settings {
+        bootstrap_token: Some(SecretString::from(BOOTSTRAP.to_owned())),
+        ..settings_for(database_url)
+    }
+}
+
+impl TestServer {
+    /// Starts a server on a fresh database, with the bootstrap token set.
+    pub async fn start_admin() -> TestServer {
+        let url = fresh_database().await;
+        TestServer::start_with(admin_settings_for(&url)).await
+    }
+
+    /// A request to `path` authenticated with `token`.
+    pub fn as_(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
+    /// Sends `body` as JSON with the bootstrap token and answers status and body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(self.as_(BOOTSTRAP, method, path), body).await
+    }
+
+    /// Registers an instance with the given ceiling and answers its id.
+    pub async fn instance(&self, name: &str, scopes: &[&str]) -> String {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/instances",
+                Some(serde_json::json!({ "name": name, "allowed_scopes": scopes })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Issues a key for `instance` and answers its whole body (with `secret`).
+    pub async fn key(&self, instance: &str, request: Value) -> Value {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/instances/{instance}/keys"),
+                Some(request),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+}
+
+/// Sends a request with an optional JSON body; answers status and JSON body
+/// (null when there is none).
+pub async fn call(request: reqwest::RequestBuilder, body: Option<Value>) -> (u16, Value) {
+    let request = match body {
+        Some(body) => request.json(&body),
+        None => request,
+    };
+    let response = request.send().await.expect("request answered");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }

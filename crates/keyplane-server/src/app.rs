@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, describe_location};
 use crate::error::ApiError;
+use crate::pagination::CursorKey;
 use crate::request::request_context;
 use crate::routes;
 use crate::state::AppState;
@@ -33,6 +35,14 @@ impl App {
     /// Connects to the database (starting the embedded one if so configured),
     /// applies migrations and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        App::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// [`App::build`] with an injected clock, for tests of expiry and rotation.
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<App> {
         let db = Database::connect(&settings.database, &settings.pool)
             .await
             .context("connecting to the database")?;
@@ -46,9 +56,14 @@ impl App {
             database = %describe_location(&settings.database),
             "keyplane ready"
         );
+        let cursors = Arc::new(CursorKey::new(
+            keyplane_store::cursor_secret(db.pool()).await?,
+        ));
         let state = AppState {
             db,
             settings: Arc::new(settings),
+            clock,
+            cursors,
         };
         Ok(App {
             router: http_service(state.clone()),

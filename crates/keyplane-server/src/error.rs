@@ -46,9 +46,24 @@ pub enum ApiError {
         /// The field at fault.
         field: Option<String>,
     },
+    /// 401: no credential, or one that is not good; answered with
+    /// `WWW-Authenticate: Bearer`.
+    #[error("{detail}")]
+    Unauthorized {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong, without echoing the credential.
+        detail: &'static str,
+    },
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with the resource's current state.
+    #[error("{0}")]
+    Conflict(String),
     /// 405: the path exists, the method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -91,7 +106,10 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -103,8 +121,12 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { code, .. } | ApiError::Unavailable { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unavailable { code, .. }
+            | ApiError::Unauthorized { code, .. } => code,
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -143,6 +165,11 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response.extensions_mut().insert(PendingProblem {
             code: self.code(),
             detail,
@@ -211,6 +238,21 @@ fn generic_problem(status: StatusCode) -> PendingProblem {
     }
 }
 
+impl From<keyplane_store::StoreError> for ApiError {
+    fn from(err: keyplane_store::StoreError) -> Self {
+        match err {
+            keyplane_store::StoreError::Conflict(message) => ApiError::Conflict(message.to_owned()),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        keyplane_store::StoreError::from(err).into()
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
@@ -267,19 +309,20 @@ impl From<PathRejection> for ApiError {
 /// Pulls the field name out of serde's messages ("unknown field `x`",
 /// "missing field `x`", "x: invalid type ...").
 fn field_of(message: &str) -> Option<String> {
-    if let Some(start) = message.find('`') {
-        let rest = &message[start + 1..];
-        if let Some(end) = rest.find('`') {
-            return Some(rest[..end].to_owned());
+    if let Some((path, _)) = message.split_once(": ") {
+        let path = path.trim();
+        let plain = !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
+        if plain {
+            return Some(path.to_owned());
         }
     }
-    let (path, _) = message.split_once(": ")?;
-    let path = path.trim();
-    let plain = !path.is_empty()
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
-    plain.then(|| path.to_owned())
+    let start = message.find('`')?;
+    let rest = &message[start + 1..];
+    let end = rest.find('`')?;
+    Some(rest[..end].to_owned())
 }
 
 #[cfg(test)]
@@ -299,6 +342,10 @@ mod tests {
         assert_eq!(
             field_of("labels.team: invalid type: integer").as_deref(),
             Some("labels.team")
+        );
+        assert_eq!(
+            field_of("name: invalid type: integer `42`").as_deref(),
+            Some("name")
         );
         assert_eq!(field_of("expected value at line 1 column 1"), None);
     }

@@ -5,8 +5,12 @@
 //! shutdown signal.
 
 pub mod app;
+pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod extract;
+pub mod pagination;
 pub mod request;
 pub mod routes;
 pub mod state;

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keyplane_domain::{ManagementRole, Name, format_duration, parse_duration};
+use keyplane_server::auth::Actor;
 use keyplane_server::config::describe_location;
+use keyplane_server::routes::admin_keys;
 use keyplane_server::{App, Settings, SettingsArgs, routes, telemetry};
 use keyplane_store::Database;
 
@@ -25,6 +28,25 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document (regenerate openapi/openapi.json with it).
     Openapi,
+    /// Manage operators' admin keys directly in the database.
+    #[command(subcommand)]
+    AdminKey(AdminKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminKeyCommand {
+    /// Create an admin key and print it once (for setups without a bootstrap token).
+    Create {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// admin, operator, auditor or viewer.
+        #[arg(long)]
+        role: String,
+        /// Lifetime (seconds or e.g. 30d; default and maximum: KEYPLANE_MAX_KEY_LIFETIME).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +76,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::Migrate => migrate(settings).await,
+            Command::AdminKey(AdminKeyCommand::Create {
+                name,
+                role,
+                expires_in,
+            }) => create_admin_key(settings, &name, &role, expires_in.as_deref()).await,
             Command::Openapi => Ok(()),
         }
     });
@@ -84,6 +111,60 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
         "migrations applied to {}",
         describe_location(&settings.database)
     );
+    Ok(())
+}
+
+async fn create_admin_key(
+    settings: Settings,
+    name: &str,
+    role: &str,
+    expires_in: Option<&str>,
+) -> anyhow::Result<()> {
+    let name = Name::parse(name).map_err(|err| anyhow::anyhow!("--name {err}"))?;
+    let role: ManagementRole = role
+        .parse()
+        .map_err(|err| anyhow::anyhow!("--role: {err}"))?;
+    let lifetime = match expires_in {
+        Some(text) => parse_duration(text).map_err(|err| anyhow::anyhow!("--expires-in: {err}"))?,
+        None => settings.max_key_lifetime,
+    };
+    if lifetime > settings.max_key_lifetime || lifetime.is_zero() {
+        anyhow::bail!(
+            "--expires-in: keys may live at most {} (KEYPLANE_MAX_KEY_LIFETIME)",
+            format_duration(settings.max_key_lifetime)
+        );
+    }
+    let db = Database::connect(&settings.database, &settings.pool).await?;
+    let created = async {
+        db.migrate().await?;
+        let now = chrono::Utc::now();
+        let expires_at = now + chrono::Duration::from_std(lifetime)?;
+        let entry = keyplane_store::audit::NewEntry {
+            at: now,
+            actor: Actor::Cli.to_string(),
+            action: "admin_key.create",
+            target_type: "admin_key",
+            target_id: None,
+            outcome: "success",
+            request_id: None,
+            client_ip: None,
+            details: serde_json::Value::Null,
+        };
+        let mut tx = db.pool().begin().await?;
+        let (row, secret) = admin_keys::issue(&mut tx, &name, role, expires_at, entry)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        tx.commit().await?;
+        anyhow::Ok((row, secret))
+    }
+    .await;
+    db.close().await;
+    let (row, secret) = created?;
+    eprintln!(
+        "admin key {} ({}, role {}) expires {}; it is shown only once:",
+        row.id, row.name, row.role, row.expires_at
+    );
+    println!("{}", secret.expose());
     Ok(())
 }
 

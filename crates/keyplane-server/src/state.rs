@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use keyplane_store::Database;
 
+use crate::clock::Clock;
 use crate::config::Settings;
+use crate::pagination::CursorKey;
 
 /// Shared by every handler through `State`; cheap to clone.
 #[derive(Clone, Debug)]
@@ -13,4 +15,8 @@ pub struct AppState {
     pub db: Database,
     /// The validated settings this process runs with.
     pub settings: Arc<Settings>,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Signs and checks pagination cursors.
+    pub cursors: Arc<CursorKey>,
 }

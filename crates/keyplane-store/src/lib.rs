@@ -1,17 +1,34 @@
 //! keyplane's PostgreSQL store.
 //!
 //! [`Database`] owns the connection pool and, in `dev` without a
-//! `DATABASE_URL`, the embedded PostgreSQL it runs on. Queries live next to the
-//! code that uses them and take `impl PgExecutor<'_>`, so callers choose the
-//! transaction.
+//! `DATABASE_URL`, the embedded PostgreSQL it runs on. Each module holds the
+//! queries of one table; they take `impl PgExecutor<'_>` or a
+//! `&mut PgConnection`, so the caller chooses the transaction.
 
+pub mod admin_keys;
+pub mod audit;
 mod database;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod error;
+pub mod instances;
+pub mod keys;
+pub mod nodes;
+mod page;
+pub mod roles;
 
 pub use database::{Database, DatabaseLocation, PoolSettings, Readiness, describe_url};
 pub use error::StoreError;
+pub use page::{After, MAX_PAGE};
 
 /// The migrations in the repository's `migrations/` folder, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// The secret that signs pagination cursors, created with the database.
+pub async fn cursor_secret(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<u8>, StoreError> {
+    Ok(
+        sqlx::query_scalar::<_, Vec<u8>>(r#"select cursor_secret from deployment"#)
+            .fetch_one(db)
+            .await?,
+    )
+}

@@ -1,11 +1,18 @@
 //! The HTTP surface: every route, registered once through utoipa-axum so the
 //! OpenAPI document is generated from the same code that serves it.
 
+pub mod admin_keys;
 pub mod health;
+pub mod input;
+pub mod instances;
+pub mod keys;
+pub mod nodes;
+pub mod roles;
 
 use axum::Router;
 use axum::routing::get;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_scalar::{Scalar, Servable};
@@ -23,15 +30,57 @@ use crate::state::AppState;
     ),
     tags(
         (name = "health", description = "Liveness and readiness"),
+        (name = "instances", description = "The registry of client instances"),
+        (name = "keys", description = "Instance API keys and their lifecycle"),
+        (name = "roles", description = "Named scope sets"),
+        (name = "nodes", description = "Nodes that introspect keys"),
+        (name = "admin-keys", description = "Operators' keys"),
     ),
     components(schemas(Problem)),
+    modifiers(&BearerAuth),
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` security scheme the management routes name.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(
+            instances::create_instance,
+            instances::list_instances
+        ))
+        .routes(routes!(
+            instances::get_instance,
+            instances::update_instance,
+            instances::decommission_instance
+        ))
+        .routes(routes!(keys::create_key))
+        .routes(routes!(keys::list_keys))
+        .routes(routes!(keys::get_key, keys::update_key))
+        .routes(routes!(keys::rotate_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(roles::list_roles))
+        .routes(routes!(roles::put_role, roles::delete_role))
+        .routes(routes!(nodes::create_node, nodes::list_nodes))
+        .routes(routes!(nodes::get_node, nodes::retire_node))
+        .routes(routes!(
+            admin_keys::create_admin_key,
+            admin_keys::list_admin_keys
+        ))
+        .routes(routes!(admin_keys::revoke_admin_key))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and committed in

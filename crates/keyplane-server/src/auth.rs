@@ -1,0 +1,183 @@
+//! Who is calling: extractors that authenticate and do nothing else. Each
+//! handler's first line states the permission it needs.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use keyplane_domain::{KeyDigest, KeyKind, KeySecret, ManagementRole, Permission};
+use keyplane_store::{admin_keys, audit};
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::request::RequestId;
+use crate::state::AppState;
+
+/// Who did something, as written in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The bootstrap token from the environment.
+    Bootstrap,
+    /// An admin key.
+    AdminKey(Uuid),
+    /// `keyplane admin-key create`, working on the database directly.
+    Cli,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Bootstrap => f.write_str("bootstrap"),
+            Actor::AdminKey(id) => write!(f, "admin_key:{id}"),
+            Actor::Cli => f.write_str("cli"),
+        }
+    }
+}
+
+/// An authenticated operator: the bootstrap token or a live admin key.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// Who it is.
+    pub actor: Actor,
+    /// What it may do.
+    pub role: ManagementRole,
+}
+
+impl Operator {
+    /// Refuses with 403 unless the operator's role grants `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.role.allows(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {} role does not allow this",
+                self.role
+            )))
+        }
+    }
+}
+
+const MISSING: ApiError = ApiError::Unauthorized {
+    code: "missing_credentials",
+    detail: "send an admin key as Authorization: Bearer kpa_…",
+};
+
+fn invalid() -> ApiError {
+    ApiError::Unauthorized {
+        code: "invalid_credentials",
+        detail: "the credential is not a live admin key",
+    }
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(MISSING)?;
+        if let Some(bootstrap) = &state.settings.bootstrap_token {
+            // Digests have a fixed length, so comparing them in constant time
+            // leaks neither the token's bytes nor its length.
+            if KeyDigest::of(token) == KeyDigest::of(bootstrap.expose_secret()) {
+                return Ok(Operator {
+                    actor: Actor::Bootstrap,
+                    role: ManagementRole::Admin,
+                });
+            }
+        }
+        let key = KeySecret::parse_as(KeyKind::Admin, token).map_err(|_| invalid())?;
+        let stored = admin_keys::find_by_digest(state.db.pool(), key.digest().as_bytes())
+            .await?
+            .ok_or_else(invalid)?;
+        let now = state.clock.now();
+        if stored.revoked_at.is_some() || stored.expires_at <= now {
+            return Err(invalid());
+        }
+        let role = stored.role.parse().map_err(|_| invalid())?;
+        Ok(Operator {
+            actor: Actor::AdminKey(stored.id),
+            role,
+        })
+    }
+}
+
+/// Where a request came from, for the audit log.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// The request's id.
+    pub request_id: String,
+    /// The peer's address (the proxy's, behind one).
+    pub client_ip: Option<IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestMeta {
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
+            client_ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        })
+    }
+}
+
+/// Builds audit entries for the changes one operator makes in one request.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    actor: String,
+    meta: RequestMeta,
+    at: DateTime<Utc>,
+}
+
+impl Audit {
+    /// Entries by `operator`, for the request `meta`, at `at`.
+    pub fn new(operator: &Operator, meta: RequestMeta, at: DateTime<Utc>) -> Audit {
+        Audit {
+            actor: operator.actor.to_string(),
+            meta,
+            at,
+        }
+    }
+
+    /// An entry: `action` on the `target_type` named `target_id`, with a
+    /// masked summary in `details`.
+    pub fn entry(
+        &self,
+        action: &'static str,
+        target_type: &'static str,
+        target_id: impl fmt::Display,
+        details: serde_json::Value,
+    ) -> audit::NewEntry {
+        audit::NewEntry {
+            at: self.at,
+            actor: self.actor.clone(),
+            action,
+            target_type,
+            target_id: Some(target_id.to_string()),
+            outcome: "success",
+            request_id: Some(self.meta.request_id.clone()),
+            client_ip: self.meta.client_ip.map(|ip| ip.to_string()),
+            details,
+        }
+    }
+}

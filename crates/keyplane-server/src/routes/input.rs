@@ -1,0 +1,107 @@
+//! Turning request fields into domain types, each failure a 422 naming the field.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use keyplane_domain::{Name, ScopeSet};
+
+use crate::error::ApiError;
+
+/// The most entries any list field (scopes, roles, audience, CIDRs, labels) may have.
+pub const MAX_LIST: usize = 64;
+
+/// A [`Name`] from `field`.
+pub fn name(field: &str, text: &str) -> Result<Name, ApiError> {
+    Name::parse(text).map_err(|err| ApiError::invalid(field, format!("{field} {err}")))
+}
+
+/// Free text of at most 1024 characters, without control characters other
+/// than new lines and tabs.
+pub fn description(text: Option<String>) -> Result<String, ApiError> {
+    let text = text.unwrap_or_default();
+    if text.chars().count() > 1024 {
+        return Err(ApiError::invalid(
+            "description",
+            "description must be at most 1024 characters",
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ApiError::invalid(
+            "description",
+            "description must not contain control characters",
+        ));
+    }
+    Ok(text)
+}
+
+/// At most [`MAX_LIST`] entries.
+pub fn bounded<T>(field: &str, items: &[T]) -> Result<(), ApiError> {
+    if items.len() > MAX_LIST {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} may have at most {MAX_LIST} entries"),
+        ));
+    }
+    Ok(())
+}
+
+/// Scopes from the catalog; the first bad one is named with its index.
+pub fn scopes(field: &str, texts: &[String]) -> Result<ScopeSet, ApiError> {
+    bounded(field, texts)?;
+    ScopeSet::parse(texts)
+        .map_err(|(index, err)| ApiError::invalid(format!("{field}[{index}]"), err.to_string()))
+}
+
+/// Labels: at most 64, keys of 1 to 63 characters of `a-z A-Z 0-9 . _ - /`,
+/// string values of at most 256 characters.
+pub fn labels(labels: Option<BTreeMap<String, String>>) -> Result<serde_json::Value, ApiError> {
+    let labels = labels.unwrap_or_default();
+    if labels.len() > MAX_LIST {
+        return Err(ApiError::invalid(
+            "labels",
+            format!("labels may have at most {MAX_LIST} entries"),
+        ));
+    }
+    for (key, value) in &labels {
+        let key_ok = (1..=63).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        if !key_ok {
+            return Err(ApiError::invalid(
+                "labels",
+                "label keys must be 1 to 63 characters of a-z, A-Z, 0-9, '.', '_', '-' and '/'",
+            ));
+        }
+        if value.chars().count() > 256 || value.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                format!("labels.{key}"),
+                "label values must be at most 256 characters, without control characters",
+            ));
+        }
+    }
+    Ok(serde_json::to_value(labels).unwrap_or_default())
+}
+
+/// CIDRs (IPv4 or IPv6), stored in canonical form (`10.1.2.3/8` becomes `10.0.0.0/8`).
+pub fn cidrs(texts: &[String]) -> Result<Vec<String>, ApiError> {
+    bounded("allowed_cidrs", texts)?;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc().to_string())
+                .map_err(|_| {
+                    ApiError::invalid(
+                        format!("allowed_cidrs[{index}]"),
+                        "expected an IPv4 or IPv6 network, e.g. 10.0.0.0/8 or fd00::/8",
+                    )
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,111 @@
+//! Operators' admin keys.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::page::{After, paginate};
+
+/// An admin key's metadata.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AdminKey {
+    /// Its id.
+    pub id: Uuid,
+    /// A name for people.
+    pub name: String,
+    /// Its management role: `admin`, `operator`, `auditor` or `viewer`.
+    pub role: String,
+    /// SHA-256 of the key.
+    pub digest: Vec<u8>,
+    /// Prefix and last four characters.
+    pub masked: String,
+    /// Who created it (`bootstrap`, `cli`, or an admin key's actor name).
+    pub created_by: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+    /// When it was last used.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Stores a new admin key.
+pub async fn insert(db: impl PgExecutor<'_>, key: &AdminKey) -> Result<AdminKey, StoreError> {
+    Ok(sqlx::query_as::<_, AdminKey>(
+        r#"insert into admin_keys (id, name, role, digest, masked, created_by, created_at, expires_at)
+           values ($1, $2, $3, $4, $5, $6, $7, $8)
+           returning *"#,
+    )
+    .bind(key.id)
+    .bind(&key.name)
+    .bind(&key.role)
+    .bind(&key.digest)
+    .bind(&key.masked)
+    .bind(&key.created_by)
+    .bind(key.created_at)
+    .bind(key.expires_at)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The admin key with this digest, if any (whatever its state).
+pub async fn find_by_digest(
+    db: impl PgExecutor<'_>,
+    digest: &[u8],
+) -> Result<Option<AdminKey>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, AdminKey>(r#"select * from admin_keys where digest = $1"#)
+            .bind(digest)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// Revokes an admin key; None when it does not exist.
+pub async fn revoke(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<AdminKey>, StoreError> {
+    Ok(sqlx::query_as::<_, AdminKey>(
+        r#"update admin_keys
+              set revoked_at = coalesce(revoked_at, $2),
+                  revoked_reason = coalesce(revoked_reason, $3)
+            where id = $1
+           returning *"#,
+    )
+    .bind(id)
+    .bind(now)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A page of admin keys.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    after: Option<After>,
+    limit: i64,
+) -> Result<(Vec<AdminKey>, Option<After>), StoreError> {
+    let rows = sqlx::query_as::<_, AdminKey>(
+        r#"select * from admin_keys
+            where ($1::timestamptz is null or (created_at, id) > ($1, $2))
+            order by created_at, id
+            limit $3"#,
+    )
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.id))
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await?;
+    Ok(paginate(rows, limit, |k| After {
+        created_at: k.created_at,
+        id: k.id,
+    }))
+}

@@ -1,0 +1,141 @@
+//! Client instances (each Jan instance, or any API consumer).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::page::{After, paginate};
+
+/// An instance as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Instance {
+    /// Its id.
+    pub id: Uuid,
+    /// Unique among instances that are not decommissioned.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// A JSON object of string labels.
+    pub labels: sqlx::types::Json<Value>,
+    /// The ceiling: no key of this instance gets a scope outside it.
+    pub allowed_scopes: Vec<String>,
+    /// The networks its keys may be used from; empty means anywhere.
+    pub allowed_cidrs: Vec<String>,
+    /// `active`, `suspended` or `decommissioned`.
+    pub status: String,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it was decommissioned.
+    pub decommissioned_at: Option<DateTime<Utc>>,
+}
+
+/// Registers `instance`.
+pub async fn insert(conn: &mut PgConnection, instance: &Instance) -> Result<Instance, StoreError> {
+    let row = sqlx::query_as::<_, Instance>(
+        r#"insert into instances
+               (id, name, description, labels, allowed_scopes, allowed_cidrs, status,
+                created_at, updated_at, decommissioned_at)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           returning *"#,
+    )
+    .bind(instance.id)
+    .bind(&instance.name)
+    .bind(&instance.description)
+    .bind(&instance.labels)
+    .bind(&instance.allowed_scopes)
+    .bind(&instance.allowed_cidrs)
+    .bind(&instance.status)
+    .bind(instance.created_at)
+    .bind(instance.updated_at)
+    .bind(instance.decommissioned_at)
+    .fetch_one(conn)
+    .await?;
+    Ok(row)
+}
+
+/// Writes every field of `instance` back.
+pub async fn save(conn: &mut PgConnection, instance: &Instance) -> Result<Instance, StoreError> {
+    let row = sqlx::query_as::<_, Instance>(
+        r#"update instances
+              set name = $2, description = $3, labels = $4, allowed_scopes = $5,
+                  allowed_cidrs = $6, status = $7, updated_at = $8, decommissioned_at = $9
+            where id = $1
+           returning *"#,
+    )
+    .bind(instance.id)
+    .bind(&instance.name)
+    .bind(&instance.description)
+    .bind(&instance.labels)
+    .bind(&instance.allowed_scopes)
+    .bind(&instance.allowed_cidrs)
+    .bind(&instance.status)
+    .bind(instance.updated_at)
+    .bind(instance.decommissioned_at)
+    .fetch_one(conn)
+    .await?;
+    Ok(row)
+}
+
+/// One instance.
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Instance>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, Instance>(r#"select * from instances where id = $1"#)
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// One instance, locked until the transaction ends (for read-modify-write).
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Instance>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, Instance>(r#"select * from instances where id = $1 for update"#)
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// A page of instances in creation order; decommissioned ones only when
+/// asked for by status.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    status: Option<&str>,
+    after: Option<After>,
+    limit: i64,
+) -> Result<(Vec<Instance>, Option<After>), StoreError> {
+    let rows = sqlx::query_as::<_, Instance>(
+        r#"select * from instances
+            where (($1::text is null and status <> 'decommissioned') or status = $1)
+              and ($2::timestamptz is null or (created_at, id) > ($2, $3))
+            order by created_at, id
+            limit $4"#,
+    )
+    .bind(status)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.id))
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await?;
+    Ok(paginate(rows, limit, |i| After {
+        created_at: i.created_at,
+        id: i.id,
+    }))
+}
+
+/// The ceilings (`allowed_scopes`) of the instances among `ids`.
+pub async fn ceilings(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Vec<String>)>, StoreError> {
+    Ok(sqlx::query_as::<_, (Uuid, Vec<String>)>(
+        r#"select id, allowed_scopes from instances where id = any($1)"#,
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await?)
+}

@@ -1,0 +1,204 @@
+//! Instance API keys.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::page::{After, paginate};
+
+/// An instance key's metadata (its digest included, its secret never).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKey {
+    /// Its id.
+    pub id: Uuid,
+    /// The instance it belongs to.
+    pub instance_id: Uuid,
+    /// A name for people.
+    pub name: String,
+    /// SHA-256 of the key.
+    pub digest: Vec<u8>,
+    /// Prefix and last four characters.
+    pub masked: String,
+    /// Scopes granted directly.
+    pub scopes: Vec<String>,
+    /// Roles whose scopes it also gets.
+    pub roles: Vec<String>,
+    /// The nodes (ids or names) that may accept it; empty means any.
+    pub audience: Vec<String>,
+    /// False while disabled.
+    pub enabled: bool,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+    /// The key it succeeded.
+    pub rotated_from: Option<Uuid>,
+    /// The key that succeeded it.
+    pub rotated_to: Option<Uuid>,
+    /// After a rotation, when this key stops working.
+    pub grace_until: Option<DateTime<Utc>>,
+    /// When a node last accepted it.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Derived at read time: `active`, `disabled`, `rotating`, `revoked` or `expired`.
+    #[sqlx(default)]
+    pub status: String,
+}
+
+/// Stores a new key.
+pub async fn insert(
+    conn: &mut PgConnection,
+    key: &ApiKey,
+    now: DateTime<Utc>,
+) -> Result<ApiKey, StoreError> {
+    let row = sqlx::query_as::<_, ApiKey>(
+        r#"insert into api_keys as k
+               (id, instance_id, name, digest, masked, scopes, roles, audience, enabled,
+                created_at, expires_at, rotated_from)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+           returning k.*, api_key_status(k, $13) as status"#,
+    )
+    .bind(key.id)
+    .bind(key.instance_id)
+    .bind(&key.name)
+    .bind(&key.digest)
+    .bind(&key.masked)
+    .bind(&key.scopes)
+    .bind(&key.roles)
+    .bind(&key.audience)
+    .bind(key.enabled)
+    .bind(key.created_at)
+    .bind(key.expires_at)
+    .bind(key.rotated_from)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(row)
+}
+
+/// Writes back the fields that change after issue.
+pub async fn save(
+    conn: &mut PgConnection,
+    key: &ApiKey,
+    now: DateTime<Utc>,
+) -> Result<ApiKey, StoreError> {
+    let row = sqlx::query_as::<_, ApiKey>(
+        r#"update api_keys as k
+              set name = $2, enabled = $3, revoked_at = $4, revoked_reason = $5,
+                  rotated_to = $6, grace_until = $7
+            where id = $1
+           returning k.*, api_key_status(k, $8) as status"#,
+    )
+    .bind(key.id)
+    .bind(&key.name)
+    .bind(key.enabled)
+    .bind(key.revoked_at)
+    .bind(&key.revoked_reason)
+    .bind(key.rotated_to)
+    .bind(key.grace_until)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(row)
+}
+
+/// One key.
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<ApiKey>, StoreError> {
+    Ok(sqlx::query_as::<_, ApiKey>(
+        r#"select k.*, api_key_status(k, $2) as status from api_keys k where id = $1"#,
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// One key, locked until the transaction ends: two rotations of the same key
+/// queue here, and the second sees the first's successor.
+pub async fn lock(
+    conn: &mut PgConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<ApiKey>, StoreError> {
+    Ok(sqlx::query_as::<_, ApiKey>(
+        r#"select k.*, api_key_status(k, $2) as status from api_keys k where id = $1 for update"#,
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A page of keys, optionally of one instance and in one status.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    instance_id: Option<Uuid>,
+    status: Option<&str>,
+    after: Option<After>,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> Result<(Vec<ApiKey>, Option<After>), StoreError> {
+    let rows = sqlx::query_as::<_, ApiKey>(
+        r#"select k.*, api_key_status(k, $3) as status from api_keys k
+            where ($1::uuid is null or instance_id = $1)
+              and ($2::text is null or api_key_status(k, $3) = $2)
+              and ($4::timestamptz is null or (created_at, id) > ($4, $5))
+            order by created_at, id
+            limit $6"#,
+    )
+    .bind(instance_id)
+    .bind(status)
+    .bind(now)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.id))
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await?;
+    Ok(paginate(rows, limit, |k| After {
+        created_at: k.created_at,
+        id: k.id,
+    }))
+}
+
+/// Revokes every key of an instance that is not revoked yet; answers their ids.
+pub async fn revoke_all_of_instance(
+    conn: &mut PgConnection,
+    instance_id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Uuid>(
+        r#"update api_keys set revoked_at = $2, revoked_reason = $3
+            where instance_id = $1 and revoked_at is null
+           returning id"#,
+    )
+    .bind(instance_id)
+    .bind(now)
+    .bind(reason)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// How many keys that still count (not revoked, not expired) name `role`.
+pub async fn count_naming_role(
+    db: impl PgExecutor<'_>,
+    role: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        r#"select count(*) from api_keys k
+            where $1 = any(roles) and api_key_status(k, $2) not in ('revoked', 'expired')"#,
+    )
+    .bind(role)
+    .bind(now)
+    .fetch_one(db)
+    .await?)
+}
