@@ -23,6 +23,7 @@ fn allowed(role: &str, area: &str) -> bool {
                 | "roles:read"
         ),
         "auditor" => area.ends_with(":read"),
+        // Rotating signing keys is for admins only (the first arm).
         "viewer" => matches!(area, "instances:read" | "keys:read" | "nodes:read"),
         _ => false,
     }
@@ -230,7 +231,31 @@ async fn every_management_route_enforces_the_role_matrix() {
             "admin-keys:write",
             None,
         ),
+        (
+            Method::POST,
+            "/v1/signing-keys/rotate".into(),
+            "/v1/signing-keys/rotate",
+            "signing-keys:write",
+            None,
+        ),
     ];
+
+    // Node routes take node keys only: no operator credential opens them.
+    let node_routes = [
+        (Method::POST, "/v1/introspect"),
+        (Method::GET, "/v1/authz/check"),
+        (Method::POST, "/v1/authz/check"),
+        (Method::GET, "/v1/revocations/stream"),
+    ];
+    for (method, path) in &node_routes {
+        for token in std::iter::once(BOOTSTRAP).chain(tokens.iter().map(|(_, t)| t.as_str())) {
+            let (status, _) = call(server.as_(token, method.clone(), path), None).await;
+            assert_eq!(
+                status, 401,
+                "{method} {path} opened to an operator credential"
+            );
+        }
+    }
 
     // The table covers every operation the OpenAPI document lists under /v1.
     let spec = keyplane_server::routes::openapi();
@@ -249,6 +274,11 @@ async fn every_management_route_enforces_the_role_matrix() {
     let tested: BTreeSet<(String, String)> = routes
         .iter()
         .map(|(method, _, template, _, _)| (method.to_string(), template.to_string()))
+        .chain(
+            node_routes
+                .iter()
+                .map(|(m, p)| (m.to_string(), p.to_string())),
+        )
         .collect();
     assert_eq!(
         documented, tested,

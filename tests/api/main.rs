@@ -13,5 +13,6 @@ mod embedded;
 mod errors;
 mod health;
 mod instances;
+mod introspect;
 mod keys;
 mod lifecycle;

@@ -65,6 +65,7 @@ pub fn settings_for(database_url: &str) -> Settings {
             acquire_timeout: Duration::from_secs(2),
             startup_wait: Duration::from_secs(5),
         },
+        master_key: Some(SecretString::from(MASTER_KEY.to_owned())),
         ..Settings::default()
     }
 }
@@ -268,6 +269,9 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// The master key test servers run with (32 bytes, base64).
+pub const MASTER_KEY: &str = "a2V5cGxhbmUtdGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGU=";
 
 /// The bootstrap token test servers run with.
 pub const BOOTSTRAP: &str = "bootstrap-token-for-tests-0123456789abcdef";

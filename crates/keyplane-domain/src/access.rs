@@ -43,11 +43,13 @@ pub enum Permission {
     AuditRead,
     /// Mint enrollment tokens.
     EnrollmentWrite,
+    /// Rotate the keys that sign introspection answers.
+    SigningKeysWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::InstancesRead,
         Permission::InstancesWrite,
         Permission::KeysRead,
@@ -60,6 +62,7 @@ impl Permission {
         Permission::AdminKeysWrite,
         Permission::AuditRead,
         Permission::EnrollmentWrite,
+        Permission::SigningKeysWrite,
     ];
 }
 

@@ -9,6 +9,7 @@ mod duration;
 mod key;
 mod mode;
 mod name;
+mod route;
 mod scope;
 
 pub use access::{ManagementRole, ManagementRoleError, Permission};
@@ -16,4 +17,5 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use key::{KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, mask_untrusted};
 pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
+pub use route::{Access, RouteError, RouteMap};
 pub use scope::{CATALOG as SCOPE_CATALOG, Scope, ScopeError, ScopeSet, effective_scopes};

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -12,16 +13,22 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use keyplane_store::Database;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, describe_location};
 use crate::error::ApiError;
+use crate::events::{Event, Events};
+use crate::introspection::{Introspector, ProbeWatch};
 use crate::pagination::CursorKey;
 use crate::request::request_context;
 use crate::routes;
+use crate::signing::{MasterKey, Signer};
 use crate::state::AppState;
 
 /// A built server: database connected and migrated, listener bound.
@@ -29,6 +36,77 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    /// Background work (event listener, cache follower, usage flusher).
+    tasks: Tasks,
+}
+
+/// Background tasks, stopped when dropped.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// How often last-use times are written.
+const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// A signing key older than this is replaced at start-up.
+const SIGNING_KEY_ROTATION_DAYS: i64 = 30;
+
+/// The master key: from the settings, or in `dev` the one kept in the data
+/// directory (made on first start, readable by this user only).
+fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if let Some(key) = &settings.master_key {
+        return Ok(MasterKey::parse(key.expose_secret())?);
+    }
+    let path = settings.data_dir.join("master.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return MasterKey::parse(&text)
+            .with_context(|| format!("{} is not a master key", path.display()));
+    }
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let generated =
+        MasterKey::generate().map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
+    let staging = settings.data_dir.join("master.key.new");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&staging)
+            .with_context(|| format!("writing {}", staging.display()))?;
+        file.write_all(generated.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&staging, &path)?;
+    tracing::warn!(path = %path.display(), "no KEYPLANE_MASTER_KEY: generated a dev master key");
+    Ok(MasterKey::parse(&generated)?)
+}
+
+/// Reloads the signing key when another replica rotates it.
+fn follow_signing_keys(signer: &Signer, events: &Events, pool: sqlx::PgPool) -> JoinHandle<()> {
+    let mut receiver = events.subscribe();
+    let signer = signer.clone();
+    tokio::spawn(async move {
+        loop {
+            match receiver.recv().await {
+                Ok(Event::SigningKeys | Event::Resync) | Err(RecvError::Lagged(_)) => {
+                    if let Err(err) = signer.reload(&pool).await {
+                        tracing::warn!(error = %format!("{err:#}"), "could not reload the signing key");
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 impl App {
@@ -59,16 +137,50 @@ impl App {
         let cursors = Arc::new(CursorKey::new(
             keyplane_store::cursor_secret(db.pool()).await?,
         ));
+        let issuer: Arc<str> = match &settings.issuer {
+            Some(issuer) => issuer.as_str().into(),
+            None => format!(
+                "urn:keyplane:{}",
+                keyplane_store::deployment_id(db.pool()).await?
+            )
+            .into(),
+        };
+        let master = master_key(&settings)?;
+        let signer = Signer::load(
+            db.pool(),
+            master,
+            chrono::Duration::days(SIGNING_KEY_ROTATION_DAYS),
+        )
+        .await?;
+        let events = Events::new(!db.is_embedded());
+        let introspector =
+            Introspector::new(db.pool().clone(), settings.introspection_cache_capacity);
+        let mut tasks = vec![
+            introspector.follow(&events),
+            introspector.flush_every(USAGE_FLUSH_EVERY),
+            follow_signing_keys(&signer, &events, db.pool().clone()),
+        ];
+        if !db.is_embedded() {
+            tasks.push(events.listen(db.pool().clone()));
+        }
+        let probes = ProbeWatch::new(settings.probe_threshold, settings.probe_window);
         let state = AppState {
+            routes: Arc::new(settings.routes.clone()),
             db,
             settings: Arc::new(settings),
             clock,
             cursors,
+            events,
+            introspector,
+            issuer,
+            signer,
+            probes,
         };
         Ok(App {
             router: http_service(state.clone()),
             listener,
             state,
+            tasks: Tasks(tasks),
         })
     }
 
@@ -112,6 +224,8 @@ impl App {
                 Ok(())
             }
         };
+        drop(self.tasks);
+        self.state.introspector.flush_usage().await;
         self.state.db.close().await;
         tracing::info!("stopped");
         served

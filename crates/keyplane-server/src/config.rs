@@ -10,10 +10,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
-use keyplane_domain::{Mode, format_duration, parse_duration};
+use keyplane_domain::{Mode, RouteMap, format_duration, parse_duration};
 use keyplane_store::{DatabaseLocation, PoolSettings, describe_url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::signing::MasterKey;
 
 /// A setting that could not be accepted. Printed as one line; the process
 /// then exits with status 2.
@@ -72,6 +74,25 @@ pub struct SettingsArgs {
     /// The longest life any key may have (seconds or e.g. 90d).
     #[arg(long, env = "KEYPLANE_MAX_KEY_LIFETIME", global = true)]
     pub max_key_lifetime: Option<String>,
+    /// How long nodes may cache a positive introspection answer (e.g. 30s).
+    #[arg(long, env = "KEYPLANE_INTROSPECTION_CACHE_TTL", global = true)]
+    pub introspection_cache_ttl: Option<String>,
+    /// How many keys the introspection cache holds (0 turns it off, for benchmarks).
+    #[arg(long, env = "KEYPLANE_INTROSPECTION_CACHE_CAPACITY", global = true)]
+    pub introspection_cache_capacity: Option<String>,
+    /// Inactive introspection answers to one node, within the probe window,
+    /// that are audited as a suspected probe.
+    #[arg(long, env = "KEYPLANE_PROBE_THRESHOLD", global = true)]
+    pub probe_threshold: Option<String>,
+    /// The window for KEYPLANE_PROBE_THRESHOLD (e.g. 60s).
+    #[arg(long, env = "KEYPLANE_PROBE_WINDOW", global = true)]
+    pub probe_window: Option<String>,
+    /// Route rules checked before the defaults, e.g. "GET /v1/models=public".
+    #[arg(long, env = "KEYPLANE_ROUTE_SCOPES", global = true)]
+    pub route_scopes: Option<String>,
+    /// The `iss` of introspection answers.
+    #[arg(long, env = "KEYPLANE_ISSUER", global = true)]
+    pub issuer: Option<String>,
 }
 
 /// The configuration file's shape: the same settings, without secrets.
@@ -88,6 +109,12 @@ struct FileSettings {
     shutdown_grace: Option<toml::Value>,
     log_format: Option<String>,
     max_key_lifetime: Option<toml::Value>,
+    introspection_cache_ttl: Option<toml::Value>,
+    introspection_cache_capacity: Option<toml::Value>,
+    probe_threshold: Option<toml::Value>,
+    probe_window: Option<toml::Value>,
+    route_scopes: Option<String>,
+    issuer: Option<String>,
 }
 
 /// Settings that are secrets and so may never come from the configuration file.
@@ -129,6 +156,23 @@ pub struct Settings {
     pub bootstrap_token: Option<SecretString>,
     /// The longest life any key may have.
     pub max_key_lifetime: Duration,
+    /// How long nodes may cache a positive introspection answer.
+    pub introspection_cache_ttl: Duration,
+    /// How many keys the introspection cache holds; 0 turns it off.
+    pub introspection_cache_capacity: u64,
+    /// Inactive answers to one node within `probe_window` that are audited as a probe.
+    pub probe_threshold: u64,
+    /// The window for `probe_threshold`.
+    pub probe_window: Duration,
+    /// Which scope each inference route needs (configured rules, then the defaults).
+    pub routes: RouteMap,
+    /// The `iss` of introspection answers; defaults to `urn:keyplane:<deployment id>`.
+    pub issuer: Option<String>,
+    /// Seals signing keys at rest; in `dev` without one, a key is kept in
+    /// `data_dir/master.key`.
+    pub master_key: Option<SecretString>,
+    /// Where `dev` keeps local state (the embedded database, the dev master key).
+    pub data_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -144,6 +188,14 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             bootstrap_token: None,
             max_key_lifetime: Duration::from_secs(90 * 86_400),
+            introspection_cache_ttl: Duration::from_secs(30),
+            introspection_cache_capacity: 100_000,
+            probe_threshold: 100,
+            probe_window: Duration::from_secs(60),
+            routes: RouteMap::defaults(),
+            issuer: None,
+            master_key: None,
+            data_dir: PathBuf::from("keyplane-data"),
         }
     }
 }
@@ -218,7 +270,7 @@ impl Settings {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("keyplane-data"));
-        let database = database_location(mode, data_dir)?;
+        let database = database_location(mode, data_dir.clone())?;
 
         let max_connections = number_setting(
             "KEYPLANE_DB_MAX_CONNECTIONS",
@@ -284,6 +336,45 @@ impl Settings {
             ));
         }
 
+        let introspection_cache_ttl = duration_setting(
+            "KEYPLANE_INTROSPECTION_CACHE_TTL",
+            &args.introspection_cache_ttl,
+            &file.introspection_cache_ttl,
+        )?
+        .unwrap_or(defaults.introspection_cache_ttl);
+        if introspection_cache_ttl > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "KEYPLANE_INTROSPECTION_CACHE_TTL",
+                "expected at most 1h",
+            ));
+        }
+        let introspection_cache_capacity = number_setting(
+            "KEYPLANE_INTROSPECTION_CACHE_CAPACITY",
+            &args.introspection_cache_capacity,
+            &file.introspection_cache_capacity,
+        )?
+        .unwrap_or(defaults.introspection_cache_capacity);
+        let probe_threshold = number_setting(
+            "KEYPLANE_PROBE_THRESHOLD",
+            &args.probe_threshold,
+            &file.probe_threshold,
+        )?
+        .filter(|n| *n > 0)
+        .unwrap_or(defaults.probe_threshold);
+        let probe_window = duration_setting(
+            "KEYPLANE_PROBE_WINDOW",
+            &args.probe_window,
+            &file.probe_window,
+        )?
+        .unwrap_or(defaults.probe_window);
+        let routes = match pick(&args.route_scopes, &file.route_scopes) {
+            Some(rules) => RouteMap::parse(&rules)
+                .map_err(|err| ConfigError::new("KEYPLANE_ROUTE_SCOPES", err.to_string()))?
+                .then(RouteMap::defaults()),
+            None => defaults.routes,
+        };
+        let issuer = pick(&args.issuer, &file.issuer);
+
         let bootstrap_token = secret_from_env("KEYPLANE_BOOTSTRAP_TOKEN")?;
         if bootstrap_token
             .as_ref()
@@ -293,6 +384,21 @@ impl Settings {
                 "KEYPLANE_BOOTSTRAP_TOKEN",
                 "expected at least 32 characters",
             ));
+        }
+
+        let master_key = secret_from_env("KEYPLANE_MASTER_KEY")?;
+        match &master_key {
+            Some(key) => {
+                MasterKey::parse(key.expose_secret())
+                    .map_err(|err| ConfigError::new("KEYPLANE_MASTER_KEY", err.to_string()))?;
+            }
+            None if mode != Mode::Dev => {
+                return Err(ConfigError::new(
+                    "KEYPLANE_MASTER_KEY",
+                    format!("required in {mode} mode (32 bytes, e.g. `openssl rand -base64 32`)"),
+                ));
+            }
+            None => {}
         }
 
         Ok(Settings {
@@ -310,6 +416,14 @@ impl Settings {
             log_format,
             bootstrap_token,
             max_key_lifetime,
+            introspection_cache_ttl,
+            introspection_cache_capacity,
+            probe_threshold,
+            probe_window,
+            routes,
+            issuer,
+            master_key,
+            data_dir,
         })
     }
 
@@ -324,11 +438,24 @@ impl Settings {
             ("request_timeout", format_duration(self.request_timeout)),
             ("max_key_lifetime", format_duration(self.max_key_lifetime)),
             (
+                "introspection_cache_ttl",
+                format_duration(self.introspection_cache_ttl),
+            ),
+            (
                 "bootstrap_token",
                 if self.bootstrap_token.is_some() {
                     "set (hidden)"
                 } else {
                     "not set"
+                }
+                .to_owned(),
+            ),
+            (
+                "master_key",
+                if self.master_key.is_some() {
+                    "set (hidden)"
+                } else {
+                    "dev key in data_dir"
                 }
                 .to_owned(),
             ),

@@ -9,10 +9,13 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod extract;
+pub mod introspection;
 pub mod pagination;
 pub mod request;
 pub mod routes;
+pub mod signing;
 pub mod state;
 pub mod telemetry;
 

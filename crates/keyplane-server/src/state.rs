@@ -2,11 +2,15 @@
 
 use std::sync::Arc;
 
+use keyplane_domain::RouteMap;
 use keyplane_store::Database;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::events::Events;
+use crate::introspection::{Introspector, ProbeWatch};
 use crate::pagination::CursorKey;
+use crate::signing::Signer;
 
 /// Shared by every handler through `State`; cheap to clone.
 #[derive(Clone, Debug)]
@@ -19,4 +23,16 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Signs and checks pagination cursors.
     pub cursors: Arc<CursorKey>,
+    /// Change events: published with transactions, followed by caches and streams.
+    pub events: Events,
+    /// The introspection cache.
+    pub introspector: Introspector,
+    /// The `iss` of introspection answers.
+    pub issuer: Arc<str>,
+    /// Which scope each inference route needs.
+    pub routes: Arc<RouteMap>,
+    /// Signs introspection answers.
+    pub signer: Signer,
+    /// Flags bursts of inactive answers per node.
+    pub probes: ProbeWatch,
 }

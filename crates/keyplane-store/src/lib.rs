@@ -12,10 +12,13 @@ mod database;
 mod embedded;
 mod error;
 pub mod instances;
+pub mod introspection;
 pub mod keys;
 pub mod nodes;
 mod page;
+pub mod revocations;
 pub mod roles;
+pub mod signing_keys;
 
 pub use database::{Database, DatabaseLocation, PoolSettings, Readiness, describe_url};
 pub use error::StoreError;
@@ -28,6 +31,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 pub async fn cursor_secret(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<u8>, StoreError> {
     Ok(
         sqlx::query_scalar::<_, Vec<u8>>(r#"select cursor_secret from deployment"#)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// The id created with the database (stable across restarts and replicas).
+pub async fn deployment_id(db: impl sqlx::PgExecutor<'_>) -> Result<uuid::Uuid, StoreError> {
+    Ok(
+        sqlx::query_scalar::<_, uuid::Uuid>(r#"select id from deployment"#)
             .fetch_one(db)
             .await?,
     )

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use keyplane_domain::{Permission, ScopeSet};
-use keyplane_store::{audit, instances, keys};
+use keyplane_store::{audit, instances, keys, revocations};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
+use crate::events::Event;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
@@ -331,6 +332,12 @@ pub async fn update_instance(
     }
     after.updated_at = now;
     let after = instances::save(&mut tx, &after).await?;
+    let mut events = vec![Event::Instance { id }];
+    if before.status == "active" && after.status == "suspended" {
+        let stopped = revocations::live_keys_of_instance(&mut *tx, id, now).await?;
+        revocations::record(&mut tx, &stopped, "suspended", now).await?;
+        events.push(Event::Revocations);
+    }
     let action = match (before.status.as_str(), after.status.as_str()) {
         ("active", "suspended") => "instance.suspend",
         ("suspended", "active") => "instance.resume",
@@ -346,7 +353,7 @@ pub async fn update_instance(
         ),
     )
     .await?;
-    tx.commit().await?;
+    state.events.commit(tx, &events).await?;
     Ok(Json(after.into()))
 }
 
@@ -381,6 +388,7 @@ pub async fn decommission_instance(
     instance.decommissioned_at = Some(now);
     instances::save(&mut tx, &instance).await?;
     let revoked = keys::revoke_all_of_instance(&mut tx, id, "instance decommissioned", now).await?;
+    revocations::record(&mut tx, &revoked, "decommissioned", now).await?;
     audit::append(
         &mut *tx,
         &audit.entry(
@@ -391,7 +399,10 @@ pub async fn decommission_instance(
         ),
     )
     .await?;
-    tx.commit().await?;
+    state
+        .events
+        .commit(tx, &[Event::Instance { id }, Event::Revocations])
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use keyplane_domain::{
     KeyKind, KeySecret, Mode, Permission, RoleName, ScopeSet, effective_scopes, format_duration,
 };
-use keyplane_store::{audit, instances, keys, nodes, roles};
+use keyplane_store::{audit, instances, keys, nodes, revocations, roles};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
+use crate::events::Event;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
@@ -544,6 +545,11 @@ pub async fn update_key(
         after.enabled = enabled;
     }
     let after = keys::save(&mut tx, &after, now).await?;
+    let mut events = vec![Event::Key { id }];
+    if before.enabled && !after.enabled {
+        revocations::record(&mut tx, &[id], "disabled", now).await?;
+        events.push(Event::Revocations);
+    }
     let action = match (before.enabled, after.enabled) {
         (true, false) => "key.disable",
         (false, true) => "key.enable",
@@ -560,7 +566,7 @@ pub async fn update_key(
     )
     .await?;
     let key = view_one(&mut tx, after).await?;
-    tx.commit().await?;
+    state.events.commit(tx, &events).await?;
     Ok(Json(key))
 }
 
@@ -621,7 +627,12 @@ pub async fn rotate_key(
     )
     .await?;
     let key = view_one(&mut tx, successor).await?;
-    tx.commit().await?;
+    let mut events = vec![Event::Key { id }];
+    if grace == 0 {
+        revocations::record(&mut tx, &[id], "rotated", now).await?;
+        events.push(Event::Revocations);
+    }
+    state.events.commit(tx, &events).await?;
     Ok(created(CreatedKeyResponse {
         key,
         secret: secret.expose().to_owned(),
@@ -699,6 +710,7 @@ pub async fn revoke_key(
         key.revoked_at = Some(now);
         key.revoked_reason = reason;
         key = keys::save(&mut tx, &key, now).await?;
+        revocations::record(&mut tx, &[id], "revoked", now).await?;
         audit::append(
             &mut *tx,
             &audit.entry(
@@ -711,7 +723,10 @@ pub async fn revoke_key(
         .await?;
     }
     let view = view_one(&mut tx, key).await?;
-    tx.commit().await?;
+    state
+        .events
+        .commit(tx, &[Event::Key { id }, Event::Revocations])
+        .await?;
     Ok(Json(view))
 }
 

@@ -6,8 +6,10 @@ pub mod health;
 pub mod input;
 pub mod instances;
 pub mod keys;
+pub mod node_api;
 pub mod nodes;
 pub mod roles;
+pub mod signing_keys;
 
 use axum::Router;
 use axum::routing::get;
@@ -51,6 +53,10 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
     }
 }
 
@@ -81,6 +87,11 @@ fn api_router() -> OpenApiRouter<AppState> {
             admin_keys::list_admin_keys
         ))
         .routes(routes!(admin_keys::revoke_admin_key))
+        .routes(routes!(node_api::introspect))
+        .routes(routes!(node_api::check_access, node_api::check_access_post))
+        .routes(routes!(node_api::stream_revocations))
+        .routes(routes!(node_api::jwks))
+        .routes(routes!(signing_keys::rotate_signing_key))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and committed in

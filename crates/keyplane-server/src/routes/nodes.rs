@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
+use crate::events::Event;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
@@ -240,6 +241,6 @@ pub async fn retire_node(
         &audit.entry("node.retire", "node", id, json!({ "name": node.name })),
     )
     .await?;
-    tx.commit().await?;
+    state.events.commit(tx, &[Event::Node { id }]).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
+use crate::events::Event;
 use crate::extract::{ApiJson, ApiPath};
 use crate::routes::input;
 use crate::state::AppState;
@@ -137,7 +138,7 @@ pub async fn put_role(
         ),
     )
     .await?;
-    tx.commit().await?;
+    state.events.commit(tx, &[Event::Roles]).await?;
     Ok((status, Json(after.into())))
 }
 
@@ -183,6 +184,6 @@ pub async fn delete_role(
         ),
     )
     .await?;
-    tx.commit().await?;
+    state.events.commit(tx, &[Event::Roles]).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,459 @@
+//! The introspection hot path: a cache of what decides whether a key is good,
+//! keyed by the key's digest, so a hit never touches the database.
+//!
+//! The cache holds facts (scopes, audience, networks, expiry), not answers:
+//! each request is judged against its own node, scope, address and time, so
+//! expiry needs no invalidation. Changes drop entries through [`Events`];
+//! unknown digests are remembered briefly too, and each digest is loaded by
+//! one request at a time however many arrive at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use keyplane_domain::{KeyKind, KeySecret, ScopeSet, effective_scopes};
+use keyplane_store::introspection::{self, KeyFacts, NodeFacts};
+use moka::Expiry;
+use moka::future::Cache;
+use sqlx::PgPool;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::events::{Event, Events};
+
+/// How long an unknown digest is remembered as unknown.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// The longest a known entry lives without an event, should one be missed.
+const POSITIVE_TTL: Duration = Duration::from_secs(60);
+
+/// What keyplane knows about one instance key.
+#[derive(Debug)]
+pub struct CachedKey {
+    key_id: Uuid,
+    instance_id: Uuid,
+    instance_name: String,
+    usable: bool,
+    scopes: ScopeSet,
+    audience: Vec<Uuid>,
+    networks: Vec<IpNet>,
+    issued_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+}
+
+impl CachedKey {
+    fn from_facts(facts: KeyFacts) -> CachedKey {
+        let ceiling = ScopeSet::from_trusted(&facts.allowed_scopes);
+        let scopes = effective_scopes(
+            &ScopeSet::from_trusted(&facts.scopes),
+            [&ScopeSet::from_trusted(&facts.role_scopes)],
+            &ceiling,
+        );
+        let ends_at = facts
+            .grace_until
+            .map_or(facts.expires_at, |grace| grace.min(facts.expires_at));
+        CachedKey {
+            key_id: facts.key_id,
+            instance_id: facts.instance_id,
+            instance_name: facts.instance_name,
+            usable: facts.enabled && !facts.revoked && facts.instance_status == "active",
+            scopes,
+            audience: facts
+                .audience
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            // A network that does not parse matches nothing: fail closed.
+            networks: facts
+                .allowed_cidrs
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            issued_at: facts.created_at,
+            ends_at,
+        }
+    }
+
+    /// The answer for `node` asking about this key, or None (inactive).
+    fn judge(
+        &self,
+        node: Uuid,
+        wanted: &ScopeSet,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Option<Verdict> {
+        let in_audience = self.audience.is_empty() || self.audience.contains(&node);
+        let from_allowed_network = self.networks.is_empty()
+            || client_ip.is_some_and(|ip| self.networks.iter().any(|net| net.contains(&ip)));
+        let ok = self.usable
+            && now < self.ends_at
+            && in_audience
+            && from_allowed_network
+            && self.scopes.is_superset(wanted);
+        ok.then(|| Verdict {
+            key_id: self.key_id,
+            instance_id: self.instance_id,
+            instance_name: self.instance_name.clone(),
+            scopes: self.scopes.clone(),
+            issued_at: self.issued_at,
+            ends_at: self.ends_at,
+        })
+    }
+}
+
+/// A good key, as judged for one request.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The key.
+    pub key_id: Uuid,
+    /// Its instance.
+    pub instance_id: Uuid,
+    /// Its instance's name.
+    pub instance_name: String,
+    /// Its effective scopes.
+    pub scopes: ScopeSet,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// When it stops working (expiry, or the end of its grace window).
+    pub ends_at: DateTime<Utc>,
+}
+
+/// A node, as its key authenticates it.
+#[derive(Debug, Clone)]
+pub struct CachedNode {
+    /// Its id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    expires_at: DateTime<Utc>,
+    retired: bool,
+}
+
+impl From<NodeFacts> for CachedNode {
+    fn from(facts: NodeFacts) -> Self {
+        CachedNode {
+            id: facts.id,
+            name: facts.name,
+            expires_at: facts.expires_at,
+            retired: facts.retired,
+        }
+    }
+}
+
+/// Known entries live until an event drops them (or the safety-net TTL);
+/// unknown ones only briefly.
+struct Lifetimes;
+
+impl<V> Expiry<[u8; 32], Arc<Option<V>>> for Lifetimes {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Option<V>>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(if value.is_some() {
+            POSITIVE_TTL
+        } else {
+            NEGATIVE_TTL
+        })
+    }
+}
+
+fn digest_cache<V: Send + Sync + 'static>(capacity: u64) -> Cache<[u8; 32], Arc<Option<V>>> {
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(Lifetimes)
+        .support_invalidation_closures()
+        .build()
+}
+
+/// Last-use times waiting to be written, so that a request never writes.
+#[derive(Debug, Default)]
+struct Usage {
+    keys: HashMap<Uuid, DateTime<Utc>>,
+    nodes: HashMap<Uuid, DateTime<Utc>>,
+}
+
+/// The introspection cache and the bookkeeping around it.
+#[derive(Clone)]
+pub struct Introspector {
+    pool: PgPool,
+    keys: Cache<[u8; 32], Arc<Option<CachedKey>>>,
+    nodes: Cache<[u8; 32], Arc<Option<CachedNode>>>,
+    /// False when the capacity is 0: every request goes to the database.
+    cached: bool,
+    usage: Arc<Mutex<Usage>>,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("keys", &self.keys.entry_count())
+            .field("nodes", &self.nodes.entry_count())
+            .finish()
+    }
+}
+
+impl Introspector {
+    /// An empty cache of `capacity` keys (and as many nodes) over `pool`.
+    pub fn new(pool: PgPool, capacity: u64) -> Introspector {
+        Introspector {
+            pool,
+            keys: digest_cache(capacity),
+            nodes: digest_cache(capacity),
+            cached: capacity > 0,
+            usage: Arc::default(),
+        }
+    }
+
+    /// Judges `token` for `node`: None for anything but a good key that
+    /// passes every check. Errors only when the database is needed and fails.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        node: Uuid,
+        wanted: &ScopeSet,
+        client_ip: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Verdict>, Unavailable> {
+        // Garbage and mistyped keys are refused without a lookup.
+        let Ok(key) = KeySecret::parse_as(KeyKind::Instance, token) else {
+            return Ok(None);
+        };
+        let digest = *key.digest().as_bytes();
+        let pool = self.pool.clone();
+        let load = async move {
+            let facts = introspection::key_facts(&pool, &digest).await?;
+            Ok::<_, keyplane_store::StoreError>(Arc::new(facts.map(CachedKey::from_facts)))
+        };
+        let cached = if self.cached {
+            self.keys
+                .try_get_with(digest, load)
+                .await
+                .map_err(unavailable)?
+        } else {
+            load.await.map_err(|err| unavailable(Arc::new(err)))?
+        };
+        let verdict = cached
+            .as_ref()
+            .as_ref()
+            .and_then(|key| key.judge(node, wanted, client_ip, now));
+        if let Some(verdict) = &verdict
+            && let Ok(mut usage) = self.usage.lock()
+        {
+            usage.keys.insert(verdict.key_id, now);
+        }
+        Ok(verdict)
+    }
+
+    /// The live node whose key `token` is, if any.
+    pub async fn node(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CachedNode>, Unavailable> {
+        let Ok(key) = KeySecret::parse_as(KeyKind::Node, token) else {
+            return Ok(None);
+        };
+        let digest = *key.digest().as_bytes();
+        let pool = self.pool.clone();
+        let cached = self
+            .nodes
+            .try_get_with(digest, async move {
+                let facts = introspection::node_facts(&pool, &digest).await?;
+                Ok::<_, keyplane_store::StoreError>(Arc::new(facts.map(CachedNode::from)))
+            })
+            .await
+            .map_err(unavailable)?;
+        let node = cached
+            .as_ref()
+            .as_ref()
+            .filter(|node| !node.retired && now < node.expires_at)
+            .cloned();
+        if let Some(node) = &node
+            && let Ok(mut usage) = self.usage.lock()
+        {
+            usage.nodes.insert(node.id, now);
+        }
+        Ok(node)
+    }
+
+    /// Drops what `event` makes stale.
+    pub fn apply(&self, event: &Event) {
+        let registered = match *event {
+            Event::Key { id } => self
+                .keys
+                .invalidate_entries_if(move |_, v| {
+                    v.as_ref().as_ref().is_some_and(|k| k.key_id == id)
+                })
+                .map(drop),
+            Event::Instance { id } => self
+                .keys
+                .invalidate_entries_if(move |_, v| {
+                    v.as_ref().as_ref().is_some_and(|k| k.instance_id == id)
+                })
+                .map(drop),
+            Event::Node { id } => self
+                .nodes
+                .invalidate_entries_if(move |_, v| v.as_ref().as_ref().is_some_and(|n| n.id == id))
+                .map(drop),
+            Event::Roles => {
+                self.keys.invalidate_all();
+                Ok(())
+            }
+            Event::Resync => {
+                self.keys.invalidate_all();
+                self.nodes.invalidate_all();
+                Ok(())
+            }
+            Event::Revocations | Event::SigningKeys => Ok(()),
+        };
+        if registered.is_err() {
+            // Predicates could not be registered: be safe, drop everything.
+            self.keys.invalidate_all();
+            self.nodes.invalidate_all();
+        }
+    }
+
+    /// Applies every event from `events` until the process stops.
+    pub fn follow(&self, events: &Events) -> JoinHandle<()> {
+        let mut receiver = events.subscribe();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => this.apply(&event),
+                    // Too many events to keep up with: some were dropped.
+                    Err(RecvError::Lagged(_)) => this.apply(&Event::Resync),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// Writes the last-use times gathered since the previous flush.
+    pub async fn flush_usage(&self) {
+        let usage = match self.usage.lock() {
+            Ok(mut usage) => std::mem::take(&mut *usage),
+            Err(_) => return,
+        };
+        let (key_ids, key_times): (Vec<_>, Vec<_>) = usage.keys.into_iter().unzip();
+        let (node_ids, node_times): (Vec<_>, Vec<_>) = usage.nodes.into_iter().unzip();
+        if !key_ids.is_empty()
+            && let Err(err) = introspection::touch_keys(&self.pool, &key_ids, &key_times).await
+        {
+            tracing::warn!(error = %err, "could not record when keys were last used");
+        }
+        if !node_ids.is_empty()
+            && let Err(err) = introspection::touch_nodes(&self.pool, &node_ids, &node_times).await
+        {
+            tracing::warn!(error = %err, "could not record when nodes were last seen");
+        }
+    }
+
+    /// Flushes last-use times every `every` until the process stops.
+    pub fn flush_every(&self, every: Duration) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                this.flush_usage().await;
+            }
+        })
+    }
+}
+
+/// The database was needed for a lookup and did not answer. The cause is
+/// logged where it happened.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the database is not available")]
+pub struct Unavailable;
+
+/// moka shares a loader's error between every request that waited on it.
+fn unavailable(err: Arc<keyplane_store::StoreError>) -> Unavailable {
+    tracing::error!(error = %err, "introspection lookup failed");
+    Unavailable
+}
+
+/// Counts inactive answers per node and flags a burst: many inactive answers
+/// in a short window look like someone guessing keys through that node.
+#[derive(Debug, Clone)]
+pub struct ProbeWatch {
+    threshold: u64,
+    window: chrono::Duration,
+    nodes: Arc<Mutex<HashMap<Uuid, ProbeWindow>>>,
+}
+
+#[derive(Debug)]
+struct ProbeWindow {
+    started: DateTime<Utc>,
+    inactive: u64,
+    reported: bool,
+}
+
+impl ProbeWatch {
+    /// Flags `threshold` inactive answers to one node within `window`.
+    pub fn new(threshold: u64, window: Duration) -> ProbeWatch {
+        ProbeWatch {
+            threshold,
+            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::minutes(1)),
+            nodes: Arc::default(),
+        }
+    }
+
+    /// Counts one inactive answer to `node`; answers the window's count when
+    /// this answer crosses the threshold (once per node per window).
+    pub fn inactive(&self, node: Uuid, now: DateTime<Utc>) -> Option<u64> {
+        let mut nodes = self.nodes.lock().ok()?;
+        let window = nodes.entry(node).or_insert(ProbeWindow {
+            started: now,
+            inactive: 0,
+            reported: false,
+        });
+        if now - window.started >= self.window {
+            *window = ProbeWindow {
+                started: now,
+                inactive: 0,
+                reported: false,
+            };
+        }
+        window.inactive += 1;
+        if window.inactive >= self.threshold && !window.reported {
+            window.reported = true;
+            return Some(window.inactive);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_flagged_once_per_window() {
+        let watch = ProbeWatch::new(3, Duration::from_secs(60));
+        let node = Uuid::new_v4();
+        let start = Utc::now();
+        assert_eq!(watch.inactive(node, start), None);
+        assert_eq!(watch.inactive(node, start), None);
+        assert_eq!(watch.inactive(node, start), Some(3));
+        assert_eq!(watch.inactive(node, start), None, "once per window");
+        assert_eq!(
+            watch.inactive(Uuid::new_v4(), start),
+            None,
+            "counted per node"
+        );
+        let later = start + chrono::Duration::seconds(61);
+        assert_eq!(
+            watch.inactive(node, later),
+            None,
+            "a new window starts from zero"
+        );
+    }
+}

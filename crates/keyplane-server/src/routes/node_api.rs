@@ -1,0 +1,591 @@
+//! The node-facing API: introspection (RFC 7662), forward auth for proxies,
+//! and the revocation stream.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use keyplane_domain::{Access, ScopeSet};
+use keyplane_store::revocations;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::bearer;
+use crate::error::{ApiError, Problem};
+use crate::events::Event;
+use crate::extract::ApiJson;
+use crate::introspection::{CachedNode, Unavailable, Verdict};
+use crate::state::AppState;
+
+/// The header forward-auth callers put their node key in.
+pub const NODE_KEY_HEADER: &str = "x-keyplane-node-key";
+
+/// An authenticated node: a live node key as a bearer token, in
+/// `X-Keyplane-Node-Key`, or as the password of HTTP Basic with the node's id
+/// as the user name (for off-the-shelf RFC 7662 clients).
+#[derive(Debug, Clone)]
+pub struct NodeAuth(pub CachedNode);
+
+fn bad_node() -> ApiError {
+    ApiError::Unauthorized {
+        code: "invalid_node_credentials",
+        detail: "send a node key as Authorization: Bearer kpn_… (or HTTP Basic: node id and node key)",
+    }
+}
+
+impl From<Unavailable> for ApiError {
+    fn from(err: Unavailable) -> Self {
+        ApiError::Unavailable {
+            code: "database_unavailable",
+            detail: err.to_string(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let (token, claimed_id) = node_credential(parts).ok_or_else(bad_node)?;
+        let node = state
+            .introspector
+            .node(&token, state.clock.now())
+            .await?
+            .filter(|node| claimed_id.is_none_or(|id| id == node.id))
+            .ok_or_else(bad_node)?;
+        Ok(NodeAuth(node))
+    }
+}
+
+/// The node key of a request and, with HTTP Basic, the id it claims.
+fn node_credential(parts: &Parts) -> Option<(String, Option<Uuid>)> {
+    if let Some(key) = parts
+        .headers
+        .get(NODE_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some((key.trim().to_owned(), None));
+    }
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD.decode(rest.trim()).ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        return Some((password.to_owned(), Some(Uuid::parse_str(user).ok()?)));
+    }
+    bearer(parts).map(|token| (token.to_owned(), None))
+}
+
+/// An introspection request (RFC 7662), as a form or as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct IntrospectRequest {
+    /// The key to check.
+    pub token: String,
+    /// Space-separated scopes the node needs; the key must have them all.
+    pub scope: Option<String>,
+    /// The address the node saw the client at, checked against the instance's networks.
+    pub client_ip: Option<String>,
+    /// Accepted and ignored (RFC 7662).
+    pub token_type_hint: Option<String>,
+}
+
+/// The answer: for any key that is not good, exactly `{"active": false}`.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct IntrospectResponse {
+    /// Whether the key is good for this node, scope and address now.
+    pub active: bool,
+    /// `api_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    /// The key's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<Uuid>,
+    /// The instance's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Uuid>,
+    /// The instance's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<Uuid>,
+    /// The instance's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    /// The key's effective scopes, space-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The node this answer is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Vec<Uuid>>,
+    /// When the key stops working (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// When the key was issued (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// When the key started working (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Who answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// How many seconds the node may cache this answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_ttl: Option<u64>,
+}
+
+/// Reads a form or a JSON body.
+pub struct FormOrJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for FormOrJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if json {
+            let ApiJson(value) = ApiJson::<T>::from_request(request, state).await?;
+            return Ok(FormOrJson(value));
+        }
+        let axum::Form(value) = axum::Form::<T>::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest {
+                code: "invalid_form",
+                detail: rejection.body_text(),
+                field: None,
+            })?;
+        Ok(FormOrJson(value))
+    }
+}
+
+/// Parses the scopes a node asks for; one keyplane does not know can never be held.
+fn wanted_scopes(text: Option<&str>) -> Option<ScopeSet> {
+    let texts: Vec<&str> = text.unwrap_or("").split_whitespace().collect();
+    ScopeSet::parse(&texts).ok()
+}
+
+/// The media type of signed answers (RFC 9701).
+pub const SIGNED_ANSWER: &str = "application/token-introspection+jwt";
+
+/// The claims of a signed answer (RFC 9701).
+#[derive(Debug, Serialize)]
+struct SignedAnswer<'a> {
+    iss: &'a str,
+    aud: String,
+    iat: i64,
+    token_introspection: &'a IntrospectResponse,
+}
+
+/// Answers as JSON, or as a JWT signed with the current signing key when the
+/// node asked for one.
+fn answer(
+    state: &AppState,
+    node: &CachedNode,
+    body: IntrospectResponse,
+    cache_control: &str,
+    signed: bool,
+    now: DateTime<Utc>,
+) -> Result<Response, ApiError> {
+    let mut response = if signed {
+        let claims = SignedAnswer {
+            iss: &state.issuer,
+            aud: node.id.to_string(),
+            iat: now.timestamp(),
+            token_introspection: &body,
+        };
+        let jwt = state.signer.sign("token-introspection+jwt", &claims)?;
+        let mut response = jwt.into_response();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(SIGNED_ANSWER));
+        response
+    } else {
+        Json(body).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(cache_control) {
+        response.headers_mut().insert(CACHE_CONTROL, value);
+    }
+    Ok(response)
+}
+
+fn active_body(
+    state: &AppState,
+    node: &CachedNode,
+    verdict: Verdict,
+    now: DateTime<Utc>,
+) -> (IntrospectResponse, u64) {
+    let remaining = (verdict.ends_at - now).num_seconds().max(0);
+    let cache_ttl = state
+        .settings
+        .introspection_cache_ttl
+        .as_secs()
+        .min(u64::try_from(remaining).unwrap_or(0));
+    let body = IntrospectResponse {
+        active: true,
+        token_type: Some("api_key"),
+        key_id: Some(verdict.key_id),
+        client_id: Some(verdict.instance_id),
+        sub: Some(verdict.instance_id),
+        instance_name: Some(verdict.instance_name),
+        scope: Some(verdict.scopes.to_oauth()),
+        aud: Some(vec![node.id]),
+        exp: Some(verdict.ends_at.timestamp()),
+        iat: Some(verdict.issued_at.timestamp()),
+        nbf: Some(verdict.issued_at.timestamp()),
+        iss: Some(state.issuer.to_string()),
+        cache_ttl: Some(cache_ttl),
+    };
+    (body, cache_ttl)
+}
+
+/// Introspect a key (RFC 7662). Every key that is not good for this node,
+/// scope and address gets exactly `{"active": false}`, whatever the reason.
+#[utoipa::path(
+    post, path = "/v1/introspect", operation_id = "introspect", tag = "nodes",
+    request_body(
+        content((IntrospectRequest = "application/x-www-form-urlencoded"), (IntrospectRequest = "application/json")),
+    ),
+    responses(
+        (status = 200, description = "The answer", body = IntrospectResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("basic" = [])),
+)]
+pub async fn introspect(
+    State(state): State<AppState>,
+    NodeAuth(node): NodeAuth,
+    headers: HeaderMap,
+    FormOrJson(request): FormOrJson<IntrospectRequest>,
+) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let signed = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(SIGNED_ANSWER));
+    let wanted = wanted_scopes(request.scope.as_deref());
+    // An address that does not parse is treated as unknown, which networks refuse.
+    let client_ip = request
+        .client_ip
+        .as_deref()
+        .and_then(|t| t.trim().parse::<IpAddr>().ok());
+    let bad_address = request.client_ip.is_some() && client_ip.is_none();
+    let verdict = match wanted {
+        Some(wanted) if !bad_address => {
+            state
+                .introspector
+                .introspect(&request.token, node.id, &wanted, client_ip, now)
+                .await?
+        }
+        _ => None,
+    };
+    match verdict {
+        Some(verdict) => {
+            let (body, ttl) = active_body(&state, &node, verdict, now);
+            answer(
+                &state,
+                &node,
+                body,
+                &format!("private, max-age={ttl}"),
+                signed,
+                now,
+            )
+        }
+        None => {
+            note_inactive(&state, &node, now);
+            answer(
+                &state,
+                &node,
+                IntrospectResponse::default(),
+                "no-store",
+                signed,
+                now,
+            )
+        }
+    }
+}
+
+/// Counts an inactive answer; a burst writes one `introspection.probe_suspected`
+/// audit entry per node per window (off the request's path).
+fn note_inactive(state: &AppState, node: &CachedNode, now: DateTime<Utc>) {
+    let Some(count) = state.probes.inactive(node.id, now) else {
+        return;
+    };
+    tracing::warn!(node = %node.id, inactive = count, "many inactive introspections: possible key probing");
+    let pool = state.db.pool().clone();
+    let entry = keyplane_store::audit::NewEntry {
+        at: now,
+        actor: format!("node:{}", node.id),
+        action: "introspection.probe_suspected",
+        target_type: "node",
+        target_id: Some(node.id.to_string()),
+        outcome: "denied",
+        request_id: None,
+        client_ip: None,
+        details: serde_json::json!({ "node": node.name, "inactive_answers": count }),
+    };
+    tokio::spawn(async move {
+        if let Err(err) = keyplane_store::audit::append(&pool, &entry).await {
+            tracing::warn!(error = %err, "could not audit a probe suspicion");
+        }
+    });
+}
+
+/// The public keys that verify signed introspection answers: the current
+/// signing key and the previous one.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", operation_id = "get_jwks", tag = "nodes",
+    responses((status = 200, description = "A JSON Web Key Set (RFC 7517)", body = Object)),
+)]
+pub async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.signer.jwks())
+}
+
+/// The method and path the proxy is asking about.
+fn original_route(headers: &HeaderMap) -> Option<(String, String)> {
+    let get = |names: [&str; 2]| {
+        names.iter().find_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+    };
+    let method = get(["x-original-method", "x-forwarded-method"])?;
+    let uri = get(["x-original-uri", "x-forwarded-uri"])?;
+    Some((method, uri))
+}
+
+/// The client's address as the proxy saw it: `X-Real-IP`, else the last
+/// `X-Forwarded-For` entry (the one the proxy itself appended; earlier ones
+/// are the client's to forge).
+fn forwarded_client_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    if let Some(ip) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Forward auth for nginx `auth_request`, Traefik ForwardAuth, Envoy
+/// ext_authz and Caddy `forward_auth`: 200 with the identity in headers, 401
+/// for a bad key, 403 for a good key short of the route's scope (or a route
+/// no rule maps).
+#[utoipa::path(
+    get, path = "/v1/authz/check", operation_id = "check_access", tag = "nodes",
+    params(
+        ("X-Keyplane-Node-Key" = String, Header, description = "The node's own key"),
+        ("X-Original-Method" = Option<String>, Header, description = "The client's method (or X-Forwarded-Method)"),
+        ("X-Original-URI" = Option<String>, Header, description = "The client's path (or X-Forwarded-Uri)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; X-Keyplane-Instance, X-Keyplane-Key-Id and X-Keyplane-Scopes name the caller"),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn check_access(
+    State(state): State<AppState>,
+    node: NodeAuth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &node.0, &headers).await
+}
+
+/// [`check_access`], for proxies that forward the request's method.
+#[utoipa::path(
+    post, path = "/v1/authz/check", operation_id = "check_access_post", tag = "nodes",
+    responses(
+        (status = 200, description = "Allowed"),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn check_access_post(
+    State(state): State<AppState>,
+    node: NodeAuth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &node.0, &headers).await
+}
+
+async fn authorize(
+    state: &AppState,
+    node: &CachedNode,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let access = match original_route(headers) {
+        Some((method, uri)) => state.routes.access(&method, &uri),
+        None => Access::Unmapped,
+    };
+    if access == Access::Public {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let bad_key = || ApiError::Unauthorized {
+        code: "invalid_credentials",
+        detail: "send a live API key as Authorization: Bearer kpi_…",
+    };
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned())
+        .ok_or_else(bad_key)?;
+    let now = state.clock.now();
+    let verdict = state
+        .introspector
+        .introspect(
+            &token,
+            node.id,
+            &ScopeSet::default(),
+            forwarded_client_ip(headers),
+            now,
+        )
+        .await?
+        .ok_or_else(bad_key)?;
+    let allowed = match &access {
+        Access::Scope(scope) => verdict.scopes.contains(scope),
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(match access {
+            Access::Scope(scope) => format!("the key lacks the scope {scope}"),
+            _ => "no route rule allows this request".to_owned(),
+        }));
+    }
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    for (name, value) in [
+        ("x-keyplane-instance", verdict.instance_id.to_string()),
+        ("x-keyplane-key-id", verdict.key_id.to_string()),
+        ("x-keyplane-scopes", verdict.scopes.to_oauth()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// One revocation, as streamed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationEvent {
+    /// The key that stopped working.
+    pub key_id: Uuid,
+    /// `revoked`, `disabled`, `rotated`, `suspended` or `decommissioned`.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+const REPLAY_BATCH: i64 = 500;
+
+/// Server-Sent Events: one `revocation` event per key that stopped working,
+/// with ids; reconnect with `Last-Event-ID` to get what was missed. Without
+/// it the stream starts from now.
+#[utoipa::path(
+    get, path = "/v1/revocations/stream", operation_id = "stream_revocations", tag = "nodes",
+    params(("Last-Event-ID" = Option<i64>, Header, description = "The last event id received")),
+    responses(
+        (status = 200, description = "text/event-stream of revocation events", body = RevocationEvent, content_type = "text/event-stream"),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("basic" = [])),
+)]
+pub async fn stream_revocations(
+    State(state): State<AppState>,
+    NodeAuth(node): NodeAuth,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    // Subscribe before reading the log, so nothing falls between the two.
+    let receiver = state.events.subscribe();
+    let last = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadRequest {
+                code: "invalid_last_event_id",
+                detail: "Last-Event-ID must be an event id from this stream".to_owned(),
+                field: Some("Last-Event-ID".to_owned()),
+            })?,
+        None => revocations::latest(state.db.pool()).await?,
+    };
+    tracing::info!(node = %node.id, after = last, "revocation stream opened");
+    let pool = state.db.pool().clone();
+    let stream = futures_util::stream::unfold(
+        (
+            receiver,
+            last,
+            VecDeque::<revocations::Revocation>::new(),
+            true,
+        ),
+        move |(mut receiver, mut last, mut pending, mut catch_up)| {
+            let pool = pool.clone();
+            async move {
+                loop {
+                    if let Some(row) = pending.pop_front() {
+                        last = row.id;
+                        let event = SseEvent::default()
+                            .event("revocation")
+                            .id(row.id.to_string())
+                            .json_data(RevocationEvent {
+                                key_id: row.key_id,
+                                reason: row.reason,
+                                at: row.at,
+                            })
+                            .unwrap_or_default();
+                        return Some((Ok(event), (receiver, last, pending, catch_up)));
+                    }
+                    if !catch_up {
+                        match receiver.recv().await {
+                            Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
+                            Ok(_) => continue,
+                            Err(RecvError::Closed) => return None,
+                        }
+                    }
+                    match revocations::after(&pool, last, REPLAY_BATCH).await {
+                        Ok(rows) => {
+                            catch_up = rows.len() as i64 == REPLAY_BATCH;
+                            pending.extend(rows);
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

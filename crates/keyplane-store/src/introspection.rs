@@ -1,0 +1,123 @@
+//! What introspection needs to know about a key or a node, in one query each.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// Everything that decides whether a key is good, read by its digest.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyFacts {
+    /// The key's id.
+    pub key_id: Uuid,
+    /// Its instance.
+    pub instance_id: Uuid,
+    /// Its instance's name.
+    pub instance_name: String,
+    /// `active`, `suspended` or `decommissioned`.
+    pub instance_status: String,
+    /// The instance's ceiling.
+    pub allowed_scopes: Vec<String>,
+    /// The instance's networks.
+    pub allowed_cidrs: Vec<String>,
+    /// The key's own scopes.
+    pub scopes: Vec<String>,
+    /// The scopes of the key's roles.
+    pub role_scopes: Vec<String>,
+    /// Node ids that may accept it.
+    pub audience: Vec<String>,
+    /// False while disabled.
+    pub enabled: bool,
+    /// True once revoked.
+    pub revoked: bool,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// After a rotation, when it stops.
+    pub grace_until: Option<DateTime<Utc>>,
+}
+
+/// The facts about the key with this digest.
+pub async fn key_facts(
+    db: impl PgExecutor<'_>,
+    digest: &[u8],
+) -> Result<Option<KeyFacts>, StoreError> {
+    Ok(sqlx::query_as::<_, KeyFacts>(
+        r#"select k.id as key_id, k.instance_id, i.name as instance_name, i.status as instance_status,
+                  i.allowed_scopes, i.allowed_cidrs, k.scopes,
+                  coalesce((select array_agg(distinct s) from roles r, unnest(r.scopes) s
+                             where r.name = any(k.roles)), '{}') as role_scopes,
+                  k.audience, k.enabled, k.revoked_at is not null as revoked,
+                  k.created_at, k.expires_at, k.grace_until
+             from api_keys k
+             join instances i on i.id = k.instance_id
+            where k.digest = $1"#,
+    )
+    .bind(digest)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Everything that decides whether a node key is good.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeFacts {
+    /// The node's id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// When its key expires.
+    pub expires_at: DateTime<Utc>,
+    /// True once retired.
+    pub retired: bool,
+}
+
+/// The facts about the node whose key has this digest.
+pub async fn node_facts(
+    db: impl PgExecutor<'_>,
+    digest: &[u8],
+) -> Result<Option<NodeFacts>, StoreError> {
+    Ok(sqlx::query_as::<_, NodeFacts>(
+        r#"select id, name, expires_at, retired_at is not null as retired from nodes where digest = $1"#,
+    )
+    .bind(digest)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Records when keys were last accepted, keeping the newest time.
+pub async fn touch_keys(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        r#"update api_keys k set last_used_at = u.at
+             from unnest($1::uuid[], $2::timestamptz[]) as u(id, at)
+            where k.id = u.id and (k.last_used_at is null or k.last_used_at < u.at)"#,
+    )
+    .bind(ids)
+    .bind(times)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records when nodes were last seen, keeping the newest time.
+pub async fn touch_nodes(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    times: &[DateTime<Utc>],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        r#"update nodes n set last_seen_at = u.at
+             from unnest($1::uuid[], $2::timestamptz[]) as u(id, at)
+            where n.id = u.id and (n.last_seen_at is null or n.last_seen_at < u.at)"#,
+    )
+    .bind(ids)
+    .bind(times)
+    .execute(db)
+    .await?;
+    Ok(())
+}

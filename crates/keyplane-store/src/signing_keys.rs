@@ -1,0 +1,43 @@
+//! Signing keys, their private halves sealed with the master key.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use crate::StoreError;
+
+/// A signing key as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SigningKey {
+    /// Its key id (`kid`).
+    pub kid: String,
+    /// The raw 32-byte Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// The private key, sealed with the master key.
+    pub sealed_private_key: Vec<u8>,
+    /// When it was made; the newest signs.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The newest `count` keys, newest first.
+pub async fn newest(db: impl PgExecutor<'_>, count: i64) -> Result<Vec<SigningKey>, StoreError> {
+    Ok(sqlx::query_as::<_, SigningKey>(
+        r#"select * from signing_keys order by created_at desc, kid desc limit $1"#,
+    )
+    .bind(count)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Stores a new key.
+pub async fn insert(db: impl PgExecutor<'_>, key: &SigningKey) -> Result<(), StoreError> {
+    sqlx::query(
+        r#"insert into signing_keys (kid, public_key, sealed_private_key, created_at) values ($1, $2, $3, $4)"#,
+    )
+    .bind(&key.kid)
+    .bind(&key.public_key)
+    .bind(&key.sealed_private_key)
+    .bind(key.created_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,765 @@
+//! The node-facing API: introspection, forward auth, the revocation stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use keyplane_server::App;
+use keyplane_server::clock::ManualClock;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, admin_settings_for, eventually, fresh_database};
+
+/// A server with one instance, one node and one key.
+struct Fixture {
+    server: TestServer,
+    instance: String,
+    node_id: String,
+    node_key: String,
+    key: Value,
+}
+
+impl Fixture {
+    async fn on(server: TestServer) -> Fixture {
+        let instance = server
+            .instance(
+                "jan-1",
+                &["inference:chat", "inference:embeddings", "models:read"],
+            )
+            .await;
+        let (_, node) = server
+            .admin(Method::POST, "/v1/nodes", Some(json!({"name": "cortex-1"})))
+            .await;
+        let key = server
+            .key(
+                &instance,
+                json!({"name": "k", "scopes": ["inference:chat", "models:read"]}),
+            )
+            .await;
+        Fixture {
+            instance,
+            node_id: node["id"].as_str().unwrap().to_owned(),
+            node_key: node["secret"].as_str().unwrap().to_owned(),
+            key,
+            server,
+        }
+    }
+
+    async fn start() -> Fixture {
+        Fixture::on(TestServer::start_admin().await).await
+    }
+
+    fn secret(&self) -> &str {
+        self.key["secret"].as_str().unwrap()
+    }
+
+    fn key_path(&self) -> String {
+        format!("/v1/keys/{}", self.key["id"].as_str().unwrap())
+    }
+
+    /// Introspects with a form body as this fixture's node.
+    async fn introspect(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        introspect_at(&self.server, &self.node_key, form).await
+    }
+}
+
+async fn introspect_at(server: &TestServer, node_key: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = server
+        .client
+        .post(server.url("/v1/introspect"))
+        .bearer_auth(node_key)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn inactive() -> Value {
+    json!({"active": false})
+}
+
+#[tokio::test]
+async fn a_good_key_is_active_with_the_contract_fields() {
+    let f = Fixture::start().await;
+    let response = f
+        .server
+        .client
+        .post(f.server.url("/v1/introspect"))
+        .bearer_auth(&f.node_key)
+        .form(&[("token", f.secret()), ("scope", "inference:chat")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cache_control = response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["token_type"], "api_key");
+    assert_eq!(body["key_id"], f.key["id"]);
+    assert_eq!(body["client_id"], f.instance.as_str());
+    assert_eq!(body["sub"], f.instance.as_str());
+    assert_eq!(body["instance_name"], "jan-1");
+    assert_eq!(body["scope"], "inference:chat models:read");
+    assert_eq!(body["aud"], json!([f.node_id]));
+    assert!(body["iss"].as_str().unwrap().starts_with("urn:keyplane:"));
+    for claim in ["exp", "iat", "nbf"] {
+        assert!(body[claim].is_i64(), "{claim}");
+    }
+    assert_eq!(body["cache_ttl"], 30);
+    assert_eq!(cache_control, "private, max-age=30");
+
+    // JSON bodies and HTTP Basic (node id + node key) work too.
+    let basic = f
+        .server
+        .client
+        .post(f.server.url("/v1/introspect"))
+        .basic_auth(&f.node_id, Some(&f.node_key))
+        .json(&json!({"token": f.secret()}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = basic.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn only_a_live_node_key_may_introspect() {
+    let f = Fixture::start().await;
+    let (_, admin) = f
+        .server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({"name": "a", "role": "admin"})),
+        )
+        .await;
+    let (_, other_node) = f
+        .server
+        .admin(Method::POST, "/v1/nodes", Some(json!({"name": "cortex-2"})))
+        .await;
+    let other_key = other_node["secret"].as_str().unwrap();
+    f.server
+        .admin(
+            Method::DELETE,
+            &format!("/v1/nodes/{}", other_node["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    for credential in [
+        "",
+        "kpn_garbage",
+        f.secret(),
+        admin["secret"].as_str().unwrap(),
+        crate::support::BOOTSTRAP,
+        other_key,
+    ] {
+        let (status, body) = introspect_at(&f.server, credential, &[("token", f.secret())]).await;
+        assert_eq!(status, 401, "{credential:.8}: {body}");
+    }
+    // HTTP Basic with another node's id is refused.
+    let response = f
+        .server
+        .client
+        .post(f.server.url("/v1/introspect"))
+        .basic_auth(uuid::Uuid::new_v4(), Some(&f.node_key))
+        .form(&[("token", f.secret())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_bad_key_answers_exactly_inactive() {
+    let url = fresh_database().await;
+    let clock = ManualClock::at(Utc::now());
+    let app = App::build_with_clock(admin_settings_for(&url), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let f = Fixture::on(TestServer::from_app(app)).await;
+    let server = &f.server;
+    let issue = |body: Value| server.key(&f.instance, body);
+
+    let unknown = keyplane_domain::KeySecret::generate(keyplane_domain::KeyKind::Instance).unwrap();
+    let mut bad_checksum = f.secret().to_owned();
+    bad_checksum.replace_range(41.., if f.secret().ends_with('A') { "B" } else { "A" });
+    let node_key = f.node_key.clone();
+    for token in [
+        unknown.expose(),
+        "kpi_short",
+        "",
+        "not a key at all",
+        &bad_checksum,
+        &node_key,
+    ] {
+        assert_eq!(
+            f.introspect(&[("token", token)]).await,
+            (200, inactive()),
+            "{token:.8}"
+        );
+    }
+
+    // Revoked, disabled.
+    let revoked = issue(json!({"name": "r", "scopes": ["inference:chat"]})).await;
+    server
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/revoke", revoked["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let disabled = issue(json!({"name": "d", "scopes": ["inference:chat"]})).await;
+    server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{}", disabled["id"].as_str().unwrap()),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    // Not for this node; outside the instance's networks; short of scope.
+    let (_, elsewhere) = server
+        .admin(Method::POST, "/v1/nodes", Some(json!({"name": "cortex-9"})))
+        .await;
+    let other_audience =
+        issue(json!({"name": "a", "scopes": ["inference:chat"], "audience": [elsewhere["id"]]}))
+            .await;
+    for key in [&revoked, &disabled, &other_audience] {
+        let token = key["secret"].as_str().unwrap();
+        assert_eq!(
+            f.introspect(&[("token", token)]).await,
+            (200, inactive()),
+            "{}",
+            key["name"]
+        );
+    }
+    assert_eq!(
+        f.introspect(&[("token", f.secret()), ("scope", "inference:embeddings")])
+            .await,
+        (200, inactive()),
+        "scope short"
+    );
+    assert_eq!(
+        f.introspect(&[("token", f.secret()), ("scope", "made:up")])
+            .await,
+        (200, inactive()),
+        "unknown scope"
+    );
+    server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/instances/{}", f.instance),
+            Some(json!({"allowed_cidrs": ["10.0.0.0/8"]})),
+        )
+        .await;
+    assert_eq!(
+        f.introspect(&[("token", f.secret()), ("client_ip", "192.168.1.5")])
+            .await,
+        (200, inactive())
+    );
+    assert_eq!(
+        f.introspect(&[("token", f.secret())]).await,
+        (200, inactive()),
+        "no address, networks set"
+    );
+    assert_eq!(
+        f.introspect(&[("token", f.secret()), ("client_ip", "10.9.8.7")])
+            .await
+            .1["active"],
+        true
+    );
+    server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/instances/{}", f.instance),
+            Some(json!({"allowed_cidrs": []})),
+        )
+        .await;
+
+    // Past the grace window of a rotation; expired.
+    let rotated =
+        issue(json!({"name": "g", "scopes": ["inference:chat"], "expires_in": 7200})).await;
+    server
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/rotate", rotated["id"].as_str().unwrap()),
+            Some(json!({"grace_seconds": 60})),
+        )
+        .await;
+    let rotated_token = rotated["secret"].as_str().unwrap();
+    assert_eq!(
+        f.introspect(&[("token", rotated_token)]).await.1["active"],
+        true,
+        "inside its grace"
+    );
+    clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(
+        f.introspect(&[("token", rotated_token)]).await,
+        (200, inactive()),
+        "past its grace"
+    );
+    clock.advance(chrono::Duration::seconds(7200));
+    assert_eq!(
+        f.introspect(&[("token", f.secret())]).await.1["active"],
+        true,
+        "90 days by default"
+    );
+    let short = issue(json!({"name": "s", "scopes": ["inference:chat"], "expires_in": 60})).await;
+    clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(
+        f.introspect(&[("token", short["secret"].as_str().unwrap())])
+            .await,
+        (200, inactive()),
+        "expired"
+    );
+
+    // Suspended, then decommissioned.
+    server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/instances/{}", f.instance),
+            Some(json!({"status": "suspended"})),
+        )
+        .await;
+    assert_eq!(
+        f.introspect(&[("token", f.secret())]).await,
+        (200, inactive()),
+        "suspended"
+    );
+    server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/instances/{}", f.instance),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(
+        f.introspect(&[("token", f.secret())]).await.1["active"],
+        true,
+        "resumed"
+    );
+    server
+        .admin(
+            Method::DELETE,
+            &format!("/v1/instances/{}", f.instance),
+            None,
+        )
+        .await;
+    assert_eq!(
+        f.introspect(&[("token", f.secret())]).await,
+        (200, inactive()),
+        "decommissioned"
+    );
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_role_change_narrows_a_cached_key_at_once() {
+    let f = Fixture::start().await;
+    let key = f
+        .server
+        .key(
+            &f.instance,
+            json!({"name": "role", "roles": ["inference-client"]}),
+        )
+        .await;
+    let token = key["secret"].as_str().unwrap();
+    let (_, before) = f
+        .introspect(&[("token", token), ("scope", "inference:embeddings")])
+        .await;
+    assert_eq!(before["active"], true);
+    f.server
+        .admin(
+            Method::PUT,
+            "/v1/roles/inference-client",
+            Some(json!({"scopes": ["inference:chat"]})),
+        )
+        .await;
+    let (_, after) = f
+        .introspect(&[("token", token), ("scope", "inference:embeddings")])
+        .await;
+    assert_eq!(after, inactive());
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_one_keyplane_is_inactive_at_another() {
+    let url = fresh_database().await;
+    let first = TestServer::start_with(admin_settings_for(&url)).await;
+    let second = TestServer::start_with(admin_settings_for(&url)).await;
+    let f = Fixture::on(first).await;
+    // The second process caches the key as good.
+    let (_, cached) = introspect_at(&second, &f.node_key, &[("token", f.secret())]).await;
+    assert_eq!(cached["active"], true);
+
+    let (status, _) = f
+        .server
+        .admin(Method::POST, &format!("{}/revoke", f.key_path()), None)
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "the second keyplane to see the revocation",
+        || async {
+            let (_, body) = introspect_at(&second, &f.node_key, &[("token", f.secret())]).await;
+            (body == inactive()).then_some(())
+        },
+    )
+    .await;
+    second.stop().await.unwrap();
+    f.server.stop().await.unwrap();
+}
+
+/// Reads server-sent events until `count` `revocation` events have arrived.
+async fn read_events(response: reqwest::Response, count: usize) -> Vec<(String, Value)> {
+    let mut response = response;
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("events arrive in time")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut id = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = v.trim().to_owned();
+                }
+            }
+            if !data.is_empty() {
+                events.push((id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_revocation_stream_announces_keys_and_replays_after_a_reconnect() {
+    let f = Fixture::start().await;
+    let stream = |last: Option<String>| {
+        let request = f
+            .server
+            .client
+            .get(f.server.url("/v1/revocations/stream"))
+            .bearer_auth(&f.node_key);
+        match last {
+            Some(id) => request.header("last-event-id", id),
+            None => request,
+        }
+        .send()
+    };
+    let live = stream(None).await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(
+        live.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+
+    f.server
+        .admin(Method::POST, &format!("{}/revoke", f.key_path()), None)
+        .await;
+    let first = read_events(live, 1).await;
+    assert_eq!(first[0].1["key_id"], f.key["id"]);
+    assert_eq!(first[0].1["reason"], "revoked");
+
+    // Two more stop working while the node is away; it gets both on return.
+    let a = f
+        .server
+        .key(
+            &f.instance,
+            json!({"name": "a", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let b = f
+        .server
+        .key(
+            &f.instance,
+            json!({"name": "b", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    f.server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/keys/{}", a["id"].as_str().unwrap()),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    f.server
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/rotate", b["id"].as_str().unwrap()),
+            Some(json!({"grace_seconds": 0})),
+        )
+        .await;
+    let replayed = read_events(stream(Some(first[0].0.clone())).await.unwrap(), 2).await;
+    let seen: Vec<(Value, Value)> = replayed
+        .iter()
+        .map(|(_, e)| (e["key_id"].clone(), e["reason"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (a["id"].clone(), json!("disabled")),
+            (b["id"].clone(), json!("rotated"))
+        ]
+    );
+    assert!(replayed[0].0.parse::<i64>().unwrap() > first[0].0.parse::<i64>().unwrap());
+
+    let (status, _) = crate::support::call(
+        f.server
+            .as_("kpn_nope", Method::GET, "/v1/revocations/stream"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn forward_auth_allows_denies_and_names_the_caller() {
+    let url = fresh_database().await;
+    let mut settings = admin_settings_for(&url);
+    settings.routes = keyplane_domain::RouteMap::parse("GET /health=public")
+        .unwrap()
+        .then(keyplane_domain::RouteMap::defaults());
+    let f = Fixture::on(TestServer::start_with(settings).await).await;
+    let check = |key: Option<&str>, method: &str, uri: &str| {
+        let request = f
+            .server
+            .client
+            .get(f.server.url("/v1/authz/check"))
+            .header("x-keyplane-node-key", &f.node_key)
+            .header("x-original-method", method)
+            .header("x-original-uri", uri);
+        match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+        .send()
+    };
+    let allowed = check(Some(f.secret()), "POST", "/v1/chat/completions")
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["x-keyplane-instance"],
+        f.instance.as_str()
+    );
+    assert_eq!(
+        allowed.headers()["x-keyplane-key-id"],
+        f.key["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        allowed.headers()["x-keyplane-scopes"],
+        "inference:chat models:read"
+    );
+
+    let short = check(Some(f.secret()), "POST", "/v1/embeddings")
+        .await
+        .unwrap();
+    assert_eq!(short.status(), 403);
+    let unmapped = check(Some(f.secret()), "POST", "/v1/shutdown")
+        .await
+        .unwrap();
+    assert_eq!(unmapped.status(), 403);
+    let bad = check(Some("kpi_nope"), "POST", "/v1/chat/completions")
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert_eq!(bad.headers()["www-authenticate"], "Bearer");
+    let missing = check(None, "GET", "/v1/models").await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let public = check(None, "GET", "/health").await.unwrap();
+    assert_eq!(public.status(), 200);
+    // Without a node key, forward auth is refused outright.
+    let anonymous = f
+        .server
+        .client
+        .get(f.server.url("/v1/authz/check"))
+        .bearer_auth(f.secret())
+        .header("x-original-method", "POST")
+        .header("x-original-uri", "/v1/chat/completions")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn use_is_recorded_in_batches_not_per_request() {
+    let f = Fixture::start().await;
+    for _ in 0..3 {
+        assert_eq!(
+            f.introspect(&[("token", f.secret())]).await.1["active"],
+            true
+        );
+    }
+    let path = f.key_path();
+    eventually(
+        Duration::from_secs(15),
+        "last_used_at to be written",
+        || async {
+            let (_, key) = f.server.admin(Method::GET, &path, None).await;
+            key["last_used_at"].is_string().then_some(())
+        },
+    )
+    .await;
+    let (_, node) = f
+        .server
+        .admin(Method::GET, &format!("/v1/nodes/{}", f.node_id), None)
+        .await;
+    assert!(node["last_seen_at"].is_string());
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_signed_answer_verifies_against_the_jwks_and_not_after_tampering() {
+    let f = Fixture::start().await;
+    let response = f
+        .server
+        .client
+        .post(f.server.url("/v1/introspect"))
+        .bearer_auth(&f.node_key)
+        .header("accept", "application/token-introspection+jwt")
+        .form(&[("token", f.secret())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/token-introspection+jwt"
+    );
+    let jwt = response.text().await.unwrap();
+    let jwks: Value = f
+        .server
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let verify = |jwt: &str, jwks: &Value| -> Result<Value, jsonwebtoken::errors::Error> {
+        let header = jsonwebtoken::decode_header(jwt)?;
+        assert_eq!(header.typ.as_deref(), Some("token-introspection+jwt"));
+        let jwk = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"].as_str() == header.kid.as_deref())
+            .expect("the kid is in the JWKS");
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["crv"].as_str()),
+            (Some("OKP"), Some("Ed25519"))
+        );
+        let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap())?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        validation.set_audience(&[f.node_id.as_str()]);
+        validation.required_spec_claims.clear();
+        Ok(jsonwebtoken::decode::<Value>(jwt, &key, &validation)?.claims)
+    };
+    let claims = verify(&jwt, &jwks).unwrap();
+    assert_eq!(claims["token_introspection"]["active"], true);
+    assert_eq!(claims["token_introspection"]["key_id"], f.key["id"]);
+    assert_eq!(claims["aud"], f.node_id.as_str());
+
+    // Change one character of the payload: the signature no longer holds.
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+    let mut payload = parts[1].clone().into_bytes();
+    payload[10] = if payload[10] == b'A' { b'B' } else { b'A' };
+    parts[1] = String::from_utf8(payload).unwrap();
+    assert!(verify(&parts.join("."), &jwks).is_err());
+
+    // After a rotation, answers are signed with the new key and the old one
+    // stays in the JWKS, so the earlier answer still verifies.
+    let (status, rotated) = f
+        .server
+        .admin(Method::POST, "/v1/signing-keys/rotate", None)
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let jwks: Value = f
+        .server
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(jwks["keys"][0]["kid"], rotated["kid"]);
+    assert!(verify(&jwt, &jwks).is_ok());
+    let fresh = f
+        .server
+        .client
+        .post(f.server.url("/v1/introspect"))
+        .bearer_auth(&f.node_key)
+        .header("accept", "application/token-introspection+jwt")
+        .form(&[("token", "kpi_garbage")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(),
+        rotated["kid"].as_str()
+    );
+    assert_eq!(
+        verify(&fresh, &jwks).unwrap()["token_introspection"],
+        json!({"active": false})
+    );
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_inactive_answers_is_audited_once_as_a_probe() {
+    let url = fresh_database().await;
+    let mut settings = admin_settings_for(&url);
+    settings.probe_threshold = 5;
+    let f = Fixture::on(TestServer::start_with(settings).await).await;
+    for _ in 0..12 {
+        let guess =
+            keyplane_domain::KeySecret::generate(keyplane_domain::KeyKind::Instance).unwrap();
+        assert_eq!(
+            f.introspect(&[("token", guess.expose())]).await,
+            (200, inactive())
+        );
+    }
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let rows: Vec<(String, String, serde_json::Value)> = eventually(Duration::from_secs(10), "the probe entry", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+                "select actor, outcome, details from audit_log where action = 'introspection.probe_suspected'",
+            )
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            (!rows.is_empty()).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "one entry per node per window");
+    assert_eq!(rows[0].0, format!("node:{}", f.node_id));
+    assert_eq!(rows[0].1, "denied");
+    assert_eq!(rows[0].2["inactive_answers"], 5);
+    f.server.stop().await.unwrap();
+}
