@@ -238,6 +238,41 @@ async fn every_management_route_enforces_the_role_matrix() {
             "signing-keys:write",
             None,
         ),
+        (
+            Method::GET,
+            "/v1/audit".into(),
+            "/v1/audit",
+            "audit:read",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/audit/verify".into(),
+            "/v1/audit/verify",
+            "audit:read",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/audit/export".into(),
+            "/v1/audit/export",
+            "audit:read",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/audit/checkpoints".into(),
+            "/v1/audit/checkpoints",
+            "audit:read",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/audit/checkpoints".into(),
+            "/v1/audit/checkpoints",
+            "signing-keys:write",
+            None,
+        ),
     ];
 
     // Node routes take node keys only: no operator credential opens them.

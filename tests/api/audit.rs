@@ -134,3 +134,227 @@ async fn every_change_is_audited_with_who_what_and_no_secret() {
     }
     server.stop().await.unwrap();
 }
+
+/// Makes a few changes, so the log has entries to tamper with.
+async fn some_history(server: &TestServer) {
+    for i in 0..4 {
+        server
+            .instance(&format!("jan-{i}"), &["inference:chat"])
+            .await;
+    }
+}
+
+async fn verify(server: &TestServer) -> serde_json::Value {
+    let (status, body) = server.admin(Method::GET, "/v1/audit/verify", None).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn ids(db: &sqlx::PgPool) -> Vec<i64> {
+    sqlx::query_scalar("select id from audit_log order by seq")
+        .fetch_all(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_chain_catches_an_edited_a_deleted_and_a_reordered_entry() {
+    for tamper in ["edit", "delete", "reorder"] {
+        let url = fresh_database().await;
+        let server = TestServer::start_with(admin_settings_for(&url)).await;
+        some_history(&server).await;
+        assert_eq!(
+            verify(&server).await,
+            json!({"valid": true, "entries": 4, "first_bad": null})
+        );
+
+        let db = sqlx::PgPool::connect(&url).await.unwrap();
+        let ids = ids(&db).await;
+        let expected_bad = match tamper {
+            "edit" => {
+                sqlx::query(
+                    "update audit_log set details = '{\"name\": \"someone-else\"}' where id = $1",
+                )
+                .bind(ids[1])
+                .execute(&db)
+                .await
+                .unwrap();
+                ids[1]
+            }
+            "delete" => {
+                sqlx::query("delete from audit_log where id = $1")
+                    .bind(ids[1])
+                    .execute(&db)
+                    .await
+                    .unwrap();
+                ids[2]
+            }
+            _ => {
+                // Swap the places of the second and third entries (via a free seq,
+                // as the unique constraint is checked row by row).
+                for (id, seq) in [(ids[1], 1000), (ids[2], 2), (ids[1], 3)] {
+                    sqlx::query("update audit_log set seq = $2 where id = $1")
+                        .bind(id)
+                        .bind(seq)
+                        .execute(&db)
+                        .await
+                        .unwrap();
+                }
+                ids[2]
+            }
+        };
+        let verdict = verify(&server).await;
+        assert_eq!(verdict["valid"], false, "{tamper}: {verdict}");
+        assert_eq!(verdict["first_bad"], expected_bad, "{tamper}: {verdict}");
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_in_two_processes_keep_one_chain() {
+    let url = fresh_database().await;
+    let first = TestServer::start_with(admin_settings_for(&url)).await;
+    let second = TestServer::start_with(admin_settings_for(&url)).await;
+    let mut writes = Vec::new();
+    for i in 0..15 {
+        for (server, side) in [(&first, "a"), (&second, "b")] {
+            writes.push(server.admin(
+                Method::POST,
+                "/v1/instances",
+                Some(json!({"name": format!("{side}-{i}")})),
+            ));
+        }
+    }
+    for (status, body) in futures_util::future::join_all(writes).await {
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(
+        verify(&first).await,
+        json!({"valid": true, "entries": 30, "first_bad": null})
+    );
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_log_is_searchable_exportable_and_verifiable_offline() {
+    let server = TestServer::start_admin().await;
+    some_history(&server).await;
+    let (_, key) = server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({"name": "audit", "role": "auditor"})),
+        )
+        .await;
+    let auditor = key["secret"].as_str().unwrap();
+
+    let (status, page) = crate::support::call(
+        server.as_(
+            auditor,
+            Method::GET,
+            "/v1/audit?action=instance.create&limit=3",
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["action"] == "instance.create")
+    );
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = crate::support::call(
+        server.as_(
+            auditor,
+            Method::GET,
+            &format!("/v1/audit?action=instance.create&limit=3&cursor={cursor}"),
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let (_, by_actor) = server
+        .admin(Method::GET, "/v1/audit?actor=nobody", None)
+        .await;
+    assert!(by_actor["items"].as_array().unwrap().is_empty());
+
+    let export = server
+        .as_(auditor, Method::GET, "/v1/audit/export")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.headers()["content-type"], "application/x-ndjson");
+    let text = export.text().await.unwrap();
+    assert_eq!(text.lines().count(), 5);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.ndjson");
+    std::fs::write(&file, &text).unwrap();
+    let run = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyplane"))
+            .args(["audit", "verify"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let good = run(&file);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("\"valid\":true"));
+
+    let tampered = text.replacen("jan-2", "jan-X", 1);
+    let bad_file = dir.path().join("tampered.ndjson");
+    std::fs::write(&bad_file, tampered).unwrap();
+    let bad = run(&bad_file);
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+
+    // A signed checkpoint of the head verifies against the JWKS.
+    let (status, checkpoint) = server
+        .admin(Method::POST, "/v1/audit/checkpoints", None)
+        .await;
+    assert_eq!(status, 200, "{checkpoint}");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(checkpoint["head_hash"], last["hash"]);
+    let jwks: serde_json::Value = server
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jwt = checkpoint["signature"].as_str().unwrap();
+    let kid = jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["head_hash"], last["hash"]);
+    assert_eq!(claims["seq"], last["seq"]);
+    let (_, listed) = crate::support::call(
+        server.as_(auditor, Method::GET, "/v1/audit/checkpoints"),
+        None,
+    )
+    .await;
+    assert_eq!(listed["items"][0]["seq"], last["seq"]);
+    server.stop().await.unwrap();
+}

@@ -344,3 +344,22 @@ async fn malformed_json_and_wrong_content_types_are_problems() {
     assert!(page["items"].as_array().unwrap().is_empty());
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_key_sent_in_the_wrong_field_is_not_echoed_back() {
+    let server = TestServer::start_admin().await;
+    let key = keyplane_domain::KeySecret::generate(keyplane_domain::KeyKind::Admin).unwrap();
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({"name": "x", "labels": key.expose()})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["field"], "labels");
+    let text = body.to_string();
+    assert!(!text.contains(key.expose()), "{text}");
+    assert!(text.contains(&key.masked()), "{text}");
+    server.stop().await.unwrap();
+}

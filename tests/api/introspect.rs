@@ -763,3 +763,40 @@ async fn a_burst_of_inactive_answers_is_audited_once_as_a_probe() {
     assert_eq!(rows[0].2["inactive_answers"], 5);
     f.server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_outcomes_and_cache_hits() {
+    let f = Fixture::start().await;
+    for _ in 0..3 {
+        f.introspect(&[("token", f.secret())]).await;
+    }
+    f.introspect(&[("token", "kpi_garbage")]).await;
+    let response = f.server.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("keyplane_introspections_total{outcome=\"active\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyplane_introspections_total{outcome=\"inactive\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "keyplane_introspections_inactive_by_node_total{{node=\"{}\"}} 1",
+            f.node_id
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyplane_introspection_cache_lookups_total{result=\"hit\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyplane_introspection_cache_lookups_total{result=\"miss\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains(f.secret()) && !text.contains(&f.node_key));
+    f.server.stop().await.unwrap();
+}

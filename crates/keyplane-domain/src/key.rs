@@ -230,6 +230,38 @@ pub fn mask_untrusted(text: &str) -> String {
     format!("{prefix}…{tail}")
 }
 
+/// Replaces anything in `text` that looks like a keyplane key (a type prefix
+/// followed by a run of letters and digits) with its masked form: the last
+/// line of defence for text that echoes input, such as parser errors.
+pub fn scrub_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    let starts = |at: usize| {
+        KeyKind::ALL
+            .into_iter()
+            .any(|kind| text[at..].starts_with(kind.prefix()))
+    };
+    if !(0..text.len()).any(|at| text.is_char_boundary(at) && starts(at)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while at < text.len() {
+        if text.is_char_boundary(at) && starts(at) {
+            let body = text[at + PREFIX_LEN..]
+                .bytes()
+                .take_while(u8::is_ascii_alphanumeric)
+                .count();
+            let end = at + PREFIX_LEN + body;
+            out.push_str(&mask_untrusted(&text[at..end]));
+            at = end;
+            continue;
+        }
+        let ch = text[at..].chars().next().unwrap_or(' ');
+        out.push(ch);
+        at += ch.len_utf8();
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -255,6 +287,20 @@ mod tests {
         let key = KeySecret::generate(KeyKind::Admin).unwrap();
         assert_eq!(key.expose().len(), 42);
         assert!(key.expose()[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn keys_inside_text_are_scrubbed() {
+        let key = KeySecret::generate(KeyKind::Admin).unwrap();
+        let text = format!(
+            "name: invalid type: string \"{}\", expected a bool",
+            key.expose()
+        );
+        let scrubbed = scrub_keys(&text);
+        assert!(!scrubbed.contains(key.expose()));
+        assert!(scrubbed.contains(&key.masked()));
+        assert_eq!(scrub_keys("nothing to see"), "nothing to see");
+        assert_eq!(scrub_keys("é kpi_"), "é kpi_…");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! checked, a [`Scope`] from the catalog, a [`Name`] without control characters.
 
 mod access;
+mod audit;
 mod duration;
 mod key;
 mod mode;
@@ -13,8 +14,9 @@ mod route;
 mod scope;
 
 pub use access::{ManagementRole, ManagementRoleError, Permission};
+pub use audit::{ChainedFields, GENESIS, chain_hash};
 pub use duration::{DurationError, format_duration, parse_duration};
-pub use key::{KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, mask_untrusted};
+pub use key::{KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, mask_untrusted, scrub_keys};
 pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
 pub use route::{Access, RouteError, RouteMap};

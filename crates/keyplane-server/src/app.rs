@@ -54,6 +54,11 @@ impl Drop for Tasks {
 /// How often last-use times are written.
 const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(5);
 
+/// Audit checkpoints are signed every this many entries...
+const CHECKPOINT_EVERY_ENTRIES: i64 = 1000;
+/// ...or this many minutes, whichever comes first.
+const CHECKPOINT_EVERY_MINUTES: i64 = 10;
+
 /// A signing key older than this is replaced at start-up.
 const SIGNING_KEY_ROTATION_DAYS: i64 = 30;
 
@@ -125,6 +130,15 @@ impl App {
             .await
             .context("connecting to the database")?;
         db.migrate().await.context("applying migrations")?;
+        let chained = keyplane_store::audit::chain_unchained(db.pool())
+            .await
+            .context("chaining earlier audit entries")?;
+        if chained > 0 {
+            tracing::info!(
+                entries = chained,
+                "chained audit entries written before the log was chained"
+            );
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -175,7 +189,13 @@ impl App {
             issuer,
             signer,
             probes,
+            metrics: Arc::default(),
         };
+        tasks.push(routes::audit::checkpoint_periodically(
+            state.clone(),
+            CHECKPOINT_EVERY_ENTRIES,
+            chrono::Duration::minutes(CHECKPOINT_EVERY_MINUTES),
+        ));
         Ok(App {
             router: http_service(state.clone()),
             listener,

@@ -197,7 +197,8 @@ pub(crate) fn render_problem(mut response: Response, request_id: &str) -> Respon
         type_uri: format!("https://keyplane.dev/problems/{}", pending.code),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
-        detail: pending.detail,
+        // Parser messages echo input; a key sent in the wrong place must not come back.
+        detail: keyplane_domain::scrub_keys(&pending.detail).into_owned(),
         code: pending.code.to_owned(),
         request_id: request_id.to_owned(),
         field: pending.field,

@@ -35,11 +35,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
+        let json = is_json(&request);
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
@@ -62,4 +58,39 @@ where
         let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(OptionalJson(value))
     }
+}
+
+/// Reads a form or a JSON body.
+pub struct FormOrJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for FormOrJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if is_json(&request) {
+            let ApiJson(value) = ApiJson::<T>::from_request(request, state).await?;
+            return Ok(FormOrJson(value));
+        }
+        let axum::Form(value) = axum::Form::<T>::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest {
+                code: "invalid_form",
+                detail: rejection.body_text(),
+                field: None,
+            })?;
+        Ok(FormOrJson(value))
+    }
+}
+
+/// Whether the request says its body is JSON.
+fn is_json(request: &Request) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -185,6 +186,9 @@ pub struct Introspector {
     nodes: Cache<[u8; 32], Arc<Option<CachedNode>>>,
     /// False when the capacity is 0: every request goes to the database.
     cached: bool,
+    /// Key lookups, and how many of them loaded from the database.
+    lookups: Arc<AtomicU64>,
+    loads: Arc<AtomicU64>,
     usage: Arc<Mutex<Usage>>,
 }
 
@@ -205,6 +209,8 @@ impl Introspector {
             keys: digest_cache(capacity),
             nodes: digest_cache(capacity),
             cached: capacity > 0,
+            lookups: Arc::default(),
+            loads: Arc::default(),
             usage: Arc::default(),
         }
     }
@@ -225,7 +231,10 @@ impl Introspector {
         };
         let digest = *key.digest().as_bytes();
         let pool = self.pool.clone();
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let loads = self.loads.clone();
         let load = async move {
+            loads.fetch_add(1, Ordering::Relaxed);
             let facts = introspection::key_facts(&pool, &digest).await?;
             Ok::<_, keyplane_store::StoreError>(Arc::new(facts.map(CachedKey::from_facts)))
         };
@@ -247,6 +256,14 @@ impl Introspector {
             usage.keys.insert(verdict.key_id, now);
         }
         Ok(verdict)
+    }
+
+    /// Key lookups so far, and how many of them missed the cache.
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.lookups.load(Ordering::Relaxed),
+            self.loads.load(Ordering::Relaxed),
+        )
     }
 
     /// The live node whose key `token` is, if any.

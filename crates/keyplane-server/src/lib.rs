@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod introspection;
+pub mod metrics;
 pub mod pagination;
 pub mod request;
 pub mod routes;

@@ -7,8 +7,10 @@ use keyplane_domain::{ManagementRole, Name, format_duration, parse_duration};
 use keyplane_server::auth::Actor;
 use keyplane_server::config::describe_location;
 use keyplane_server::routes::admin_keys;
+use keyplane_server::routes::audit::AuditEntry;
 use keyplane_server::{App, Settings, SettingsArgs, routes, telemetry};
 use keyplane_store::Database;
+use keyplane_store::audit::ChainWalk;
 
 /// keyplane: the self-hosted API-key control plane.
 #[derive(Debug, Parser)]
@@ -31,6 +33,19 @@ enum Command {
     /// Manage operators' admin keys directly in the database.
     #[command(subcommand)]
     AdminKey(AdminKeyCommand),
+    /// Work with audit log exports.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an NDJSON export (GET /v1/audit/export) offline: every entry
+    /// intact, in order, and linked to the one before.
+    Verify {
+        /// The export file.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,8 +66,10 @@ enum AdminKeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
-        return print_openapi();
+    match &cli.command {
+        Command::Openapi => return print_openapi(),
+        Command::Audit(AuditCommand::Verify { file }) => return verify_export(file),
+        _ => {}
     }
     let settings = match Settings::load(&cli.settings) {
         Ok(settings) => settings,
@@ -81,7 +98,7 @@ fn main() -> ExitCode {
                 role,
                 expires_in,
             }) => create_admin_key(settings, &name, &role, expires_in.as_deref()).await,
-            Command::Openapi => Ok(()),
+            Command::Openapi | Command::Audit(_) => Ok(()),
         }
     });
     match result {
@@ -166,6 +183,53 @@ async fn create_admin_key(
     );
     println!("{}", secret.expose());
     Ok(())
+}
+
+/// Exits 0 when the export's chain holds, 1 when it does not, 2 when the
+/// file cannot be read.
+fn verify_export(path: &std::path::Path) -> ExitCode {
+    use std::io::BufRead;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("keyplane: cannot read {}: {err}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut walk = ChainWalk::new(false);
+    for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = match line {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => line,
+            Err(err) => {
+                eprintln!("keyplane: cannot read {}: {err}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        match serde_json::from_str::<AuditEntry>(&line)
+            .ok()
+            .and_then(AuditEntry::into_stored)
+        {
+            Some(entry) => walk.step(&entry),
+            None => {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "entries": walk.verdict().entries, "first_bad": null, "bad_line": number + 1})
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let verdict = walk.verdict();
+    println!(
+        "{}",
+        serde_json::json!({"valid": verdict.valid, "entries": verdict.entries, "first_bad": verdict.first_bad})
+    );
+    if verdict.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn print_openapi() -> ExitCode {

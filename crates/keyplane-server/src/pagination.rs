@@ -37,17 +37,15 @@ impl CursorKey {
         Some(mac.finalize().into_bytes()[..TAG_LEN].to_vec())
     }
 
-    /// The cursor for the page after `after` in the list named `list`.
-    pub fn encode(&self, list: &str, after: After) -> String {
-        let mut payload = after.created_at.timestamp_micros().to_be_bytes().to_vec();
-        payload.extend_from_slice(after.id.as_bytes());
+    /// A cursor carrying `payload` for the list named `list`.
+    fn seal(&self, list: &str, mut payload: Vec<u8>) -> String {
         let tag = self.tag(list, &payload).unwrap_or_default();
         payload.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(payload)
     }
 
-    /// Reads a cursor made by [`CursorKey::encode`] for the same list.
-    pub fn decode(&self, list: &str, cursor: &str) -> Result<After, ApiError> {
+    /// The `len`-byte payload of a cursor [`CursorKey::seal`] made for `list`.
+    fn open(&self, list: &str, cursor: &str, len: usize) -> Result<Vec<u8>, ApiError> {
         let bad = || ApiError::BadRequest {
             code: "invalid_cursor",
             detail: "the cursor is not one this list handed out".to_owned(),
@@ -56,19 +54,44 @@ impl CursorKey {
         if cursor.len() > 128 {
             return Err(bad());
         }
-        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-        if bytes.len() != 8 + 16 + TAG_LEN {
+        let mut bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+        if bytes.len() != len + TAG_LEN {
             return Err(bad());
         }
-        let (payload, tag) = bytes.split_at(8 + 16);
+        let tag = bytes.split_off(len);
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).map_err(|_| bad())?;
         mac.update(list.as_bytes());
-        mac.update(payload);
-        mac.verify_truncated_left(tag).map_err(|_| bad())?;
-        let micros = i64::from_be_bytes(payload[..8].try_into().map_err(|_| bad())?);
-        let id = Uuid::from_slice(&payload[8..]).map_err(|_| bad())?;
-        let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+        mac.update(&bytes);
+        mac.verify_truncated_left(&tag).map_err(|_| bad())?;
+        Ok(bytes)
+    }
+
+    /// The cursor for the page after `after` in the list named `list`.
+    pub fn encode(&self, list: &str, after: After) -> String {
+        let mut payload = after.created_at.timestamp_micros().to_be_bytes().to_vec();
+        payload.extend_from_slice(after.id.as_bytes());
+        self.seal(list, payload)
+    }
+
+    /// Reads a cursor made by [`CursorKey::encode`] for the same list.
+    pub fn decode(&self, list: &str, cursor: &str) -> Result<After, ApiError> {
+        let payload = self.open(list, cursor, 8 + 16)?;
+        let (micros, id) = payload.split_at(8);
+        let micros = i64::from_be_bytes(micros.try_into().unwrap_or_default());
+        let created_at = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+        let id = Uuid::from_slice(id).unwrap_or_default();
         Ok(After { created_at, id })
+    }
+
+    /// The cursor for the page after position `seq` of an ordered log.
+    pub fn encode_seq(&self, list: &str, seq: i64) -> String {
+        self.seal(list, seq.to_be_bytes().to_vec())
+    }
+
+    /// Reads a cursor made by [`CursorKey::encode_seq`] for the same list.
+    pub fn decode_seq(&self, list: &str, cursor: &str) -> Result<i64, ApiError> {
+        let payload = self.open(list, cursor, 8)?;
+        Ok(i64::from_be_bytes(payload.try_into().unwrap_or_default()))
     }
 }
 
@@ -85,6 +108,17 @@ pub struct PageParams {
 impl PageParams {
     /// The validated limit and the position to start after.
     pub fn resolve(&self, key: &CursorKey, list: &str) -> Result<(i64, Option<After>), ApiError> {
+        let limit = self.limit()?;
+        let after = self
+            .cursor
+            .as_deref()
+            .map(|c| key.decode(list, c))
+            .transpose()?;
+        Ok((limit, after))
+    }
+
+    /// The validated limit.
+    pub fn limit(&self) -> Result<i64, ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ApiError::BadRequest {
@@ -93,12 +127,7 @@ impl PageParams {
                 field: Some("limit".to_owned()),
             });
         }
-        let after = self
-            .cursor
-            .as_deref()
-            .map(|c| key.decode(list, c))
-            .transpose()?;
-        Ok((limit, after))
+        Ok(limit)
     }
 }
 

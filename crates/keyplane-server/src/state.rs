@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::events::Events;
 use crate::introspection::{Introspector, ProbeWatch};
+use crate::metrics::Metrics;
 use crate::pagination::CursorKey;
 use crate::signing::Signer;
 
@@ -35,4 +36,6 @@ pub struct AppState {
     pub signer: Signer,
     /// Flags bursts of inactive answers per node.
     pub probes: ProbeWatch,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }

@@ -22,7 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-printf 'post_hooks: []\n' >"$work/config.yml"
+printf 'post_hooks: []\ncontent_type_overrides:\n  application/x-ndjson: application/octet-stream\n' >"$work/config.yml"
 (cd "$work" && "$venv/bin/openapi-python-client" generate --path "$root/openapi/openapi.json" \
   --meta none --output-path keyplane_client --config config.yml >/dev/null)
 

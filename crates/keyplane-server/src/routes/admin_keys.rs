@@ -134,7 +134,7 @@ pub async fn issue(
         details: json!({ "name": row.name, "role": row.role, "masked": row.masked, "expires_at": row.expires_at }),
         ..audit
     };
-    audit::append(&mut *tx, &entry).await?;
+    audit::append(tx, &entry).await?;
     Ok((row, secret))
 }
 
@@ -232,7 +232,7 @@ pub async fn revoke_admin_key(
         .await?
         .ok_or_else(|| ApiError::NotFound("no admin key with this id".to_owned()))?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "admin_key.revoke",
             "admin_key",

@@ -191,7 +191,7 @@ pub async fn create_instance(
     )
     .await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "instance.create",
             "instance",
@@ -344,7 +344,7 @@ pub async fn update_instance(
         _ => "instance.update",
     };
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             action,
             "instance",
@@ -390,7 +390,7 @@ pub async fn decommission_instance(
     let revoked = keys::revoke_all_of_instance(&mut tx, id, "instance decommissioned", now).await?;
     revocations::record(&mut tx, &revoked, "decommissioned", now).await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "instance.decommission",
             "instance",

@@ -427,7 +427,7 @@ pub async fn create_key(
     )
     .await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "key.create",
             "api_key",
@@ -556,7 +556,7 @@ pub async fn update_key(
         _ => "key.update",
     };
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             action,
             "api_key",
@@ -617,7 +617,7 @@ pub async fn rotate_key(
     }
     let (successor, secret) = rotate(&mut tx, &state, &old, grace, now).await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "key.rotate",
             "api_key",
@@ -712,7 +712,7 @@ pub async fn revoke_key(
         key = keys::save(&mut tx, &key, now).await?;
         revocations::record(&mut tx, &[id], "revoked", now).await?;
         audit::append(
-            &mut *tx,
+            &mut tx,
             &audit.entry(
                 "key.revoke",
                 "api_key",

@@ -2,6 +2,7 @@
 //! OpenAPI document is generated from the same code that serves it.
 
 pub mod admin_keys;
+pub mod audit;
 pub mod health;
 pub mod input;
 pub mod instances;
@@ -37,6 +38,7 @@ use crate::state::AppState;
         (name = "roles", description = "Named scope sets"),
         (name = "nodes", description = "Nodes that introspect keys"),
         (name = "admin-keys", description = "Operators' keys"),
+        (name = "audit", description = "The hash-chained audit log"),
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -64,6 +66,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(crate::metrics::metrics))
         .routes(routes!(
             instances::create_instance,
             instances::list_instances
@@ -92,6 +95,13 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(node_api::stream_revocations))
         .routes(routes!(node_api::jwks))
         .routes(routes!(signing_keys::rotate_signing_key))
+        .routes(routes!(audit::list_audit_entries))
+        .routes(routes!(audit::verify_audit_log))
+        .routes(routes!(audit::export_audit_log))
+        .routes(routes!(
+            audit::list_audit_checkpoints,
+            audit::create_audit_checkpoint
+        ))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and committed in

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::auth::bearer;
 use crate::error::{ApiError, Problem};
 use crate::events::Event;
-use crate::extract::ApiJson;
+use crate::extract::FormOrJson;
 use crate::introspection::{CachedNode, Unavailable, Verdict};
 use crate::state::AppState;
 
@@ -147,37 +147,6 @@ pub struct IntrospectResponse {
     /// How many seconds the node may cache this answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<u64>,
-}
-
-/// Reads a form or a JSON body.
-pub struct FormOrJson<T>(pub T);
-
-impl<T, S> FromRequest<S> for FormOrJson<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if json {
-            let ApiJson(value) = ApiJson::<T>::from_request(request, state).await?;
-            return Ok(FormOrJson(value));
-        }
-        let axum::Form(value) = axum::Form::<T>::from_request(request, state)
-            .await
-            .map_err(|rejection| ApiError::BadRequest {
-                code: "invalid_form",
-                detail: rejection.body_text(),
-                field: None,
-            })?;
-        Ok(FormOrJson(value))
-    }
 }
 
 /// Parses the scopes a node asks for; one keyplane does not know can never be held.
@@ -301,6 +270,7 @@ pub async fn introspect(
         }
         _ => None,
     };
+    state.metrics.introspected(node.id, verdict.is_some());
     match verdict {
         Some(verdict) => {
             let (body, ttl) = active_body(&state, &node, verdict, now);
@@ -347,7 +317,7 @@ fn note_inactive(state: &AppState, node: &CachedNode, now: DateTime<Utc>) {
         details: serde_json::json!({ "node": node.name, "inactive_answers": count }),
     };
     tokio::spawn(async move {
-        if let Err(err) = keyplane_store::audit::append(&pool, &entry).await {
+        if let Err(err) = keyplane_store::audit::append_alone(&pool, &entry).await {
             tracing::warn!(error = %err, "could not audit a probe suspicion");
         }
     });

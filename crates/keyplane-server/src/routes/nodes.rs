@@ -141,7 +141,7 @@ pub async fn create_node(
     )
     .await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "node.create",
             "node",
@@ -237,7 +237,7 @@ pub async fn retire_node(
         .await?
         .ok_or_else(not_found)?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry("node.retire", "node", id, json!({ "name": node.name })),
     )
     .await?;

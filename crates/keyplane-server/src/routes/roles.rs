@@ -129,7 +129,7 @@ pub async fn put_role(
         None => ("role.create", StatusCode::CREATED),
     };
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             action,
             "role",
@@ -175,7 +175,7 @@ pub async fn delete_role(
     }
     roles::delete(&mut tx, name.as_str()).await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry(
             "role.delete",
             "role",

@@ -40,7 +40,7 @@ pub async fn rotate_signing_key(
     let mut tx = state.db.pool().begin().await?;
     let kid = state.signer.add_key(&mut tx).await?;
     audit::append(
-        &mut *tx,
+        &mut tx,
         &audit.entry("signing_key.rotate", "signing_key", &kid, json!({})),
     )
     .await?;

@@ -1,0 +1,434 @@
+//! `/v1/audit`: reading, verifying and exporting the hash-chained audit log.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use keyplane_domain::Permission;
+use keyplane_store::audit;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Operator;
+use crate::error::{ApiError, Problem};
+use crate::extract::ApiQuery;
+use crate::pagination::{PageParams, page_type};
+use crate::state::AppState;
+
+/// One audit entry, with its place in the chain.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Its id.
+    pub id: i64,
+    /// Its place in the chain, from 1.
+    pub seq: Option<i64>,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Who: `bootstrap`, `admin_key:<id>`, `cli`, `node:<id>`.
+    pub actor: String,
+    /// What, e.g. `key.revoke`.
+    pub action: String,
+    /// The kind of thing acted on.
+    pub target_type: String,
+    /// Its id or name.
+    pub target_id: Option<String>,
+    /// `success` or `denied`.
+    pub outcome: String,
+    /// The request that did it.
+    pub request_id: Option<String>,
+    /// The address it came from.
+    pub client_ip: Option<String>,
+    /// A masked before/after summary (never a key).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// The previous entry's hash (hex).
+    pub prev_hash: Option<String>,
+    /// This entry's hash (hex).
+    pub hash: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    text.len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
+}
+
+impl From<audit::Entry> for AuditEntry {
+    fn from(row: audit::Entry) -> Self {
+        AuditEntry {
+            id: row.id,
+            seq: row.seq,
+            at: row.at,
+            actor: row.actor,
+            action: row.action,
+            target_type: row.target_type,
+            target_id: row.target_id,
+            outcome: row.outcome,
+            request_id: row.request_id,
+            client_ip: row.client_ip,
+            details: row.details.0,
+            prev_hash: row.prev_hash.as_deref().map(hex),
+            hash: row.hash.as_deref().map(hex),
+        }
+    }
+}
+
+impl AuditEntry {
+    /// Back to the stored form, to check an exported entry offline.
+    pub fn into_stored(self) -> Option<audit::Entry> {
+        Some(audit::Entry {
+            id: self.id,
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            target_type: self.target_type,
+            target_id: self.target_id,
+            outcome: self.outcome,
+            request_id: self.request_id,
+            client_ip: self.client_ip,
+            details: sqlx::types::Json(self.details),
+            prev_hash: self
+                .prev_hash
+                .as_deref()
+                .map(unhex)
+                .map(Option::unwrap_or_default),
+            hash: self
+                .hash
+                .as_deref()
+                .map(unhex)
+                .map(Option::unwrap_or_default),
+        })
+    }
+}
+
+page_type!(AuditPage, AuditEntry);
+
+/// Filters for the audit log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only this actor (e.g. `bootstrap`, `admin_key:<id>`).
+    pub actor: Option<String>,
+    /// Only this action (e.g. `key.revoke`).
+    pub action: Option<String>,
+    /// Only entries about this target id.
+    pub target: Option<String>,
+    /// From this time on (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// How many items to return, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The result of re-checking the chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditVerification {
+    /// Whether every entry is intact, in order and linked.
+    pub valid: bool,
+    /// How many entries were checked.
+    pub entries: u64,
+    /// The id of the first entry that is not, if any.
+    pub first_bad: Option<i64>,
+}
+
+const LIST: &str = "audit";
+
+/// Read the audit log, oldest first.
+#[utoipa::path(
+    get, path = "/v1/audit", operation_id = "list_audit_entries", tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditPage),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_audit_entries(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<AuditPage>, ApiError> {
+    operator.require(Permission::AuditRead)?;
+    let page = PageParams {
+        limit: params.limit,
+        cursor: None,
+    };
+    let limit = page.limit()?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| state.cursors.decode_seq(LIST, c))
+        .transpose()?
+        .unwrap_or(0);
+    let filter = audit::Filter {
+        actor: params.actor,
+        action: params.action,
+        target: params.target,
+        since: params.since,
+        until: params.until,
+    };
+    let mut rows = audit::list(state.db.pool(), &filter, after, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(0));
+        rows.last()
+            .and_then(|r| r.seq)
+            .map(|seq| state.cursors.encode_seq(LIST, seq))
+    } else {
+        None
+    };
+    Ok(Json(AuditPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor: next,
+    }))
+}
+
+/// Re-check the whole chain (streamed, constant memory) and name the first
+/// entry that was edited, removed or moved.
+#[utoipa::path(
+    get, path = "/v1/audit/verify", operation_id = "verify_audit_log", tag = "audit",
+    responses(
+        (status = 200, description = "The result", body = AuditVerification),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn verify_audit_log(
+    State(state): State<AppState>,
+    operator: Operator,
+) -> Result<Json<AuditVerification>, ApiError> {
+    operator.require(Permission::AuditRead)?;
+    let verdict = audit::verify(state.db.pool()).await?;
+    Ok(Json(AuditVerification {
+        valid: verdict.valid,
+        entries: verdict.entries,
+        first_bad: verdict.first_bad,
+    }))
+}
+
+/// A time range for an export.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// From this time on (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Export entries as NDJSON with their chain fields, streamed; check the file
+/// offline with `keyplane audit verify FILE`.
+#[utoipa::path(
+    get, path = "/v1/audit/export", operation_id = "export_audit_log", tag = "audit",
+    params(ExportParams),
+    responses(
+        (status = 200, description = "One AuditEntry per line", body = AuditEntry, content_type = "application/x-ndjson"),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn export_audit_log(
+    State(state): State<AppState>,
+    operator: Operator,
+    ApiQuery(params): ApiQuery<ExportParams>,
+) -> Result<Response, ApiError> {
+    operator.require(Permission::AuditRead)?;
+    let pool = state.db.pool().clone();
+    let lines = export_lines(pool, params.since, params.until);
+    Ok((
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+/// The export's lines, produced by a task that streams the query into a
+/// small channel: constant memory, and it stops when the client goes away.
+fn export_lines(
+    pool: sqlx::PgPool,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let mut rows = audit::stream_range(&pool, since, until);
+        while let Some(row) = rows.next().await {
+            let line = row.map_err(std::io::Error::other).and_then(|row| {
+                let mut line =
+                    serde_json::to_string(&AuditEntry::from(row)).map_err(std::io::Error::other)?;
+                line.push('\n');
+                Ok(line)
+            });
+            let failed = line.is_err();
+            if sender.send(line).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|line| (line, receiver))
+    })
+}
+
+/// A signed statement of the chain's head.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointResponse {
+    /// The head's `seq` when signed.
+    pub seq: i64,
+    /// The head's hash (hex).
+    pub head_hash: String,
+    /// When it was signed.
+    pub at: DateTime<Utc>,
+    /// A compact JWS (EdDSA, verifiable with `/.well-known/jwks.json`) whose
+    /// claims are `seq`, `head_hash` and `iat`.
+    pub signature: String,
+}
+
+/// The claims of a checkpoint's signature.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckpointClaims {
+    /// The head's `seq`.
+    pub seq: i64,
+    /// The head's hash (hex).
+    pub head_hash: String,
+    /// When it was signed (Unix seconds).
+    pub iat: i64,
+    /// Who signed it.
+    pub iss: String,
+}
+
+/// The newest checkpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointList {
+    /// Newest first.
+    pub items: Vec<CheckpointResponse>,
+}
+
+impl From<audit::Checkpoint> for CheckpointResponse {
+    fn from(row: audit::Checkpoint) -> Self {
+        CheckpointResponse {
+            seq: row.seq,
+            head_hash: hex(&row.head_hash),
+            at: row.at,
+            signature: row.signature,
+        }
+    }
+}
+
+/// Signs the chain's current head, unless it is signed already; answers the
+/// checkpoint made, if any.
+pub async fn checkpoint_now(state: &AppState) -> Result<Option<audit::Checkpoint>, ApiError> {
+    let Some((seq, head_hash)) = audit::head(state.db.pool()).await? else {
+        return Ok(None);
+    };
+    let at = state.clock.now();
+    let claims = CheckpointClaims {
+        seq,
+        head_hash: hex(&head_hash),
+        iat: at.timestamp(),
+        iss: state.issuer.to_string(),
+    };
+    let checkpoint = audit::Checkpoint {
+        seq,
+        head_hash,
+        at,
+        signature: state
+            .signer
+            .sign("keyplane-audit-checkpoint+jwt", &claims)?,
+    };
+    audit::insert_checkpoint(state.db.pool(), &checkpoint).await?;
+    Ok(Some(checkpoint))
+}
+
+/// The newest signed checkpoints of the chain's head.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints", operation_id = "list_audit_checkpoints", tag = "audit",
+    responses(
+        (status = 200, description = "Newest first", body = CheckpointList),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list_audit_checkpoints(
+    State(state): State<AppState>,
+    operator: Operator,
+) -> Result<Json<CheckpointList>, ApiError> {
+    operator.require(Permission::AuditRead)?;
+    let rows = audit::checkpoints(state.db.pool(), 100).await?;
+    Ok(Json(CheckpointList {
+        items: rows.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Sign the chain's head now (checkpoints are also made every 1,000 entries
+/// or 10 minutes).
+#[utoipa::path(
+    post, path = "/v1/audit/checkpoints", operation_id = "create_audit_checkpoint", tag = "audit",
+    responses(
+        (status = 200, description = "The checkpoint of the current head", body = CheckpointResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn create_audit_checkpoint(
+    State(state): State<AppState>,
+    operator: Operator,
+) -> Result<Json<CheckpointResponse>, ApiError> {
+    operator.require(Permission::SigningKeysWrite)?;
+    checkpoint_now(&state)
+        .await?
+        .map(|c| Json(c.into()))
+        .ok_or_else(|| ApiError::Conflict("the audit log is empty".to_owned()))
+}
+
+/// Makes a checkpoint every `every_entries` entries or `every` (if anything
+/// was appended since the last one).
+pub fn checkpoint_periodically(
+    state: AppState,
+    every_entries: i64,
+    every: chrono::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            ticks.tick().await;
+            let latest = audit::checkpoints(state.db.pool(), 1)
+                .await
+                .ok()
+                .and_then(|c| c.into_iter().next());
+            let head = audit::head(state.db.pool())
+                .await
+                .ok()
+                .flatten()
+                .map(|(seq, _)| seq);
+            let due = match (head, latest) {
+                (Some(head), Some(last)) => {
+                    head > last.seq
+                        && (head - last.seq >= every_entries
+                            || state.clock.now() - last.at >= every)
+                }
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if due && let Err(err) = checkpoint_now(&state).await {
+                tracing::warn!(error = %err, "could not sign an audit checkpoint");
+            }
+        }
+    })
+}
