@@ -358,3 +358,42 @@ async fn the_log_is_searchable_exportable_and_verifiable_offline() {
     assert_eq!(listed["items"][0]["seq"], last["seq"]);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn repeated_failed_authentication_is_audited_once_per_address() {
+    let url = fresh_database().await;
+    let server = TestServer::start_with(admin_settings_for(&url)).await;
+    for attempt in 0..12 {
+        let guess = format!("kpa_guess{attempt:033}");
+        let (status, _) =
+            crate::support::call(server.as_(&guess, Method::GET, "/v1/instances"), None).await;
+        assert_eq!(status, 401);
+    }
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let rows: Vec<(String, Option<String>, serde_json::Value)> =
+        crate::support::eventually(std::time::Duration::from_secs(10), "the auth.failed entry", || {
+            let db = db.clone();
+            async move {
+                let rows: Vec<(String, Option<String>, serde_json::Value)> = sqlx::query_as(
+                    "select outcome, client_ip, details from audit_log where action = 'auth.failed'",
+                )
+                .fetch_all(&db)
+                .await
+                .unwrap();
+                (!rows.is_empty()).then_some(rows)
+            }
+        })
+        .await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "one entry per address per minute, not one per failure"
+    );
+    assert_eq!(rows[0].0, "denied");
+    assert_eq!(rows[0].1.as_deref(), Some("127.0.0.1"));
+    assert!(
+        !rows[0].2.to_string().contains("kpa_guess"),
+        "the tried credential is not kept"
+    );
+    server.stop().await.unwrap();
+}

@@ -797,6 +797,12 @@ async fn metrics_count_outcomes_and_cache_hits() {
         text.contains("keyplane_introspection_cache_lookups_total{result=\"miss\"} 1"),
         "{text}"
     );
+    assert!(
+        text.contains("keyplane_keys{status=\"active\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("keyplane_keys_expiring_7d 0"), "{text}");
+    assert!(text.contains("keyplane_audit_chain_length 3"), "{text}");
     assert!(!text.contains(f.secret()) && !text.contains(&f.node_key));
     f.server.stop().await.unwrap();
 }

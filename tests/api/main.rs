@@ -15,4 +15,5 @@ mod health;
 mod instances;
 mod introspect;
 mod keys;
+mod leaks;
 mod lifecycle;

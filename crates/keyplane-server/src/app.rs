@@ -20,11 +20,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::burst::BurstWatch;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, describe_location};
 use crate::error::ApiError;
 use crate::events::{Event, Events};
-use crate::introspection::{Introspector, ProbeWatch};
+use crate::introspection::Introspector;
 use crate::pagination::CursorKey;
 use crate::request::request_context;
 use crate::routes;
@@ -58,6 +59,10 @@ const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY_ENTRIES: i64 = 1000;
 /// ...or this many minutes, whichever comes first.
 const CHECKPOINT_EVERY_MINUTES: i64 = 10;
+
+/// Failed operator authentications from one address within a minute that
+/// write an `auth.failed` audit entry (one per address per minute).
+const AUTH_FAILURES_AUDITED_AFTER: u64 = 5;
 
 /// A signing key older than this is replaced at start-up.
 const SIGNING_KEY_ROTATION_DAYS: i64 = 30;
@@ -177,7 +182,8 @@ impl App {
         if !db.is_embedded() {
             tasks.push(events.listen(db.pool().clone()));
         }
-        let probes = ProbeWatch::new(settings.probe_threshold, settings.probe_window);
+        let probes = BurstWatch::new(settings.probe_threshold, settings.probe_window);
+        let auth_failures = BurstWatch::new(AUTH_FAILURES_AUDITED_AFTER, Duration::from_secs(60));
         let state = AppState {
             routes: Arc::new(settings.routes.clone()),
             db,
@@ -189,6 +195,7 @@ impl App {
             issuer,
             signer,
             probes,
+            auth_failures,
             metrics: Arc::default(),
         };
         tasks.push(routes::audit::checkpoint_periodically(

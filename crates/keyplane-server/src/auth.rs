@@ -88,30 +88,72 @@ impl FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(MISSING)?;
-        if let Some(bootstrap) = &state.settings.bootstrap_token {
-            // Digests have a fixed length, so comparing them in constant time
-            // leaks neither the token's bytes nor its length.
-            if KeyDigest::of(token) == KeyDigest::of(bootstrap.expose_secret()) {
-                return Ok(Operator {
-                    actor: Actor::Bootstrap,
-                    role: ManagementRole::Admin,
-                });
-            }
+        let operator = authenticate(token, state).await;
+        if let Err(ApiError::Unauthorized { .. }) = &operator {
+            note_failure(parts, state);
         }
-        let key = KeySecret::parse_as(KeyKind::Admin, token).map_err(|_| invalid())?;
-        let stored = admin_keys::find_by_digest(state.db.pool(), key.digest().as_bytes())
-            .await?
-            .ok_or_else(invalid)?;
-        let now = state.clock.now();
-        if stored.revoked_at.is_some() || stored.expires_at <= now {
-            return Err(invalid());
-        }
-        let role = stored.role.parse().map_err(|_| invalid())?;
-        Ok(Operator {
-            actor: Actor::AdminKey(stored.id),
-            role,
-        })
+        operator
     }
+}
+
+/// Counts a failed authentication; a burst from one address writes one
+/// `auth.failed` audit entry per minute (never the credential that was tried).
+fn note_failure(parts: &Parts, state: &AppState) {
+    let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+        return;
+    };
+    let now = state.clock.now();
+    let Some(failures) = state.auth_failures.count(peer.ip(), now) else {
+        return;
+    };
+    tracing::warn!(client_ip = %peer.ip(), failures, "repeated failed operator authentication");
+    let entry = audit::NewEntry {
+        at: now,
+        actor: "anonymous".to_owned(),
+        action: "auth.failed",
+        target_type: "management_api",
+        target_id: None,
+        outcome: "denied",
+        request_id: parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned()),
+        client_ip: Some(peer.ip().to_string()),
+        details: serde_json::json!({ "failures_within_a_minute": failures }),
+    };
+    let pool = state.db.pool().clone();
+    tokio::spawn(async move {
+        if let Err(err) = audit::append_alone(&pool, &entry).await {
+            tracing::warn!(error = %err, "could not audit failed authentications");
+        }
+    });
+}
+
+/// The operator a bearer token stands for.
+async fn authenticate(token: &str, state: &AppState) -> Result<Operator, ApiError> {
+    if let Some(bootstrap) = &state.settings.bootstrap_token {
+        // Digests have a fixed length, so comparing them in constant time
+        // leaks neither the token's bytes nor its length.
+        if KeyDigest::of(token) == KeyDigest::of(bootstrap.expose_secret()) {
+            return Ok(Operator {
+                actor: Actor::Bootstrap,
+                role: ManagementRole::Admin,
+            });
+        }
+    }
+    let key = KeySecret::parse_as(KeyKind::Admin, token).map_err(|_| invalid())?;
+    let stored = admin_keys::find_by_digest(state.db.pool(), key.digest().as_bytes())
+        .await?
+        .ok_or_else(invalid)?;
+    let now = state.clock.now();
+    if stored.revoked_at.is_some() || stored.expires_at <= now {
+        return Err(invalid());
+    }
+    let role = stored.role.parse().map_err(|_| invalid())?;
+    Ok(Operator {
+        actor: Actor::AdminKey(stored.id),
+        role,
+    })
 }
 
 /// Where a request came from, for the audit log.

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,15 +34,25 @@ const POSITIVE_TTL: Duration = Duration::from_secs(60);
 /// What keyplane knows about one instance key.
 #[derive(Debug)]
 pub struct CachedKey {
-    key_id: Uuid,
-    instance_id: Uuid,
-    instance_name: String,
+    /// The key.
+    pub key_id: Uuid,
+    /// Its instance.
+    pub instance_id: Uuid,
+    /// Its instance's name.
+    pub instance_name: String,
     usable: bool,
-    scopes: ScopeSet,
+    /// Its effective scopes.
+    pub scopes: ScopeSet,
+    /// The same, space-separated, as answers carry them.
+    pub scope_text: String,
     audience: Vec<Uuid>,
     networks: Vec<IpNet>,
-    issued_at: DateTime<Utc>,
-    ends_at: DateTime<Utc>,
+    /// When it was issued.
+    pub issued_at: DateTime<Utc>,
+    /// When it stops working (expiry, or the end of its grace window).
+    pub ends_at: DateTime<Utc>,
+    /// The last second it was accepted in, so use is noted once a second at most.
+    used_second: AtomicI64,
 }
 
 impl CachedKey {
@@ -61,6 +71,7 @@ impl CachedKey {
             instance_id: facts.instance_id,
             instance_name: facts.instance_name,
             usable: facts.enabled && !facts.revoked && facts.instance_status == "active",
+            scope_text: scopes.to_oauth(),
             scopes,
             audience: facts
                 .audience
@@ -75,55 +86,42 @@ impl CachedKey {
                 .collect(),
             issued_at: facts.created_at,
             ends_at,
+            used_second: AtomicI64::new(0),
         }
     }
 
-    /// The answer for `node` asking about this key, or None (inactive).
-    fn judge(
+    /// Whether this key is good for `node`, the scopes it wants, the
+    /// client's address and the time.
+    fn admits(
         &self,
         node: Uuid,
         wanted: &ScopeSet,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
-    ) -> Option<Verdict> {
+    ) -> bool {
         let in_audience = self.audience.is_empty() || self.audience.contains(&node);
         let from_allowed_network = self.networks.is_empty()
             || client_ip.is_some_and(|ip| self.networks.iter().any(|net| net.contains(&ip)));
-        let ok = self.usable
+        self.usable
             && now < self.ends_at
             && in_audience
             && from_allowed_network
-            && self.scopes.is_superset(wanted);
-        ok.then(|| Verdict {
-            key_id: self.key_id,
-            instance_id: self.instance_id,
-            instance_name: self.instance_name.clone(),
-            scopes: self.scopes.clone(),
-            issued_at: self.issued_at,
-            ends_at: self.ends_at,
-        })
+            && self.scopes.is_superset(wanted)
     }
 }
 
-/// A good key, as judged for one request.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    /// The key.
-    pub key_id: Uuid,
-    /// Its instance.
-    pub instance_id: Uuid,
-    /// Its instance's name.
-    pub instance_name: String,
-    /// Its effective scopes.
-    pub scopes: ScopeSet,
-    /// When it was issued.
-    pub issued_at: DateTime<Utc>,
-    /// When it stops working (expiry, or the end of its grace window).
-    pub ends_at: DateTime<Utc>,
+/// A good key, as judged for one request: the cached entry itself.
+pub type Verdict = Arc<CachedKey>;
+
+/// Notes `now` as a use of whatever `used_second` belongs to; answers whether
+/// this is the first use in this second (only those are queued for writing).
+fn first_use_this_second(used_second: &AtomicI64, now: DateTime<Utc>) -> bool {
+    let second = now.timestamp();
+    used_second.swap(second, Ordering::Relaxed) != second
 }
 
 /// A node, as its key authenticates it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CachedNode {
     /// Its id.
     pub id: Uuid,
@@ -131,6 +129,7 @@ pub struct CachedNode {
     pub name: String,
     expires_at: DateTime<Utc>,
     retired: bool,
+    used_second: AtomicI64,
 }
 
 impl From<NodeFacts> for CachedNode {
@@ -140,6 +139,7 @@ impl From<NodeFacts> for CachedNode {
             name: facts.name,
             expires_at: facts.expires_at,
             retired: facts.retired,
+            used_second: AtomicI64::new(0),
         }
     }
 }
@@ -148,11 +148,11 @@ impl From<NodeFacts> for CachedNode {
 /// unknown ones only briefly.
 struct Lifetimes;
 
-impl<V> Expiry<[u8; 32], Arc<Option<V>>> for Lifetimes {
+impl<V> Expiry<[u8; 32], Option<Arc<V>>> for Lifetimes {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<Option<V>>,
+        value: &Option<Arc<V>>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
         Some(if value.is_some() {
@@ -163,7 +163,7 @@ impl<V> Expiry<[u8; 32], Arc<Option<V>>> for Lifetimes {
     }
 }
 
-fn digest_cache<V: Send + Sync + 'static>(capacity: u64) -> Cache<[u8; 32], Arc<Option<V>>> {
+fn digest_cache<V: Send + Sync + 'static>(capacity: u64) -> Cache<[u8; 32], Option<Arc<V>>> {
     Cache::builder()
         .max_capacity(capacity)
         .expire_after(Lifetimes)
@@ -182,8 +182,8 @@ struct Usage {
 #[derive(Clone)]
 pub struct Introspector {
     pool: PgPool,
-    keys: Cache<[u8; 32], Arc<Option<CachedKey>>>,
-    nodes: Cache<[u8; 32], Arc<Option<CachedNode>>>,
+    keys: Cache<[u8; 32], Option<Arc<CachedKey>>>,
+    nodes: Cache<[u8; 32], Option<Arc<CachedNode>>>,
     /// False when the capacity is 0: every request goes to the database.
     cached: bool,
     /// Key lookups, and how many of them loaded from the database.
@@ -236,7 +236,7 @@ impl Introspector {
         let load = async move {
             loads.fetch_add(1, Ordering::Relaxed);
             let facts = introspection::key_facts(&pool, &digest).await?;
-            Ok::<_, keyplane_store::StoreError>(Arc::new(facts.map(CachedKey::from_facts)))
+            Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedKey::from_facts(f))))
         };
         let cached = if self.cached {
             self.keys
@@ -246,14 +246,12 @@ impl Introspector {
         } else {
             load.await.map_err(|err| unavailable(Arc::new(err)))?
         };
-        let verdict = cached
-            .as_ref()
-            .as_ref()
-            .and_then(|key| key.judge(node, wanted, client_ip, now));
-        if let Some(verdict) = &verdict
+        let verdict = cached.filter(|key| key.admits(node, wanted, client_ip, now));
+        if let Some(key) = &verdict
+            && first_use_this_second(&key.used_second, now)
             && let Ok(mut usage) = self.usage.lock()
         {
-            usage.keys.insert(verdict.key_id, now);
+            usage.keys.insert(key.key_id, now);
         }
         Ok(verdict)
     }
@@ -271,7 +269,7 @@ impl Introspector {
         &self,
         token: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<CachedNode>, Unavailable> {
+    ) -> Result<Option<Arc<CachedNode>>, Unavailable> {
         let Ok(key) = KeySecret::parse_as(KeyKind::Node, token) else {
             return Ok(None);
         };
@@ -281,16 +279,13 @@ impl Introspector {
             .nodes
             .try_get_with(digest, async move {
                 let facts = introspection::node_facts(&pool, &digest).await?;
-                Ok::<_, keyplane_store::StoreError>(Arc::new(facts.map(CachedNode::from)))
+                Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedNode::from(f))))
             })
             .await
             .map_err(unavailable)?;
-        let node = cached
-            .as_ref()
-            .as_ref()
-            .filter(|node| !node.retired && now < node.expires_at)
-            .cloned();
+        let node = cached.filter(|node| !node.retired && now < node.expires_at);
         if let Some(node) = &node
+            && first_use_this_second(&node.used_second, now)
             && let Ok(mut usage) = self.usage.lock()
         {
             usage.nodes.insert(node.id, now);
@@ -303,19 +298,15 @@ impl Introspector {
         let registered = match *event {
             Event::Key { id } => self
                 .keys
-                .invalidate_entries_if(move |_, v| {
-                    v.as_ref().as_ref().is_some_and(|k| k.key_id == id)
-                })
+                .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|k| k.key_id == id))
                 .map(drop),
             Event::Instance { id } => self
                 .keys
-                .invalidate_entries_if(move |_, v| {
-                    v.as_ref().as_ref().is_some_and(|k| k.instance_id == id)
-                })
+                .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|k| k.instance_id == id))
                 .map(drop),
             Event::Node { id } => self
                 .nodes
-                .invalidate_entries_if(move |_, v| v.as_ref().as_ref().is_some_and(|n| n.id == id))
+                .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|n| n.id == id))
                 .map(drop),
             Event::Roles => {
                 self.keys.invalidate_all();
@@ -395,82 +386,4 @@ pub struct Unavailable;
 fn unavailable(err: Arc<keyplane_store::StoreError>) -> Unavailable {
     tracing::error!(error = %err, "introspection lookup failed");
     Unavailable
-}
-
-/// Counts inactive answers per node and flags a burst: many inactive answers
-/// in a short window look like someone guessing keys through that node.
-#[derive(Debug, Clone)]
-pub struct ProbeWatch {
-    threshold: u64,
-    window: chrono::Duration,
-    nodes: Arc<Mutex<HashMap<Uuid, ProbeWindow>>>,
-}
-
-#[derive(Debug)]
-struct ProbeWindow {
-    started: DateTime<Utc>,
-    inactive: u64,
-    reported: bool,
-}
-
-impl ProbeWatch {
-    /// Flags `threshold` inactive answers to one node within `window`.
-    pub fn new(threshold: u64, window: Duration) -> ProbeWatch {
-        ProbeWatch {
-            threshold,
-            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::minutes(1)),
-            nodes: Arc::default(),
-        }
-    }
-
-    /// Counts one inactive answer to `node`; answers the window's count when
-    /// this answer crosses the threshold (once per node per window).
-    pub fn inactive(&self, node: Uuid, now: DateTime<Utc>) -> Option<u64> {
-        let mut nodes = self.nodes.lock().ok()?;
-        let window = nodes.entry(node).or_insert(ProbeWindow {
-            started: now,
-            inactive: 0,
-            reported: false,
-        });
-        if now - window.started >= self.window {
-            *window = ProbeWindow {
-                started: now,
-                inactive: 0,
-                reported: false,
-            };
-        }
-        window.inactive += 1;
-        if window.inactive >= self.threshold && !window.reported {
-            window.reported = true;
-            return Some(window.inactive);
-        }
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_is_flagged_once_per_window() {
-        let watch = ProbeWatch::new(3, Duration::from_secs(60));
-        let node = Uuid::new_v4();
-        let start = Utc::now();
-        assert_eq!(watch.inactive(node, start), None);
-        assert_eq!(watch.inactive(node, start), None);
-        assert_eq!(watch.inactive(node, start), Some(3));
-        assert_eq!(watch.inactive(node, start), None, "once per window");
-        assert_eq!(
-            watch.inactive(Uuid::new_v4(), start),
-            None,
-            "counted per node"
-        );
-        let later = start + chrono::Duration::seconds(61);
-        assert_eq!(
-            watch.inactive(node, later),
-            None,
-            "a new window starts from zero"
-        );
-    }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use keyplane_store::stats;
 use uuid::Uuid;
 
 use crate::state::AppState;
@@ -92,6 +93,32 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "keyplane_introspection_cache_lookups_total{{result=\"miss\"}} {loads}"
     );
     let pool = state.db.pool();
+    let now = state.clock.now();
+    // Database-backed figures are left out when the database does not answer:
+    // the metrics endpoint itself stays up.
+    if let Ok(counts) = stats::keys_by_status(pool, now).await {
+        let _ = writeln!(out, "# HELP keyplane_keys Instance keys, by status.");
+        let _ = writeln!(out, "# TYPE keyplane_keys gauge");
+        for (status, count) in counts {
+            let _ = writeln!(out, "keyplane_keys{{status=\"{status}\"}} {count}");
+        }
+    }
+    if let Ok(expiring) = stats::keys_expiring(pool, now, chrono::Duration::days(7)).await {
+        let _ = writeln!(
+            out,
+            "# HELP keyplane_keys_expiring_7d Working keys that expire within 7 days."
+        );
+        let _ = writeln!(out, "# TYPE keyplane_keys_expiring_7d gauge");
+        let _ = writeln!(out, "keyplane_keys_expiring_7d {expiring}");
+    }
+    if let Ok(length) = stats::audit_length(pool).await {
+        let _ = writeln!(
+            out,
+            "# HELP keyplane_audit_chain_length Entries in the audit chain."
+        );
+        let _ = writeln!(out, "# TYPE keyplane_audit_chain_length gauge");
+        let _ = writeln!(out, "keyplane_audit_chain_length {length}");
+    }
     let _ = writeln!(
         out,
         "# HELP keyplane_db_pool_connections Database pool connections, by state."

@@ -21,8 +21,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct RequestId(String);
 
 impl RequestId {
-    /// Accepts 1 to 128 characters of `A-Z a-z 0-9 - _ . : /`; anything else
-    /// (which could forge log lines or carry a secret) is replaced.
+    /// Accepts 1 to 128 characters of `A-Z a-z 0-9 - _ . : /` that do not
+    /// look like a key; anything else (which could forge log lines or carry a
+    /// secret into them) is replaced.
     fn from_request(request: &Request) -> RequestId {
         let given = request
             .headers()
@@ -33,6 +34,10 @@ impl RequestId {
                     && v.bytes().all(|b| {
                         b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
                     })
+                    && matches!(
+                        keyplane_domain::scrub_keys(v),
+                        std::borrow::Cow::Borrowed(_)
+                    )
             });
         match given {
             Some(id) => RequestId(id.to_owned()),
@@ -55,7 +60,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         "request",
         request_id = %id.as_str(),
         method = %request.method(),
-        path = %request.uri().path(),
+        // A key pasted into a URL must not reach the logs.
+        path = %keyplane_domain::scrub_keys(request.uri().path()),
         status = tracing::field::Empty,
     );
     let started = Instant::now();

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use keyplane_domain::RouteMap;
 use keyplane_store::Database;
 
+use crate::burst::BurstWatch;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::events::Events;
-use crate::introspection::{Introspector, ProbeWatch};
+use crate::introspection::Introspector;
 use crate::metrics::Metrics;
 use crate::pagination::CursorKey;
 use crate::signing::Signer;
@@ -35,7 +36,9 @@ pub struct AppState {
     /// Signs introspection answers.
     pub signer: Signer,
     /// Flags bursts of inactive answers per node.
-    pub probes: ProbeWatch,
+    pub probes: BurstWatch<uuid::Uuid>,
+    /// Flags bursts of failed operator authentications per address.
+    pub auth_failures: BurstWatch<std::net::IpAddr>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
 }

@@ -19,6 +19,7 @@ mod page;
 pub mod revocations;
 pub mod roles;
 pub mod signing_keys;
+pub mod stats;
 
 pub use database::{Database, DatabaseLocation, PoolSettings, Readiness, describe_url};
 pub use error::StoreError;

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -37,7 +38,7 @@ pub const NODE_KEY_HEADER: &str = "x-keyplane-node-key";
 /// `X-Keyplane-Node-Key`, or as the password of HTTP Basic with the node's id
 /// as the user name (for off-the-shelf RFC 7662 clients).
 #[derive(Debug, Clone)]
-pub struct NodeAuth(pub CachedNode);
+pub struct NodeAuth(pub Arc<CachedNode>);
 
 fn bad_node() -> ApiError {
     ApiError::Unauthorized {
@@ -217,8 +218,8 @@ fn active_body(
         key_id: Some(verdict.key_id),
         client_id: Some(verdict.instance_id),
         sub: Some(verdict.instance_id),
-        instance_name: Some(verdict.instance_name),
-        scope: Some(verdict.scopes.to_oauth()),
+        instance_name: Some(verdict.instance_name.clone()),
+        scope: Some(verdict.scope_text.clone()),
         aud: Some(vec![node.id]),
         exp: Some(verdict.ends_at.timestamp()),
         iat: Some(verdict.issued_at.timestamp()),
@@ -300,7 +301,7 @@ pub async fn introspect(
 /// Counts an inactive answer; a burst writes one `introspection.probe_suspected`
 /// audit entry per node per window (off the request's path).
 fn note_inactive(state: &AppState, node: &CachedNode, now: DateTime<Utc>) {
-    let Some(count) = state.probes.inactive(node.id, now) else {
+    let Some(count) = state.probes.count(node.id, now) else {
         return;
     };
     tracing::warn!(node = %node.id, inactive = count, "many inactive introspections: possible key probing");
@@ -458,7 +459,7 @@ async fn authorize(
     for (name, value) in [
         ("x-keyplane-instance", verdict.instance_id.to_string()),
         ("x-keyplane-key-id", verdict.key_id.to_string()),
-        ("x-keyplane-scopes", verdict.scopes.to_oauth()),
+        ("x-keyplane-scopes", verdict.scope_text.clone()),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             out.insert(name, value);

@@ -1,0 +1,234 @@
+//! The leak test: a whole scenario through the real binary, capturing every
+//! log line (at debug level), every error body, the audit log and the
+//! metrics, and failing if any whole key of any type appears in any of them.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{BOOTSTRAP, MASTER_KEY, eventually, free_port, fresh_database};
+
+#[tokio::test]
+async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
+    let url = fresh_database().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyplane"))
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("KEYPLANE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KEYPLANE_BOOTSTRAP_TOKEN", BOOTSTRAP)
+        .env("KEYPLANE_MASTER_KEY", MASTER_KEY)
+        .env("KEYPLANE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(60), "keyplane to be ready", || {
+        let request = client.get(format!("{base}/readyz")).send();
+        async move { request.await.ok().filter(|r| r.status() == 200).map(drop) }
+    })
+    .await;
+
+    let mut bodies: Vec<String> = Vec::new();
+    let mut secrets: Vec<String> = vec![BOOTSTRAP.to_owned(), MASTER_KEY.to_owned()];
+    macro_rules! send {
+        ($token:expr, $method:expr, $path:expr, $body:expr) => {{
+            let request = client
+                .request($method, format!("{base}{}", $path))
+                .bearer_auth($token);
+            let request = match $body {
+                Some(body) => request.json(&body),
+                None => request,
+            };
+            let text = request.send().await.unwrap().text().await.unwrap();
+            let value = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+            // A key is shown once, in the answer that creates it; that answer
+            // is kept with the key cut out, everything else whole.
+            match value.as_object().filter(|o| o.contains_key("secret")) {
+                Some(object) => {
+                    let mut object = object.clone();
+                    object.remove("secret");
+                    bodies.push(Value::Object(object).to_string());
+                }
+                None => bodies.push(text),
+            }
+            value
+        }};
+    }
+
+    let admin = send!(
+        BOOTSTRAP,
+        Method::POST,
+        "/v1/admin-keys",
+        Some(json!({"name": "ops", "role": "admin"}))
+    );
+    let admin_key = admin["secret"].as_str().unwrap().to_owned();
+    let node = send!(
+        &admin_key,
+        Method::POST,
+        "/v1/nodes",
+        Some(json!({"name": "cortex"}))
+    );
+    let node_key = node["secret"].as_str().unwrap().to_owned();
+    let instance = send!(
+        &admin_key,
+        Method::POST,
+        "/v1/instances",
+        Some(json!({"name": "jan"}))
+    );
+    let instance_id = instance["id"].as_str().unwrap().to_owned();
+    let first = send!(
+        &admin_key,
+        Method::POST,
+        format!("/v1/instances/{instance_id}/keys"),
+        Some(json!({"name": "k", "roles": ["inference-client"]}))
+    );
+    let first_key = first["secret"].as_str().unwrap().to_owned();
+    let second = send!(
+        &admin_key,
+        Method::POST,
+        format!("/v1/keys/{}/rotate", first["id"].as_str().unwrap()),
+        Some(json!({"grace_seconds": 30}))
+    );
+    let second_key = second["secret"].as_str().unwrap().to_owned();
+    secrets.extend([
+        admin_key.clone(),
+        node_key.clone(),
+        first_key.clone(),
+        second_key.clone(),
+    ]);
+
+    // Introspection, good and bad, and forward auth.
+    for token in [
+        first_key.as_str(),
+        second_key.as_str(),
+        "kpi_garbage",
+        &first_key[..30],
+    ] {
+        let text = client
+            .post(format!("{base}/v1/introspect"))
+            .bearer_auth(&node_key)
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        bodies.push(text);
+    }
+    let forward = client
+        .get(format!("{base}/v1/authz/check"))
+        .header("x-keyplane-node-key", &node_key)
+        .header("x-original-method", "POST")
+        .header("x-original-uri", "/v1/embeddings")
+        .bearer_auth(&second_key)
+        .send()
+        .await
+        .unwrap();
+    bodies.push(forward.text().await.unwrap());
+
+    // Errors of every kind, several carrying keys where they do not belong.
+    send!(&first_key, Method::GET, "/v1/instances", None::<Value>);
+    send!(&node_key, Method::GET, "/v1/keys", None::<Value>);
+    send!(
+        format!("{admin_key}x"),
+        Method::GET,
+        "/v1/keys",
+        None::<Value>
+    );
+    send!(
+        &admin_key,
+        Method::POST,
+        "/v1/instances",
+        Some(json!({"name": "x", "labels": admin_key}))
+    );
+    send!(
+        &admin_key,
+        Method::POST,
+        "/v1/instances",
+        Some(json!({"name": first_key, "oops": second_key}))
+    );
+    send!(
+        &admin_key,
+        Method::GET,
+        format!("/v1/keys/{first_key}"),
+        None::<Value>
+    );
+    send!(
+        &admin_key,
+        Method::GET,
+        format!("/v1/nothing/{node_key}"),
+        None::<Value>
+    );
+    send!(
+        &admin_key,
+        Method::GET,
+        format!("/v1/audit?cursor={second_key}"),
+        None::<Value>
+    );
+    let malformed = client
+        .post(format!("{base}/v1/instances"))
+        .bearer_auth(&admin_key)
+        .header("content-type", "application/json")
+        .header("x-request-id", first_key.as_str())
+        .body(format!("{{\"name\": \"{second_key}"))
+        .send()
+        .await
+        .unwrap();
+    bodies.push(format!("{:?}", malformed.headers()));
+    bodies.push(malformed.text().await.unwrap());
+    send!(
+        &admin_key,
+        Method::POST,
+        format!("/v1/keys/{}/revoke", second["id"].as_str().unwrap()),
+        Some(json!({"reason": "done"}))
+    );
+
+    let audit_export = send!(&admin_key, Method::GET, "/v1/audit/export", None::<Value>);
+    let _ = audit_export;
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    bodies.push(metrics);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logs.lines().count() > 20, "the log was captured");
+
+    let everything = format!("{}\n{}", logs, bodies.join("\n"));
+    for secret in &secrets {
+        if let Some(at) = everything.find(secret.as_str()) {
+            // Show where, without repeating the secret itself.
+            let start = everything[..at]
+                .char_indices()
+                .rev()
+                .nth(300)
+                .map_or(0, |(i, _)| i);
+            let end = everything[at..]
+                .char_indices()
+                .nth(secret.len() + 100)
+                .map_or(everything.len(), |(i, _)| at + i);
+            let context = everything[start..end].replace(secret.as_str(), "<SECRET>");
+            panic!("a whole secret ({}…) leaked here:\n{context}", &secret[..4]);
+        }
+    }
+    // The masked forms are there: the evidence is kept, the keys are not.
+    assert!(everything.contains(&format!("kpi_…{}", &first_key[38..])));
+}
