@@ -230,21 +230,34 @@ impl Introspector {
             return Ok(None);
         };
         let digest = *key.digest().as_bytes();
-        let pool = self.pool.clone();
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        let loads = self.loads.clone();
-        let load = async move {
-            loads.fetch_add(1, Ordering::Relaxed);
-            let facts = introspection::key_facts(&pool, &digest).await?;
-            Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedKey::from_facts(f))))
+        // The hit path: a plain read, building no loader.
+        let hit = match self.cached {
+            true => self.keys.get(&digest).await,
+            false => None,
         };
-        let cached = if self.cached {
-            self.keys
-                .try_get_with(digest, load)
-                .await
-                .map_err(unavailable)?
-        } else {
-            load.await.map_err(|err| unavailable(Arc::new(err)))?
+        let cached = match hit {
+            Some(cached) => cached,
+            None => {
+                let pool = self.pool.clone();
+                let loads = self.loads.clone();
+                let load = async move {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    let facts = introspection::key_facts(&pool, &digest).await?;
+                    Ok::<_, keyplane_store::StoreError>(
+                        facts.map(|f| Arc::new(CachedKey::from_facts(f))),
+                    )
+                };
+                if self.cached {
+                    // One load per digest, however many requests wait on it.
+                    self.keys
+                        .try_get_with(digest, load)
+                        .await
+                        .map_err(unavailable)?
+                } else {
+                    load.await.map_err(|err| unavailable(Arc::new(err)))?
+                }
+            }
         };
         let verdict = cached.filter(|key| key.admits(node, wanted, client_ip, now));
         if let Some(key) = &verdict
@@ -274,15 +287,22 @@ impl Introspector {
             return Ok(None);
         };
         let digest = *key.digest().as_bytes();
-        let pool = self.pool.clone();
-        let cached = self
-            .nodes
-            .try_get_with(digest, async move {
-                let facts = introspection::node_facts(&pool, &digest).await?;
-                Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedNode::from(f))))
-            })
-            .await
-            .map_err(unavailable)?;
+        let cached = match self.nodes.get(&digest).await {
+            Some(cached) => cached,
+            None => self
+                .nodes
+                .try_get_with(digest, {
+                    let pool = self.pool.clone();
+                    async move {
+                        let facts = introspection::node_facts(&pool, &digest).await?;
+                        Ok::<_, keyplane_store::StoreError>(
+                            facts.map(|f| Arc::new(CachedNode::from(f))),
+                        )
+                    }
+                })
+                .await
+                .map_err(unavailable)?,
+        };
         let node = cached.filter(|node| !node.retired && now < node.expires_at);
         if let Some(node) = &node
             && first_use_this_second(&node.used_second, now)

@@ -159,6 +159,25 @@ fn wanted_scopes(text: Option<&str>) -> Option<ScopeSet> {
 /// The media type of signed answers (RFC 9701).
 pub const SIGNED_ANSWER: &str = "application/token-introspection+jwt";
 
+/// Whether the node asked for a signed answer (`Accept:
+/// application/token-introspection+jwt`); reads that one header rather than
+/// copying them all.
+pub struct WantsSigned(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for WantsSigned {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(WantsSigned(
+            parts
+                .headers
+                .get(ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains(SIGNED_ANSWER)),
+        ))
+    }
+}
+
 /// The claims of a signed answer (RFC 9701).
 #[derive(Debug, Serialize)]
 struct SignedAnswer<'a> {
@@ -247,14 +266,10 @@ fn active_body(
 pub async fn introspect(
     State(state): State<AppState>,
     NodeAuth(node): NodeAuth,
-    headers: HeaderMap,
+    WantsSigned(signed): WantsSigned,
     FormOrJson(request): FormOrJson<IntrospectRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
-    let signed = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(SIGNED_ANSWER));
     let wanted = wanted_scopes(request.scope.as_deref());
     // An address that does not parse is treated as unknown, which networks refuse.
     let client_ip = request
