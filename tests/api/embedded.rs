@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{BOOTSTRAP, eventually, free_port};
 
@@ -78,6 +78,72 @@ async fn dev_mode_without_a_database_url_keeps_its_data_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(health["mode"], "dev");
+
+    // The management API and introspection on the embedded database, where
+    // change events travel in-process (one connection, no LISTEN).
+    let client = reqwest::Client::new();
+    let admin = |method: reqwest::Method, path: String, body: Value| {
+        client
+            .request(method, format!("{}{path}", first.base))
+            .bearer_auth(BOOTSTRAP)
+            .json(&body)
+            .send()
+    };
+    let instance: Value = admin(
+        reqwest::Method::POST,
+        "/v1/instances".into(),
+        json!({"name": "jan-embedded"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let instance_id = instance["id"].as_str().unwrap().to_owned();
+    let node: Value = admin(
+        reqwest::Method::POST,
+        "/v1/nodes".into(),
+        json!({"name": "cortex"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let key: Value = admin(
+        reqwest::Method::POST,
+        format!("/v1/instances/{instance_id}/keys"),
+        json!({"name": "k", "roles": ["inference-client"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let introspect = || {
+        client
+            .post(format!("{}/v1/introspect", first.base))
+            .bearer_auth(node["secret"].as_str().unwrap())
+            .form(&[("token", key["secret"].as_str().unwrap())])
+            .send()
+    };
+    let answer: Value = introspect().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["active"], true);
+    let revoked = admin(
+        reqwest::Method::POST,
+        format!("/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let answer: Value = introspect().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        answer,
+        json!({"active": false}),
+        "the cached answer died with the revocation"
+    );
+
     assert!(
         first.terminate().success(),
         "keyplane exits cleanly on SIGTERM"
@@ -89,5 +155,19 @@ async fn dev_mode_without_a_database_url_keeps_its_data_across_a_restart() {
         after["deployment_id"], before["deployment_id"],
         "the same data after a restart"
     );
+    let keys: Value = client
+        .get(format!("{}/v1/keys?instance_id={instance_id}", second.base))
+        .bearer_auth(BOOTSTRAP)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keys["items"][0]["id"], key["id"],
+        "the key survived the restart: {keys}"
+    );
+    assert_eq!(keys["items"][0]["status"], "revoked");
     assert!(second.terminate().success());
 }

@@ -523,6 +523,17 @@ async fn the_revocation_stream_announces_keys_and_replays_after_a_reconnect() {
     );
     assert!(replayed[0].0.parse::<i64>().unwrap() > first[0].0.parse::<i64>().unwrap());
 
+    // Retiring the node ends its stream.
+    let mut closing = stream(None).await.unwrap();
+    f.server
+        .admin(Method::DELETE, &format!("/v1/nodes/{}", f.node_id), None)
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = closing.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the retired node's stream ended");
+
     let (status, _) = crate::support::call(
         f.server
             .as_("kpn_nope", Method::GET, "/v1/revocations/stream"),

@@ -229,6 +229,14 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
             panic!("a whole secret ({}…) leaked here:\n{context}", &secret[..4]);
         }
     }
+    // Requests are traceable to the route, node, instance and key behind them.
+    assert!(
+        logs.contains(r#""route":"/v1/keys/{id}/rotate""#),
+        "route templates are logged"
+    );
+    assert!(logs.contains(&format!(r#""key_id":"{}""#, first["id"].as_str().unwrap())));
+    assert!(logs.contains(&format!(r#""instance_id":"{instance_id}""#)));
+    assert!(logs.contains(&format!(r#""node_id":"{}""#, node["id"].as_str().unwrap())));
     // The masked forms are there: the evidence is kept, the keys are not.
     assert!(everything.contains(&format!("kpi_…{}", &first_key[38..])));
 }

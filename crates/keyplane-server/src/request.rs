@@ -51,6 +51,27 @@ impl RequestId {
     }
 }
 
+/// Records the matched route template (never the raw path, which may carry
+/// ids) on the request's span; runs after routing.
+pub async fn record_route(request: Request, next: Next) -> Response {
+    if let Some(route) = request.extensions().get::<axum::extract::MatchedPath>() {
+        tracing::Span::current().record("route", route.as_str());
+    }
+    next.run(request).await
+}
+
+/// Names the key behind a request on its span: ids only, never the key.
+pub fn record_identity(node_id: Option<Uuid>, verdict: Option<(Uuid, Uuid)>) {
+    let span = tracing::Span::current();
+    if let Some(node_id) = node_id {
+        span.record("node_id", tracing::field::display(node_id));
+    }
+    if let Some((instance_id, key_id)) = verdict {
+        span.record("instance_id", tracing::field::display(instance_id));
+        span.record("key_id", tracing::field::display(key_id));
+    }
+}
+
 /// Gives the request its id and span, logs its outcome, writes the problem
 /// body of an error answer and echoes the id back.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
@@ -62,7 +83,11 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         // A key pasted into a URL must not reach the logs.
         path = %keyplane_domain::scrub_keys(request.uri().path()),
+        route = tracing::field::Empty,
         status = tracing::field::Empty,
+        node_id = tracing::field::Empty,
+        instance_id = tracing::field::Empty,
+        key_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;

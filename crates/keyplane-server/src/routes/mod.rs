@@ -114,11 +114,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
     let spec_json = spec.clone();
-    api.route(
-        "/openapi.json",
-        get(move || async move { axum::Json(spec_json) }),
-    )
-    .merge(Scalar::with_url("/docs", spec))
-    .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
-    .with_state(state)
+    api.route_layer(axum::middleware::from_fn(crate::request::record_route))
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(spec_json) }),
+        )
+        .merge(Scalar::with_url("/docs", spec))
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .with_state(state)
 }

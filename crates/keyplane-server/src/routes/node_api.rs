@@ -29,6 +29,7 @@ use crate::error::{ApiError, Problem};
 use crate::events::Event;
 use crate::extract::FormOrJson;
 use crate::introspection::{CachedNode, Unavailable, Verdict};
+use crate::request::record_identity;
 use crate::state::AppState;
 
 /// The header forward-auth callers put their node key in.
@@ -287,6 +288,10 @@ pub async fn introspect(
         _ => None,
     };
     state.metrics.introspected(node.id, verdict.is_some());
+    record_identity(
+        Some(node.id),
+        verdict.as_ref().map(|v| (v.instance_id, v.key_id)),
+    );
     match verdict {
         Some(verdict) => {
             let (body, ttl) = active_body(&state, &node, verdict, now);
@@ -459,6 +464,7 @@ async fn authorize(
         )
         .await?
         .ok_or_else(bad_key)?;
+    record_identity(Some(node.id), Some((verdict.instance_id, verdict.key_id)));
     let allowed = match &access {
         Access::Scope(scope) => verdict.scopes.contains(scope),
         _ => false,
@@ -527,6 +533,7 @@ pub async fn stream_revocations(
         None => revocations::latest(state.db.pool()).await?,
     };
     tracing::info!(node = %node.id, after = last, "revocation stream opened");
+    let node_id = node.id;
     let pool = state.db.pool().clone();
     let stream = futures_util::stream::unfold(
         (
@@ -555,6 +562,8 @@ pub async fn stream_revocations(
                     if !catch_up {
                         match receiver.recv().await {
                             Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
+                            // A retired node's stream ends with its key.
+                            Ok(Event::Node { id }) if id == node_id => return None,
                             Ok(_) => continue,
                             Err(RecvError::Closed) => return None,
                         }
