@@ -281,6 +281,7 @@ async fn every_management_route_enforces_the_role_matrix() {
         (Method::GET, "/v1/authz/check"),
         (Method::POST, "/v1/authz/check"),
         (Method::GET, "/v1/revocations/stream"),
+        (Method::POST, "/v1/heartbeat"),
     ];
     for (method, path) in &node_routes {
         for token in std::iter::once(BOOTSTRAP).chain(tokens.iter().map(|(_, t)| t.as_str())) {

@@ -817,3 +817,73 @@ async fn metrics_count_outcomes_and_cache_hits() {
     assert!(!text.contains(f.secret()) && !text.contains(&f.node_key));
     f.server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_heartbeat_is_shown_on_the_node_and_a_weaker_mode_is_flagged() {
+    let url = fresh_database().await;
+    let settings = keyplane_server::config::Settings {
+        mode: keyplane_domain::Mode::Mixed,
+        ..admin_settings_for(&url)
+    };
+    let f = Fixture::on(TestServer::start_with(settings).await).await;
+    let beat = |body: Value| {
+        let request = f.server.as_(&f.node_key, Method::POST, "/v1/heartbeat");
+        crate::support::call(request, Some(body))
+    };
+    let node_path = format!("/v1/nodes/{}", f.node_id);
+
+    let (_, node) = f.server.admin(Method::GET, &node_path, None).await;
+    assert_eq!(
+        (&node["reported"], &node["mode_weaker"]),
+        (&Value::Null, &json!(false))
+    );
+
+    let (status, answer) = beat(json!({
+        "mode": "dev", "version": "0.1.0", "public_routes": ["GET /v1/models=public"]
+    }))
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({ "mode": "mixed", "mode_weaker": true }));
+    let (_, node) = f.server.admin(Method::GET, &node_path, None).await;
+    assert_eq!(node["reported"]["mode"], "dev");
+    assert_eq!(node["reported"]["version"], "0.1.0");
+    assert_eq!(
+        node["reported"]["public_routes"],
+        json!(["GET /v1/models=public"])
+    );
+    assert_eq!(node["mode_weaker"], true);
+    assert!(node["last_seen_at"].is_string());
+
+    let (_, answer) = beat(json!({ "mode": "prod", "version": "0.1.0" })).await;
+    assert_eq!(answer["mode_weaker"], false);
+    let (_, page) = f.server.admin(Method::GET, "/v1/nodes", None).await;
+    assert_eq!(page["items"][0]["mode_weaker"], false);
+
+    // Bad reports are refused with the field named, and change nothing.
+    for (body, field) in [
+        (json!({ "mode": "turbo", "version": "1" }), "mode"),
+        (json!({ "mode": "prod", "version": "" }), "version"),
+        (
+            json!({ "mode": "prod", "version": "1", "public_routes": ["GET nowhere"] }),
+            "public_routes",
+        ),
+    ] {
+        let (status, problem) = beat(body).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some(field)),
+            "{problem}"
+        );
+    }
+    let (_, node) = f.server.admin(Method::GET, &node_path, None).await;
+    assert_eq!(node["reported"]["mode"], "prod");
+
+    // Only node keys may report.
+    let (status, _) = crate::support::call(
+        f.server
+            .as_(crate::support::BOOTSTRAP, Method::POST, "/v1/heartbeat"),
+        Some(json!({ "mode": "prod", "version": "1" })),
+    )
+    .await;
+    assert_eq!(status, 401);
+}

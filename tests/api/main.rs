@@ -9,6 +9,7 @@ mod access;
 mod audit;
 mod bad_input;
 mod cli;
+mod client;
 mod embedded;
 mod errors;
 mod health;

@@ -30,7 +30,7 @@ use crate::pagination::CursorKey;
 use crate::request::request_context;
 use crate::routes;
 use crate::signing::{MasterKey, Signer};
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// A built server: database connected and migrated, listener bound.
 pub struct App {
@@ -184,7 +184,7 @@ impl App {
         }
         let probes = BurstWatch::new(settings.probe_threshold, settings.probe_window);
         let auth_failures = BurstWatch::new(AUTH_FAILURES_AUDITED_AFTER, Duration::from_secs(60));
-        let state = AppState {
+        let state = AppState::new(Shared {
             routes: Arc::new(settings.routes.clone()),
             db,
             settings: Arc::new(settings),
@@ -197,7 +197,8 @@ impl App {
             probes,
             auth_failures,
             metrics: Arc::default(),
-        };
+            stopping: tokio::sync::watch::Sender::new(false),
+        });
         tasks.push(routes::audit::checkpoint_periodically(
             state.clone(),
             CHECKPOINT_EVERY_ENTRIES,
@@ -233,9 +234,11 @@ impl App {
         let stopping = Arc::new(Notify::new());
         let signal = {
             let stopping = stopping.clone();
+            let state = self.state.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: finishing in-flight requests");
+                state.stopping.send_replace(true);
                 stopping.notify_one();
             }
         };
@@ -253,7 +256,10 @@ impl App {
         };
         drop(self.tasks);
         self.state.introspector.flush_usage().await;
-        self.state.db.close().await;
+        // The last holder of the database closes it (and stops the embedded server).
+        let db = self.state.db.clone();
+        drop(self.state);
+        db.close().await;
         tracing::info!("stopped");
         served
     }

@@ -210,36 +210,10 @@ fn default_database(_data_dir: PathBuf) -> DatabaseLocation {
     DatabaseLocation::Url(SecretString::from(""))
 }
 
-/// Reads a secret from `NAME`, or from the file that `NAME_FILE` names (the
-/// Docker and Kubernetes secrets convention). Giving both is an error.
+/// Reads the secret `name` from `$name` or from the file `$name_FILE` names.
 pub fn secret_from_env(name: &str) -> Result<Option<SecretString>, ConfigError> {
-    let file_var = format!("{name}_FILE");
-    let direct = std::env::var(name).ok().filter(|v| !v.is_empty());
-    let path = std::env::var_os(&file_var).filter(|v| !v.is_empty());
-    match (direct, path) {
-        (Some(_), Some(_)) => Err(ConfigError::new(
-            name,
-            format!("set either {name} or {file_var}, not both"),
-        )),
-        (Some(value), None) => Ok(Some(SecretString::from(value))),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path).map_err(|err| {
-                ConfigError::new(
-                    &file_var,
-                    format!(
-                        "expected a readable file ({}: {err})",
-                        Path::new(&path).display()
-                    ),
-                )
-            })?;
-            let value = text.trim_end_matches(['\r', '\n']).to_owned();
-            if value.is_empty() {
-                return Err(ConfigError::new(&file_var, "the file is empty"));
-            }
-            Ok(Some(SecretString::from(value)))
-        }
-        (None, None) => Ok(None),
-    }
+    keyplane_client::secret_from_env(name)
+        .map_err(|err| ConfigError::new(&err.variable, err.reason))
 }
 
 impl Settings {

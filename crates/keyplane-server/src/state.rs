@@ -14,9 +14,30 @@ use crate::metrics::Metrics;
 use crate::pagination::CursorKey;
 use crate::signing::Signer;
 
-/// Shared by every handler through `State`; cheap to clone.
+/// Shared by every handler through `State`: one reference count, because
+/// axum clones it for every request (and cloning each field was a measurable
+/// share of the introspection hot path).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps what every handler shares.
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// The database pool (and the embedded server behind it, if any).
     pub db: Database,
     /// The validated settings this process runs with.
@@ -41,4 +62,17 @@ pub struct AppState {
     pub auth_failures: BurstWatch<std::net::IpAddr>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Turns true when the server starts shutting down, so that endless
+    /// answers (the revocation stream) end instead of holding shutdown up.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Completes once the server is shutting down.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    }
 }

@@ -28,6 +28,48 @@ pub struct Node {
     pub retired_at: Option<DateTime<Utc>>,
     /// When it last called keyplane.
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// The mode it last reported running in.
+    pub reported_mode: Option<String>,
+    /// The version it last reported.
+    pub reported_version: Option<String>,
+    /// The routes it last reported serving without a key.
+    pub reported_public_routes: Vec<String>,
+    /// When it last reported.
+    pub reported_at: Option<DateTime<Utc>>,
+}
+
+/// What a node says about itself in a heartbeat.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// `dev`, `mixed` or `prod`.
+    pub mode: String,
+    /// Its version.
+    pub version: String,
+    /// The routes it serves without a key.
+    pub public_routes: Vec<String>,
+}
+
+/// Records a node's heartbeat (and counts it as a sign of life).
+pub async fn report(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    report: &Report,
+    now: DateTime<Utc>,
+) -> Result<Option<Node>, StoreError> {
+    Ok(sqlx::query_as::<_, Node>(
+        r#"update nodes
+              set reported_mode = $2, reported_version = $3, reported_public_routes = $4,
+                  reported_at = $5, last_seen_at = greatest(last_seen_at, $5)
+            where id = $1 and retired_at is null
+        returning *"#,
+    )
+    .bind(id)
+    .bind(&report.mode)
+    .bind(&report.version)
+    .bind(&report.public_routes)
+    .bind(now)
+    .fetch_optional(db)
+    .await?)
 }
 
 /// Registers a node.

@@ -85,6 +85,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(roles::put_role, roles::delete_role))
         .routes(routes!(nodes::create_node, nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::retire_node))
+        .routes(routes!(nodes::heartbeat))
         .routes(routes!(
             admin_keys::create_admin_key,
             admin_keys::list_admin_keys

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use keyplane_domain::{Access, ScopeSet};
+use keyplane_domain::Access;
 use keyplane_store::revocations;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -109,8 +109,9 @@ pub struct IntrospectRequest {
 }
 
 /// The answer: for any key that is not good, exactly `{"active": false}`.
+/// It borrows from the cache entry, so the hot path copies no strings.
 #[derive(Debug, Default, Serialize, ToSchema)]
-pub struct IntrospectResponse {
+pub struct IntrospectResponse<'a> {
     /// Whether the key is good for this node, scope and address now.
     pub active: bool,
     /// `api_key`.
@@ -127,13 +128,13 @@ pub struct IntrospectResponse {
     pub sub: Option<Uuid>,
     /// The instance's name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance_name: Option<String>,
+    pub instance_name: Option<&'a str>,
     /// The key's effective scopes, space-separated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub scope: Option<&'a str>,
     /// The node this answer is for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<Vec<Uuid>>,
+    pub aud: Option<&'a [Uuid]>,
     /// When the key stops working (Unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -145,16 +146,10 @@ pub struct IntrospectResponse {
     pub nbf: Option<i64>,
     /// Who answered.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
+    pub iss: Option<&'a str>,
     /// How many seconds the node may cache this answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<u64>,
-}
-
-/// Parses the scopes a node asks for; one keyplane does not know can never be held.
-fn wanted_scopes(text: Option<&str>) -> Option<ScopeSet> {
-    let texts: Vec<&str> = text.unwrap_or("").split_whitespace().collect();
-    ScopeSet::parse(&texts).ok()
 }
 
 /// The media type of signed answers (RFC 9701).
@@ -185,7 +180,7 @@ struct SignedAnswer<'a> {
     iss: &'a str,
     aud: String,
     iat: i64,
-    token_introspection: &'a IntrospectResponse,
+    token_introspection: &'a IntrospectResponse<'a>,
 }
 
 /// Answers as JSON, or as a JWT signed with the current signing key when the
@@ -193,7 +188,7 @@ struct SignedAnswer<'a> {
 fn answer(
     state: &AppState,
     node: &CachedNode,
-    body: IntrospectResponse,
+    body: IntrospectResponse<'_>,
     cache_control: &str,
     signed: bool,
     now: DateTime<Utc>,
@@ -212,7 +207,14 @@ fn answer(
             .insert(CONTENT_TYPE, HeaderValue::from_static(SIGNED_ANSWER));
         response
     } else {
-        Json(body).into_response()
+        // Sized for a whole active answer up front: no regrowth on the hot path.
+        let mut json = Vec::with_capacity(512);
+        serde_json::to_writer(&mut json, &body).map_err(|err| ApiError::Internal(err.into()))?;
+        (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            json,
+        )
+            .into_response()
     };
     if let Ok(value) = HeaderValue::from_str(cache_control) {
         response.headers_mut().insert(CACHE_CONTROL, value);
@@ -220,12 +222,12 @@ fn answer(
     Ok(response)
 }
 
-fn active_body(
-    state: &AppState,
-    node: &CachedNode,
-    verdict: Verdict,
+fn active_body<'a>(
+    state: &'a AppState,
+    node: &'a CachedNode,
+    verdict: &'a Verdict,
     now: DateTime<Utc>,
-) -> (IntrospectResponse, u64) {
+) -> (IntrospectResponse<'a>, u64) {
     let remaining = (verdict.ends_at - now).num_seconds().max(0);
     let cache_ttl = state
         .settings
@@ -238,13 +240,13 @@ fn active_body(
         key_id: Some(verdict.key_id),
         client_id: Some(verdict.instance_id),
         sub: Some(verdict.instance_id),
-        instance_name: Some(verdict.instance_name.clone()),
-        scope: Some(verdict.scope_text.clone()),
-        aud: Some(vec![node.id]),
+        instance_name: Some(&verdict.instance_name),
+        scope: Some(&verdict.scope_text),
+        aud: Some(std::slice::from_ref(&node.id)),
         exp: Some(verdict.ends_at.timestamp()),
         iat: Some(verdict.issued_at.timestamp()),
         nbf: Some(verdict.issued_at.timestamp()),
-        iss: Some(state.issuer.to_string()),
+        iss: Some(&state.issuer),
         cache_ttl: Some(cache_ttl),
     };
     (body, cache_ttl)
@@ -271,21 +273,21 @@ pub async fn introspect(
     FormOrJson(request): FormOrJson<IntrospectRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
-    let wanted = wanted_scopes(request.scope.as_deref());
     // An address that does not parse is treated as unknown, which networks refuse.
     let client_ip = request
         .client_ip
         .as_deref()
         .and_then(|t| t.trim().parse::<IpAddr>().ok());
     let bad_address = request.client_ip.is_some() && client_ip.is_none();
-    let verdict = match wanted {
-        Some(wanted) if !bad_address => {
+    let wanted = request.scope.as_deref().unwrap_or("");
+    let verdict = match bad_address {
+        false => {
             state
                 .introspector
-                .introspect(&request.token, node.id, &wanted, client_ip, now)
+                .introspect(&request.token, node.id, wanted, client_ip, now)
                 .await?
         }
-        _ => None,
+        true => None,
     };
     state.metrics.introspected(node.id, verdict.is_some());
     record_identity(
@@ -294,7 +296,7 @@ pub async fn introspect(
     );
     match verdict {
         Some(verdict) => {
-            let (body, ttl) = active_body(&state, &node, verdict, now);
+            let (body, ttl) = active_body(&state, &node, &verdict, now);
             answer(
                 &state,
                 &node,
@@ -455,13 +457,7 @@ async fn authorize(
     let now = state.clock.now();
     let verdict = state
         .introspector
-        .introspect(
-            &token,
-            node.id,
-            &ScopeSet::default(),
-            forwarded_client_ip(headers),
-            now,
-        )
+        .introspect(&token, node.id, "", forwarded_client_ip(headers), now)
         .await?
         .ok_or_else(bad_key)?;
     record_identity(Some(node.id), Some((verdict.instance_id, verdict.key_id)));
@@ -582,5 +578,7 @@ pub async fn stream_revocations(
             }
         },
     );
+    // Nodes reconnect (to another replica) with Last-Event-ID; shutdown need not wait for them.
+    let stream = futures_util::StreamExt::take_until(stream, state.stopped());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
-use keyplane_domain::{KeyKind, KeySecret, Permission};
+use keyplane_domain::{KeyKind, KeySecret, Mode, Permission, RouteMap};
 use keyplane_store::{audit, nodes};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -19,6 +19,7 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
 use crate::routes::keys::created;
+use crate::routes::node_api::NodeAuth;
 use crate::state::AppState;
 
 page_type!(NodePage, NodeResponse);
@@ -43,10 +44,39 @@ pub struct NodeResponse {
     pub retired_at: Option<DateTime<Utc>>,
     /// When it last called keyplane.
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// What it last said about itself in a heartbeat, if it ever did.
+    pub reported: Option<NodeReport>,
+    /// Whether it reported a mode weaker than keyplane's own (e.g. a `dev`
+    /// gate in front of a `prod` keyplane).
+    pub mode_weaker: bool,
 }
 
-impl From<nodes::Node> for NodeResponse {
-    fn from(row: nodes::Node) -> Self {
+/// What a node says about itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeReport {
+    /// The mode it runs in.
+    #[schema(value_type = String, example = "prod")]
+    pub mode: Mode,
+    /// Its version.
+    pub version: String,
+    /// The routes it serves without a key, as route rules.
+    pub public_routes: Vec<String>,
+    /// When it said so.
+    pub at: DateTime<Utc>,
+}
+
+impl NodeResponse {
+    /// The node as operators see it from a keyplane running in `mode`.
+    pub fn new(row: nodes::Node, mode: Mode) -> Self {
+        let reported = match (row.reported_mode, row.reported_at) {
+            (Some(reported), Some(at)) => reported.parse().ok().map(|reported| NodeReport {
+                mode: reported,
+                version: row.reported_version.unwrap_or_default(),
+                public_routes: row.reported_public_routes,
+                at,
+            }),
+            _ => None,
+        };
         NodeResponse {
             id: row.id,
             name: row.name,
@@ -56,6 +86,8 @@ impl From<nodes::Node> for NodeResponse {
             expires_at: row.expires_at,
             retired_at: row.retired_at,
             last_seen_at: row.last_seen_at,
+            mode_weaker: reported.as_ref().is_some_and(|r| r.mode < mode),
+            reported,
         }
     }
 }
@@ -137,6 +169,10 @@ pub async fn create_node(
             expires_at: now + lifetime,
             retired_at: None,
             last_seen_at: None,
+            reported_mode: None,
+            reported_version: None,
+            reported_public_routes: Vec::new(),
+            reported_at: None,
         },
     )
     .await?;
@@ -152,7 +188,7 @@ pub async fn create_node(
     .await?;
     tx.commit().await?;
     Ok(created(CreatedNodeResponse {
-        node: row.into(),
+        node: NodeResponse::new(row, state.settings.mode),
         secret: secret.expose().to_owned(),
     }))
 }
@@ -186,7 +222,10 @@ pub async fn list_nodes(
     )
     .await?;
     Ok(Json(NodePage {
-        items: rows.into_iter().map(Into::into).collect(),
+        items: rows
+            .into_iter()
+            .map(|row| NodeResponse::new(row, state.settings.mode))
+            .collect(),
         next_cursor: next.map(|after| state.cursors.encode(LIST, after)),
     }))
 }
@@ -210,7 +249,7 @@ pub async fn get_node(
     let row = nodes::get(state.db.pool(), id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(row.into()))
+    Ok(Json(NodeResponse::new(row, state.settings.mode)))
 }
 
 /// Retire a node: its node key stops working at once.
@@ -243,4 +282,85 @@ pub async fn retire_node(
     .await?;
     state.events.commit(tx, &[Event::Node { id }]).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A node's heartbeat: what it says about itself.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The mode it runs in.
+    #[schema(value_type = String, example = "prod")]
+    pub mode: String,
+    /// Its version, up to 64 characters.
+    pub version: String,
+    /// The routes it serves without a key, as route rules
+    /// (`GET /v1/models=public`); at most 64.
+    #[serde(default)]
+    pub public_routes: Vec<String>,
+}
+
+/// What keyplane answers a heartbeat.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatResponse {
+    /// keyplane's own mode.
+    #[schema(value_type = String, example = "prod")]
+    pub mode: Mode,
+    /// Whether the node runs weaker than keyplane (operators see it flagged).
+    pub mode_weaker: bool,
+}
+
+const MAX_PUBLIC_ROUTES: usize = 64;
+
+/// A node reports its mode, version and public routes (its node key
+/// authenticates it); `GET /v1/nodes` shows the last report.
+#[utoipa::path(
+    post, path = "/v1/heartbeat", operation_id = "node_heartbeat", tag = "nodes",
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "Recorded", body = HeartbeatResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("basic" = [])),
+)]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    NodeAuth(node): NodeAuth,
+    ApiJson(body): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let mode: Mode = body
+        .mode
+        .parse()
+        .map_err(|_| ApiError::invalid("mode", "expected one of dev, mixed, prod"))?;
+    if body.version.is_empty()
+        || body.version.len() > 64
+        || body.version.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            "version",
+            "expected 1 to 64 printable characters",
+        ));
+    }
+    if body.public_routes.len() > MAX_PUBLIC_ROUTES {
+        return Err(ApiError::invalid("public_routes", "at most 64 routes"));
+    }
+    for rule in &body.public_routes {
+        RouteMap::parse(rule).map_err(|err| ApiError::invalid("public_routes", err.to_string()))?;
+    }
+    let now = state.clock.now();
+    let report = nodes::Report {
+        mode: mode.as_str().to_owned(),
+        version: body.version,
+        public_routes: body.public_routes,
+    };
+    nodes::report(state.db.pool(), node.id, &report, now)
+        .await?
+        .ok_or_else(not_found)?;
+    let weaker = mode < state.settings.mode;
+    if weaker {
+        tracing::warn!(node = %node.id, node_mode = %mode, "a node runs in a weaker mode than keyplane");
+    }
+    Ok(Json(HeartbeatResponse {
+        mode: state.settings.mode,
+        mode_weaker: weaker,
+    }))
 }

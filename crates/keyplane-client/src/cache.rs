@@ -1,0 +1,574 @@
+//! The introspector: offline checks, a bounded cache of keyplane's answers,
+//! one request per key in flight, and what to do while keyplane is away.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyplane_domain::{KeyKind, KeySecret};
+use moka::Expiry;
+use moka::future::Cache;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::{Config, ConfigError};
+use crate::stream::{self, StreamState};
+
+/// Who a good key belongs to, as keyplane vouched for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The key's id (never the key).
+    pub key_id: Uuid,
+    /// The instance it belongs to.
+    pub instance_id: Uuid,
+    /// That instance's name.
+    pub instance_name: String,
+    /// Its effective scopes.
+    pub scopes: BTreeSet<String>,
+    /// When it stops working (Unix seconds).
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// Whether the key holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    fn expired(&self) -> bool {
+        unix_now() >= self.expires_at
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Missing, malformed, unknown, revoked, expired or otherwise not good here.
+    #[error("the API key is not valid")]
+    InvalidKey,
+    /// A good key without the scope the route needs.
+    #[error("the API key lacks the scope {0}")]
+    MissingScope(String),
+    /// No route rule allows the request.
+    #[error("no route rule allows this request")]
+    RouteDenied,
+    /// keyplane cannot be reached and no answer may be trusted: fail closed.
+    #[error("the key cannot be checked now: keyplane is unreachable")]
+    Unavailable,
+}
+
+/// Counters, for a node's own metrics page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Answers served from the cache.
+    pub hits: u64,
+    /// Lookups that asked keyplane (or waited on a request already asking).
+    pub misses: u64,
+    /// Keys refused without a network call (bad prefix or checksum).
+    pub offline_rejects: u64,
+    /// Positive answers served past their TTL while keyplane was unreachable (`mixed`).
+    pub stale_serves: u64,
+    /// Requests refused because keyplane was unreachable.
+    pub unavailable: u64,
+    /// Keys evicted by the revocation stream.
+    pub evictions: u64,
+    /// Times the revocation stream was (re)connected.
+    pub stream_connects: u64,
+    /// The revocation stream's state now.
+    pub stream: StreamState,
+}
+
+impl Metrics {
+    /// The counters in Prometheus' text format, named `{prefix}_…`.
+    pub fn prometheus(&self, prefix: &str) -> String {
+        let counters = [
+            (
+                "cache_hits_total",
+                "Answers served from the cache.",
+                self.hits,
+            ),
+            (
+                "cache_misses_total",
+                "Lookups that asked keyplane.",
+                self.misses,
+            ),
+            (
+                "offline_rejects_total",
+                "Keys refused without a network call.",
+                self.offline_rejects,
+            ),
+            (
+                "stale_serves_total",
+                "Positive answers served past their TTL while keyplane was unreachable.",
+                self.stale_serves,
+            ),
+            (
+                "unavailable_total",
+                "Requests refused because keyplane was unreachable.",
+                self.unavailable,
+            ),
+            (
+                "revocation_evictions_total",
+                "Keys evicted by the revocation stream.",
+                self.evictions,
+            ),
+            (
+                "revocation_stream_connects_total",
+                "Connections of the revocation stream.",
+                self.stream_connects,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in counters {
+            out.push_str(&format!(
+                "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} counter\n{prefix}_{name} {value}\n"
+            ));
+        }
+        let up = u8::from(self.stream == StreamState::Up);
+        out.push_str(&format!(
+            "# HELP {prefix}_revocation_stream_up Whether the revocation stream is connected.\n\
+             # TYPE {prefix}_revocation_stream_up gauge\n{prefix}_revocation_stream_up {up}\n"
+        ));
+        out
+    }
+}
+
+/// The digest of a key and the client address it was judged for (keyplane's
+/// answer depends on both when the instance has network limits).
+type CacheKey = ([u8; 32], Option<IpAddr>);
+
+#[derive(Debug, Clone)]
+enum Answer {
+    Active {
+        identity: Arc<Identity>,
+        fetched: Instant,
+        ttl: Duration,
+    },
+    Inactive,
+}
+
+/// A positive answer kept for `mixed`'s stale window.
+#[derive(Debug, Clone)]
+struct Stale {
+    identity: Arc<Identity>,
+    trusted_until: Instant,
+}
+
+struct Lifetimes {
+    negative_ttl: Duration,
+}
+
+impl Expiry<CacheKey, Answer> for Lifetimes {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Answer,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            Answer::Active { ttl, .. } => *ttl,
+            Answer::Inactive => self.negative_ttl,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    offline_rejects: AtomicU64,
+    stale_serves: AtomicU64,
+    unavailable: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) stream_connects: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) http: reqwest::Client,
+    pub(crate) base_url: String,
+    introspect_url: String,
+    fresh: Cache<CacheKey, Answer>,
+    stale: Cache<CacheKey, Stale>,
+    stream_state: AtomicU8,
+    pub(crate) counters: Counters,
+}
+
+impl Inner {
+    pub(crate) fn set_stream_state(&self, state: StreamState) {
+        self.stream_state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stream_state(&self) -> StreamState {
+        StreamState::from_u8(self.stream_state.load(Ordering::Relaxed))
+    }
+
+    /// Drops every answer about `key_id`, fresh or stale.
+    pub(crate) fn evict(&self, key_id: Uuid) {
+        let about = move |answer_key: Option<Uuid>| answer_key == Some(key_id);
+        let fresh = self.fresh.invalidate_entries_if(move |_, answer| {
+            about(match answer {
+                Answer::Active { identity, .. } => Some(identity.key_id),
+                Answer::Inactive => None,
+            })
+        });
+        let stale = self
+            .stale
+            .invalidate_entries_if(move |_, stale| stale.identity.key_id == key_id);
+        if fresh.is_err() || stale.is_err() {
+            // Cannot happen (both caches support closures); fail closed anyway.
+            self.forget_all();
+        }
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops every answer: used when revocations may have been missed.
+    pub(crate) fn forget_all(&self) {
+        self.fresh.invalidate_all();
+        self.stale.invalidate_all();
+    }
+
+    /// Whether an answer fetched at `fetched` may still be trusted: while the
+    /// revocation stream is down, only for the short floor.
+    fn trusted(&self, fetched: Instant, now: Instant) -> bool {
+        self.stream_state() == StreamState::Up
+            || now.duration_since(fetched) < self.config.stream_down_ttl
+    }
+}
+
+/// Validates keys against keyplane; cheap to clone (clones share the cache
+/// and the revocation stream, which ends when the last clone is dropped).
+#[derive(Clone)]
+pub struct Introspector {
+    inner: Arc<Inner>,
+    _stream: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("url", &self.inner.base_url)
+            .field("mode", &self.inner.config.mode)
+            .field("entries", &self.inner.fresh.entry_count())
+            .finish()
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What keyplane answers `POST /v1/introspect`; only what a node needs.
+#[derive(Debug, Deserialize)]
+struct IntrospectAnswer {
+    active: bool,
+    key_id: Option<Uuid>,
+    client_id: Option<Uuid>,
+    instance_name: Option<String>,
+    scope: Option<String>,
+    exp: Option<u64>,
+    cache_ttl: Option<u64>,
+}
+
+/// keyplane did not give an answer.
+#[derive(Debug, Clone)]
+struct Unreachable;
+
+impl Introspector {
+    /// Checks `config`, builds the HTTP client and starts following the
+    /// revocation stream (on the current tokio runtime).
+    pub fn start(config: Config) -> Result<Introspector, ConfigError> {
+        if KeySecret::parse_as(KeyKind::Node, config.node_key.expose_secret()).is_err() {
+            return Err(ConfigError::NodeKey);
+        }
+        let base_url = config.base_url()?;
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .user_agent(concat!("keyplane-client/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_bundle {
+            let bad = |reason: String| ConfigError::CaBundle {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(bad("no certificate in it".to_owned()));
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http.build().map_err(|e| ConfigError::Http(e.to_string()))?;
+        let fresh = Cache::builder()
+            .max_capacity(config.capacity)
+            .expire_after(Lifetimes {
+                negative_ttl: config.negative_ttl,
+            })
+            .support_invalidation_closures()
+            .build();
+        let stale = Cache::builder()
+            .max_capacity(config.capacity)
+            .time_to_live(config.cache_ttl_cap + config.effective_stale_window())
+            .support_invalidation_closures()
+            .build();
+        let inner = Arc::new(Inner {
+            introspect_url: format!("{base_url}/v1/introspect"),
+            base_url,
+            config,
+            http,
+            fresh,
+            stale,
+            stream_state: AtomicU8::new(StreamState::Connecting as u8),
+            counters: Counters::default(),
+        });
+        let follower = tokio::spawn(stream::follow(inner.clone()));
+        Ok(Introspector {
+            inner,
+            _stream: Arc::new(AbortOnDrop(follower)),
+        })
+    }
+
+    /// The mode this node runs in.
+    pub fn mode(&self) -> keyplane_domain::Mode {
+        self.inner.config.mode
+    }
+
+    /// Judges `token` for a request that needs `scope` (None: any good key),
+    /// from `client_ip` when the node knows it.
+    pub async fn check(
+        &self,
+        token: &str,
+        scope: Option<&str>,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Arc<Identity>, Refusal> {
+        let counters = &self.inner.counters;
+        // Garbage, typos and other kinds of keys never leave the process.
+        let Ok(key) = KeySecret::parse_as(KeyKind::Instance, token.trim()) else {
+            counters.offline_rejects.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::InvalidKey);
+        };
+        let cache_key = (*key.digest().as_bytes(), client_ip);
+        let identity = self.lookup(cache_key, key).await.inspect_err(|refusal| {
+            if *refusal == Refusal::Unavailable {
+                counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        match scope {
+            Some(scope) if !identity.has_scope(scope) => {
+                Err(Refusal::MissingScope(scope.to_owned()))
+            }
+            _ => Ok(identity),
+        }
+    }
+
+    async fn lookup(&self, cache_key: CacheKey, key: KeySecret) -> Result<Arc<Identity>, Refusal> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        match inner.fresh.get(&cache_key).await {
+            Some(Answer::Inactive) => {
+                inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal::InvalidKey);
+            }
+            Some(Answer::Active {
+                identity, fetched, ..
+            }) if inner.trusted(fetched, now) && !identity.expired() => {
+                inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(identity);
+            }
+            // Kept past what may be trusted now: ask again.
+            Some(Answer::Active { .. }) => inner.fresh.invalidate(&cache_key).await,
+            None => {}
+        }
+        inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let masked = key.masked();
+        let answer = inner
+            .fresh
+            .try_get_with(cache_key, fetch(inner.clone(), cache_key, key))
+            .await;
+        match answer {
+            Ok(Answer::Active { identity, .. }) => Ok(identity),
+            Ok(Answer::Inactive) => Err(Refusal::InvalidKey),
+            Err(_) => self.serve_stale(&cache_key, &masked).await,
+        }
+    }
+
+    /// While keyplane is unreachable: in `mixed`, a positive answer within the
+    /// stale window; otherwise (and after it) fail closed.
+    async fn serve_stale(
+        &self,
+        cache_key: &CacheKey,
+        masked: &str,
+    ) -> Result<Arc<Identity>, Refusal> {
+        let inner = &self.inner;
+        let window = inner.config.effective_stale_window();
+        match inner.stale.get(cache_key).await {
+            Some(stale)
+                if Instant::now() < stale.trusted_until + window && !stale.identity.expired() =>
+            {
+                inner.counters.stale_serves.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = masked, key_id = %stale.identity.key_id,
+                    "keyplane unreachable: serving a cached answer past its TTL (mixed mode's stale window)");
+                Ok(stale.identity)
+            }
+            _ => {
+                tracing::warn!(
+                    key = masked,
+                    "keyplane unreachable: refusing the request (fail closed)"
+                );
+                Err(Refusal::Unavailable)
+            }
+        }
+    }
+
+    /// The counters and the revocation stream's state.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.inner.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Metrics {
+            hits: load(&c.hits),
+            misses: load(&c.misses),
+            offline_rejects: load(&c.offline_rejects),
+            stale_serves: load(&c.stale_serves),
+            unavailable: load(&c.unavailable),
+            evictions: load(&c.evictions),
+            stream_connects: load(&c.stream_connects),
+            stream: self.inner.stream_state(),
+        }
+    }
+
+    /// keyplane's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// The HTTP client (with the configured CAs), for other calls to keyplane.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// This node's key, for other calls to keyplane.
+    pub fn node_key(&self) -> &secrecy::SecretString {
+        &self.inner.config.node_key
+    }
+}
+
+/// Asks keyplane about one key; runs once per key however many wait on it.
+async fn fetch(
+    inner: Arc<Inner>,
+    cache_key: CacheKey,
+    key: KeySecret,
+) -> Result<Answer, Unreachable> {
+    let mut form = vec![("token", key.expose().to_owned())];
+    if let Some(ip) = cache_key.1 {
+        form.push(("client_ip", ip.to_string()));
+    }
+    let response = inner
+        .http
+        .post(&inner.introspect_url)
+        .bearer_auth(inner.config.node_key.expose_secret())
+        .timeout(inner.config.timeout)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %without_url(err), "cannot reach keyplane to introspect a key");
+            Unreachable
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            tracing::error!(
+                "keyplane refused this node's key (KEYPLANE_NODE_KEY): is the node retired or its key expired?"
+            );
+        } else {
+            tracing::warn!(%status, "keyplane could not introspect a key");
+        }
+        return Err(Unreachable);
+    }
+    let answer: IntrospectAnswer = response.json().await.map_err(|err| {
+        tracing::warn!(error = %without_url(err), "keyplane's introspection answer does not read");
+        Unreachable
+    })?;
+    let answer = match answer {
+        IntrospectAnswer {
+            active: true,
+            key_id: Some(key_id),
+            client_id: Some(instance_id),
+            instance_name,
+            scope,
+            exp: Some(expires_at),
+            cache_ttl,
+        } => {
+            let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
+            let ttl = Duration::from_secs(cache_ttl.unwrap_or(0))
+                .min(inner.config.cache_ttl_cap)
+                .min(left);
+            let identity = Arc::new(Identity {
+                key_id,
+                instance_id,
+                instance_name: instance_name.unwrap_or_default(),
+                scopes: scope
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                expires_at,
+            });
+            let fetched = Instant::now();
+            if !inner.config.effective_stale_window().is_zero() {
+                inner
+                    .stale
+                    .insert(
+                        cache_key,
+                        Stale {
+                            identity: identity.clone(),
+                            trusted_until: fetched + ttl,
+                        },
+                    )
+                    .await;
+            }
+            Answer::Active {
+                identity,
+                fetched,
+                ttl,
+            }
+        }
+        // Inactive, or an active answer missing what a node needs: refuse.
+        _ => {
+            // A refusal is never undone by an older positive answer.
+            inner.stale.invalidate(&cache_key).await;
+            Answer::Inactive
+        }
+    };
+    Ok(answer)
+}
+
+/// reqwest errors name the URL; ours carry no secret, but keep logs short.
+pub(crate) fn without_url(err: reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else if err.is_decode() {
+        "bad body"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {}", err.without_url())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,95 @@
+//! How an [`Introspector`](crate::Introspector) reaches keyplane and how long
+//! it trusts what it heard.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keyplane_domain::Mode;
+use secrecy::SecretString;
+
+/// Where keyplane is, who this node is, and the cache's bounds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// keyplane's base URL, e.g. `https://keyplane.internal:8443`.
+    pub url: String,
+    /// This node's `kpn_` key.
+    pub node_key: SecretString,
+    /// The mode this node runs in; it decides what happens while keyplane is away.
+    pub mode: Mode,
+    /// The longest a positive answer is trusted, whatever keyplane's `cache_ttl` says.
+    pub cache_ttl_cap: Duration,
+    /// How long a refusal is remembered.
+    pub negative_ttl: Duration,
+    /// While the revocation stream is down (so a revocation may be missed),
+    /// positive answers are trusted for at most this long.
+    pub stream_down_ttl: Duration,
+    /// In `mixed`, how long past its TTL a positive answer may still be served
+    /// while keyplane cannot be reached. Ignored in `dev` and `prod`.
+    pub stale_window: Duration,
+    /// How many answers the cache holds.
+    pub capacity: u64,
+    /// How long one call to keyplane may take.
+    pub timeout: Duration,
+    /// A PEM bundle of CAs to trust for keyplane's certificate, in addition
+    /// to the system's. There is no option to skip verification.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl Config {
+    /// The defaults: answers trusted for at most 30 s (2 s while the stream is
+    /// down), refusals for 5 s, a 5-minute stale window in `mixed`, 100,000 entries.
+    pub fn new(url: impl Into<String>, node_key: SecretString, mode: Mode) -> Config {
+        Config {
+            url: url.into(),
+            node_key,
+            mode,
+            cache_ttl_cap: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(5),
+            stream_down_ttl: Duration::from_secs(2),
+            stale_window: Duration::from_secs(300),
+            capacity: 100_000,
+            timeout: Duration::from_secs(2),
+            ca_bundle: None,
+        }
+    }
+
+    /// keyplane's base URL without a trailing slash, checked.
+    pub(crate) fn base_url(&self) -> Result<String, ConfigError> {
+        let url = self.url.trim_end_matches('/');
+        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+        if !scheme_ok || url.len() <= "https://".len() {
+            return Err(ConfigError::Url(url.to_owned()));
+        }
+        Ok(url.to_owned())
+    }
+
+    /// The stale window that applies in this mode.
+    pub(crate) fn effective_stale_window(&self) -> Duration {
+        match self.mode {
+            Mode::Mixed => self.stale_window,
+            Mode::Dev | Mode::Prod => Duration::ZERO,
+        }
+    }
+}
+
+/// A configuration the client cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not an http(s) URL.
+    #[error("KEYPLANE_URL must be an http:// or https:// URL, got {0:?}")]
+    Url(String),
+    /// The node key is not a well-formed `kpn_` key.
+    #[error("KEYPLANE_NODE_KEY is not a node key (kpn_…)")]
+    NodeKey,
+    /// The CA bundle cannot be read or holds no certificate.
+    #[error("cannot use the CA bundle {path}: {reason}")]
+    CaBundle {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP client cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}

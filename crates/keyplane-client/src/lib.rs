@@ -1,0 +1,26 @@
+//! The node side of keyplane.
+//!
+//! An [`Introspector`] answers "is this key good for this route?" the way a
+//! node must: garbage is refused offline (prefix and checksum), answers are
+//! cached for a bounded time, one request per key goes to keyplane however
+//! many arrive at once, and the revocation stream evicts a key the moment it
+//! stops working. When keyplane cannot be reached it fails closed, except that
+//! `mixed` may serve a cached positive answer for a bounded stale window; a
+//! negative answer never turns positive.
+//!
+//! [`KeyplaneLayer`] puts it in front of any tower service (axum, tonic,
+//! hyper), and [`Caller`] hands the verified identity to axum handlers.
+
+mod cache;
+mod config;
+mod env;
+mod error;
+mod layer;
+mod stream;
+
+pub use cache::{Identity, Introspector, Metrics, Refusal};
+pub use config::{Config, ConfigError};
+pub use env::{EnvError, secret_from_env};
+pub use error::openai_error;
+pub use layer::{Caller, KeyplaneLayer, KeyplaneService};
+pub use stream::StreamState;

@@ -1,0 +1,250 @@
+//! Following keyplane's revocation stream (`GET /v1/revocations/stream`,
+//! Server-Sent Events): every key that stops working is evicted at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::cache::{Inner, without_url};
+
+/// The revocation stream's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamState {
+    /// Not connected yet.
+    #[default]
+    Connecting = 0,
+    /// Connected: revocations arrive as they happen.
+    Up = 1,
+    /// Lost; reconnecting with backoff. Positive answers are trusted only briefly.
+    Down = 2,
+}
+
+impl StreamState {
+    pub(crate) fn from_u8(value: u8) -> StreamState {
+        match value {
+            1 => StreamState::Up,
+            2 => StreamState::Down,
+            _ => StreamState::Connecting,
+        }
+    }
+}
+
+/// keyplane sends a keep-alive comment every 15 s; three missed means the
+/// connection is dead even if TCP has not noticed.
+const IDLE_LIMIT: Duration = Duration::from_secs(45);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// No SSE line of ours is anywhere near this; more is garbage.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct Revocation {
+    key_id: Uuid,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// Try again after the backoff.
+    Retry,
+    /// keyplane does not know our `Last-Event-ID`: start afresh.
+    Restart,
+}
+
+/// Follows the stream for as long as the introspector lives, reconnecting
+/// with backoff and `Last-Event-ID` so nothing is missed.
+pub(crate) async fn follow(inner: Arc<Inner>) {
+    let url = format!("{}/v1/revocations/stream", inner.base_url);
+    let mut last_id: Option<String> = None;
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        match connect(&inner, &url, &mut last_id).await {
+            Ended::Retry => {}
+            Ended::Restart => {
+                // Events may have been missed: no cached answer can be trusted.
+                last_id = None;
+                inner.forget_all();
+            }
+        }
+        let was_up = inner.stream_state() == crate::StreamState::Up;
+        inner.set_stream_state(StreamState::Down);
+        if was_up {
+            backoff = BACKOFF_FIRST;
+            tracing::warn!(
+                "revocation stream lost; reconnecting (cached answers are trusted only briefly meanwhile)"
+            );
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(inner: &Inner, url: &str, last_id: &mut Option<String>) -> Ended {
+    let mut request = inner
+        .http
+        .get(url)
+        .bearer_auth(inner.config.node_key.expose_secret())
+        .header(reqwest::header::ACCEPT, "text/event-stream");
+    if let Some(id) = last_id.as_deref() {
+        request = request.header("last-event-id", id);
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(error = %without_url(err), "revocation stream: cannot connect");
+            return Ended::Retry;
+        }
+    };
+    match response.status() {
+        status if status.is_success() => {}
+        reqwest::StatusCode::BAD_REQUEST if last_id.is_some() => return Ended::Restart,
+        reqwest::StatusCode::UNAUTHORIZED => {
+            tracing::error!("keyplane refused this node's key on the revocation stream");
+            return Ended::Retry;
+        }
+        status => {
+            tracing::warn!(%status, "revocation stream refused");
+            return Ended::Retry;
+        }
+    }
+    if last_id.is_none() {
+        // Starting from "now": whatever was cached before may predate a
+        // revocation this stream will never replay.
+        inner.forget_all();
+    }
+    inner.set_stream_state(StreamState::Up);
+    inner
+        .counters
+        .stream_connects
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(resumed = last_id.is_some(), "revocation stream connected");
+
+    let mut body = response.bytes_stream();
+    let mut parser = Parser::default();
+    loop {
+        let chunk = match tokio::time::timeout(IDLE_LIMIT, body.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(_)) | None) | Err(_) => return Ended::Retry,
+        };
+        let Some(events) = parser.feed(&chunk) else {
+            tracing::warn!("revocation stream sent an overlong line; reconnecting");
+            return Ended::Retry;
+        };
+        for event in events {
+            if event.name == "revocation" {
+                match serde_json::from_str::<Revocation>(&event.data) {
+                    Ok(revocation) => inner.evict(revocation.key_id),
+                    // An event we cannot read may have been a revocation.
+                    Err(_) => inner.forget_all(),
+                }
+            }
+            if let Some(id) = event.id {
+                *last_id = Some(id);
+            }
+        }
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SseEvent {
+    id: Option<String>,
+    name: String,
+    data: String,
+}
+
+/// An incremental SSE parser (the parts of the format keyplane uses).
+#[derive(Debug, Default)]
+struct Parser {
+    line: Vec<u8>,
+    event: SseEvent,
+    has_data: bool,
+}
+
+impl Parser {
+    /// Feeds bytes; answers the events they complete, or None for a line
+    /// longer than [`MAX_LINE`].
+    fn feed(&mut self, bytes: &[u8]) -> Option<Vec<SseEvent>> {
+        let mut events = Vec::new();
+        for &byte in bytes {
+            if byte != b'\n' {
+                if self.line.len() >= MAX_LINE {
+                    return None;
+                }
+                self.line.push(byte);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let line =
+                String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned();
+            if line.is_empty() {
+                if self.has_data || self.event.id.is_some() {
+                    events.push(std::mem::take(&mut self.event));
+                }
+                self.event = SseEvent::default();
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // a keep-alive comment
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => self.event.id = Some(value.to_owned()),
+                "event" => self.event.name = value.to_owned(),
+                "data" => {
+                    if self.has_data {
+                        self.event.data.push('\n');
+                    }
+                    self.event.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        Some(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_split_anywhere_and_skips_comments() {
+        let text = ": keep-alive\n\nevent: revocation\r\nid: 7\ndata: {\"key_id\": \"x\"}\n\nid: 8\nevent: revocation\ndata: a\ndata: b\n\n";
+        for split in 0..text.len() {
+            let mut parser = Parser::default();
+            let mut events = parser.feed(&text.as_bytes()[..split]).unwrap();
+            events.extend(parser.feed(&text.as_bytes()[split..]).unwrap());
+            assert_eq!(
+                events,
+                vec![
+                    SseEvent {
+                        id: Some("7".into()),
+                        name: "revocation".into(),
+                        data: "{\"key_id\": \"x\"}".into()
+                    },
+                    SseEvent {
+                        id: Some("8".into()),
+                        name: "revocation".into(),
+                        data: "a\nb".into()
+                    },
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused() {
+        let mut parser = Parser::default();
+        assert!(parser.feed(&vec![b'x'; MAX_LINE + 1]).is_none());
+    }
+}

@@ -1,0 +1,250 @@
+//! `keyplane-gate`: a reverse proxy that puts keyplane in front of any
+//! OpenAI-compatible server (Cortex, llama.cpp server, Ollama, vLLM) without
+//! changing it. See the README's "The gate" section.
+
+mod heartbeat;
+mod proxy;
+mod settings;
+mod tls;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use clap::Parser;
+use keyplane_client::{Config, Introspector, KeyplaneLayer};
+use keyplane_domain::Mode;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::proxy::Gate;
+use crate::settings::{Args, Settings};
+
+/// Shared by the gate's own routes.
+struct Status {
+    gate: Arc<Gate>,
+    introspector: Option<Introspector>,
+    mode: Mode,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::from_args(args) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("keyplane-gate: cannot start: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.mode);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("keyplane-gate: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("keyplane-gate stopped: {err:#}");
+            eprintln!("keyplane-gate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(mode: Mode) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match mode {
+        Mode::Prod | Mode::Mixed => builder.json().flatten_event(true).try_init(),
+        Mode::Dev => builder.try_init(),
+    };
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
+    let introspector = match &settings.keyplane {
+        Some(keyplane) => {
+            let mut config = Config::new(&keyplane.url, keyplane.node_key.clone(), settings.mode);
+            config.cache_ttl_cap = settings.cache_ttl;
+            config.stale_window = settings.stale_window;
+            config.ca_bundle = settings.ca_bundle.clone();
+            Some(Introspector::start(config)?)
+        }
+        None => None,
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the upstream client")?;
+    let gate = Arc::new(Gate {
+        guard: introspector
+            .clone()
+            .map(|i| KeyplaneLayer::new(i, settings.routes.clone())),
+        http,
+        upstream: settings.upstream.clone(),
+        upstream_key: settings.upstream_key.clone(),
+        max_body: settings.max_body,
+        forwarded: Default::default(),
+        refused: Default::default(),
+    });
+    let status = Arc::new(Status {
+        gate: gate.clone(),
+        introspector: introspector.clone(),
+        mode: settings.mode,
+    });
+    let mut app = Router::new()
+        .route(
+            "/_keyplane/healthz",
+            get(healthz).with_state(status.clone()),
+        )
+        .route("/_keyplane/metrics", get(metrics).with_state(status))
+        .fallback(proxy::forward)
+        .with_state(gate);
+    if introspector.is_none() {
+        app = app.layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async {
+                response
+                    .headers_mut()
+                    .insert("x-keyplane-auth", HeaderValue::from_static("disabled"));
+                response
+            },
+        ));
+        let warn = || {
+            tracing::warn!("KEYPLANE_AUTH=disabled: this gate checks no key (dev, loopback only)");
+        };
+        warn();
+        tokio::spawn(async move {
+            let minute = Duration::from_secs(60);
+            let mut every_minute =
+                tokio::time::interval_at(tokio::time::Instant::now() + minute, minute);
+            loop {
+                every_minute.tick().await;
+                warn();
+            }
+        });
+    }
+    if let Some(introspector) = &introspector {
+        tokio::spawn(heartbeat::run(
+            introspector.clone(),
+            settings.public_routes.clone(),
+            settings.heartbeat,
+        ));
+    }
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        listen = %local,
+        https = tls.is_some(),
+        mode = %settings.mode,
+        upstream = %settings.upstream,
+        keyplane = settings.keyplane.as_ref().map_or("(auth disabled)", |k| k.url.as_str()),
+        public_routes = ?settings.public_routes,
+        version = env!("CARGO_PKG_VERSION"),
+        "keyplane-gate serving"
+    );
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(config) => {
+            // `tap_io` only so that axum knows the peer address (ConnectInfo).
+            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown())
+                .await?;
+        }
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown())
+                .await?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            () = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn healthz(State(status): State<Arc<Status>>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "mode": status.mode,
+        "auth": if status.introspector.is_some() { "enabled" } else { "disabled" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "revocation_stream": status.introspector.as_ref().map(|i| format!("{:?}", i.metrics().stream).to_lowercase()),
+    }))
+}
+
+async fn metrics(State(status): State<Arc<Status>>) -> impl IntoResponse {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "keyplane_gate_forwarded_total",
+            "Requests passed to the upstream.",
+            status.gate.forwarded.load(Ordering::Relaxed),
+        ),
+        (
+            "keyplane_gate_refused_total",
+            "Requests refused by the gate.",
+            status.gate.refused.load(Ordering::Relaxed),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    if let Some(introspector) = &status.introspector {
+        out.push_str(&introspector.metrics().prometheus("keyplane_gate"));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+}

@@ -1,0 +1,197 @@
+//! The gate's request path: check the key, strip it, forward, stream back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use futures_util::StreamExt;
+use keyplane_client::{KeyplaneLayer, openai_error};
+use secrecy::{ExposeSecret, SecretString};
+
+/// What every request needs.
+pub struct Gate {
+    /// Checks keys; None when auth is disabled (dev, loopback).
+    pub guard: Option<KeyplaneLayer>,
+    /// Forwards to the upstream.
+    pub http: reqwest::Client,
+    /// The upstream's base URL.
+    pub upstream: String,
+    /// The upstream's own key, sent instead of the client's.
+    pub upstream_key: Option<SecretString>,
+    /// The body cap.
+    pub max_body: u64,
+    /// Requests passed upstream and refused here.
+    pub forwarded: AtomicU64,
+    /// Requests refused here.
+    pub refused: AtomicU64,
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The headers worth passing on: no hop-by-hop ones, none the connection
+/// header names, and none in `drop`.
+fn forwardable(headers: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
+    let named_by_connection: Vec<String> = headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name_text = name.as_str();
+        let skip = HOP_BY_HOP.contains(&name_text)
+            || named_by_connection.iter().any(|n| n == name_text)
+            || drop.contains(name);
+        if !skip {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn too_large(max: u64) -> Response<Body> {
+    openai_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "request_too_large",
+        &format!("The request body is larger than this gate accepts ({max} bytes)."),
+    )
+}
+
+/// Every route but the gate's own: checked, then forwarded.
+pub async fn forward(
+    State(gate): State<Arc<Gate>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let caller = match &gate.guard {
+        Some(guard) => {
+            let decision = guard
+                .authorize(
+                    parts.method.as_str(),
+                    parts.uri.path(),
+                    &parts.headers,
+                    Some(peer.ip()),
+                )
+                .await;
+            match decision {
+                Ok(caller) => caller,
+                Err(refusal) => {
+                    gate.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(method = %parts.method, path = %keyplane_domain::scrub_keys(parts.uri.path()),
+                        reason = %refusal, "refused");
+                    return refusal.to_response();
+                }
+            }
+        }
+        None => None,
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > gate.max_body) {
+        return too_large(gate.max_body);
+    }
+
+    // The client's key, and any identity header it tried to forge, stop here.
+    let forged = [
+        AUTHORIZATION,
+        HOST,
+        HeaderName::from_static("x-keyplane-instance"),
+        HeaderName::from_static("x-keyplane-key-id"),
+    ];
+    let mut headers = forwardable(&parts.headers, &forged);
+    if let Some(key) = &gate.upstream_key
+        && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+    {
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(caller) = &caller {
+        for (name, value) in [
+            ("x-keyplane-instance", caller.instance_id.to_string()),
+            ("x-keyplane-key-id", caller.key_id.to_string()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+    }
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+
+    // The body streams through, counted against the cap as it goes.
+    let over_cap = Arc::new(AtomicBool::new(false));
+    let max_body = gate.max_body;
+    let mut seen = 0u64;
+    let body = body.into_data_stream().map({
+        let over_cap = over_cap.clone();
+        move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len() as u64;
+            if seen > max_body {
+                over_cap.store(true, Ordering::Relaxed);
+                return Err(axum::Error::new("request body over the cap"));
+            }
+            Ok(chunk)
+        }
+    });
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let upstream = gate
+        .http
+        .request(parts.method, format!("{}{path}", gate.upstream))
+        .headers(headers)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await;
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(_) if over_cap.load(Ordering::Relaxed) => return too_large(gate.max_body),
+        Err(err) => {
+            tracing::warn!(error = %err.without_url(), "the upstream cannot be reached");
+            return openai_error(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_unavailable",
+                "The inference server behind this gate cannot be reached.",
+            );
+        }
+    };
+    gate.forwarded.fetch_add(1, Ordering::Relaxed);
+
+    // The answer streams back chunk by chunk as the upstream sends it (SSE).
+    let status = upstream.status();
+    let headers = forwardable(upstream.headers(), &[]);
+    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}

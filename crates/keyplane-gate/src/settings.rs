@@ -1,0 +1,210 @@
+//! The gate's settings: flags, then the environment; secrets only from the
+//! environment (or `*_FILE`). Anything insecure for the mode is refused here,
+//! before a socket is opened.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use keyplane_client::secret_from_env;
+use keyplane_domain::{Mode, RouteMap, parse_duration};
+use secrecy::SecretString;
+
+/// Whether keys are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthSwitch {
+    /// Every keyed route needs a good key (the default).
+    Enabled,
+    /// No key is checked: `dev` on loopback only.
+    Disabled,
+}
+
+/// keyplane-gate: puts keyplane in front of an OpenAI-compatible server.
+#[derive(Debug, Parser)]
+#[command(name = "keyplane-gate", version, about)]
+pub struct Args {
+    /// Where the gate listens.
+    #[arg(long, env = "KEYPLANE_GATE_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// keyplane's base URL.
+    #[arg(long, env = "KEYPLANE_URL")]
+    pub url: Option<String>,
+    /// The server the gate protects, e.g. http://127.0.0.1:39281 for Cortex.
+    #[arg(long, env = "KEYPLANE_GATE_UPSTREAM")]
+    pub upstream: String,
+    /// dev, mixed or prod.
+    #[arg(long, env = "KEYPLANE_MODE", default_value = "dev")]
+    pub mode: String,
+    /// `disabled` turns key checks off (dev, loopback only).
+    #[arg(long, env = "KEYPLANE_AUTH", value_enum, default_value = "enabled")]
+    pub auth: AuthSwitch,
+    /// Route rules checked before the defaults, e.g. "GET /v1/models=public".
+    #[arg(long, env = "KEYPLANE_ROUTE_SCOPES")]
+    pub route_scopes: Option<String>,
+    /// The longest a positive answer is cached, e.g. 30s.
+    #[arg(long, env = "KEYPLANE_GATE_CACHE_TTL", default_value = "30s")]
+    pub cache_ttl: String,
+    /// In mixed mode, how long cached answers may be served while keyplane is unreachable.
+    #[arg(long, env = "KEYPLANE_GATE_STALE_WINDOW", default_value = "5m")]
+    pub stale_window: String,
+    /// The largest request body passed upstream, in bytes.
+    #[arg(long, env = "KEYPLANE_GATE_MAX_BODY", default_value_t = 16 * 1024 * 1024)]
+    pub max_body: u64,
+    /// How often the gate reports itself to keyplane.
+    #[arg(long, env = "KEYPLANE_GATE_HEARTBEAT", default_value = "30s")]
+    pub heartbeat: String,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long, env = "KEYPLANE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, env = "KEYPLANE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CAs to trust for keyplane's certificate, besides the system's.
+    #[arg(long, env = "KEYPLANE_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// What the gate needs to reach keyplane.
+#[derive(Debug)]
+pub struct Keyplane {
+    /// Its base URL.
+    pub url: String,
+    /// This gate's node key.
+    pub node_key: SecretString,
+}
+
+/// Validated settings.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The mode.
+    pub mode: Mode,
+    /// keyplane, unless auth is disabled.
+    pub keyplane: Option<Keyplane>,
+    /// The upstream's base URL, without a trailing slash.
+    pub upstream: String,
+    /// The upstream's own key.
+    pub upstream_key: Option<SecretString>,
+    /// Route rules (configured ones first, then the defaults).
+    pub routes: RouteMap,
+    /// The configured rules that make a route public, as reported to keyplane.
+    pub public_routes: Vec<String>,
+    /// The positive cache cap.
+    pub cache_ttl: Duration,
+    /// The stale window (mixed).
+    pub stale_window: Duration,
+    /// The body cap.
+    pub max_body: u64,
+    /// The heartbeat period.
+    pub heartbeat: Duration,
+    /// Certificate and key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Extra CAs for keyplane's certificate.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// A setting the gate refuses to start with: names it and what is expected.
+pub fn refuse(setting: &str, expected: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{setting}: {expected}")
+}
+
+fn duration(setting: &str, text: &str) -> anyhow::Result<Duration> {
+    parse_duration(text).map_err(|err| refuse(setting, err))
+}
+
+fn http_url(setting: &str, text: &str) -> anyhow::Result<String> {
+    let url = text.trim().trim_end_matches('/');
+    let ok =
+        (url.starts_with("http://") || url.starts_with("https://")) && url.len() > "https://".len();
+    if !ok {
+        return Err(refuse(setting, "expected an http:// or https:// URL"));
+    }
+    Ok(url.to_owned())
+}
+
+impl Settings {
+    /// Validates `args` and the secrets in the environment.
+    pub fn from_args(args: Args) -> anyhow::Result<Settings> {
+        let mode: Mode = args
+            .mode
+            .parse()
+            .map_err(|err| refuse("KEYPLANE_MODE", err))?;
+        let configured = args.route_scopes.unwrap_or_default();
+        let routes = RouteMap::parse(&configured)
+            .map_err(|err| refuse("KEYPLANE_ROUTE_SCOPES", err))?
+            .then(RouteMap::defaults());
+        let public_routes: Vec<String> = configured
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|rule| rule.ends_with("=public"))
+            .map(str::to_owned)
+            .collect();
+        if mode == Mode::Prod && !public_routes.is_empty() {
+            return Err(refuse(
+                "KEYPLANE_ROUTE_SCOPES",
+                "prod serves no route without a key; public routes need mixed",
+            ));
+        }
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(refuse(
+                    "KEYPLANE_TLS_CERT",
+                    "set both KEYPLANE_TLS_CERT and KEYPLANE_TLS_KEY, or neither",
+                ));
+            }
+        };
+        if mode == Mode::Prod && tls.is_none() {
+            return Err(refuse(
+                "KEYPLANE_TLS_CERT",
+                "prod serves HTTPS only: set KEYPLANE_TLS_CERT and KEYPLANE_TLS_KEY",
+            ));
+        }
+        let env = |err: keyplane_client::EnvError| refuse(&err.variable, err.reason);
+        let keyplane = match args.auth {
+            AuthSwitch::Disabled => {
+                if mode != Mode::Dev {
+                    return Err(refuse("KEYPLANE_AUTH", "disabled is allowed in dev only"));
+                }
+                if !args.listen.ip().is_loopback() {
+                    return Err(refuse(
+                        "KEYPLANE_AUTH",
+                        "disabled is allowed only while listening on loopback",
+                    ));
+                }
+                None
+            }
+            AuthSwitch::Enabled => {
+                let url = args
+                    .url
+                    .ok_or_else(|| refuse("KEYPLANE_URL", "required: keyplane's base URL"))?;
+                let node_key = secret_from_env("KEYPLANE_NODE_KEY")
+                    .map_err(env)?
+                    .ok_or_else(|| refuse("KEYPLANE_NODE_KEY", "required: this gate's kpn_ key"))?;
+                Some(Keyplane {
+                    url: http_url("KEYPLANE_URL", &url)?,
+                    node_key,
+                })
+            }
+        };
+        Ok(Settings {
+            listen: args.listen,
+            mode,
+            keyplane,
+            upstream: http_url("KEYPLANE_GATE_UPSTREAM", &args.upstream)?,
+            upstream_key: secret_from_env("KEYPLANE_GATE_UPSTREAM_KEY").map_err(env)?,
+            routes,
+            public_routes,
+            cache_ttl: duration("KEYPLANE_GATE_CACHE_TTL", &args.cache_ttl)?,
+            stale_window: duration("KEYPLANE_GATE_STALE_WINDOW", &args.stale_window)?,
+            max_body: args.max_body,
+            heartbeat: duration("KEYPLANE_GATE_HEARTBEAT", &args.heartbeat)?
+                .max(Duration::from_secs(1)),
+            tls,
+            ca_bundle: args.ca_bundle,
+        })
+    }
+}

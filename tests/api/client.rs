@@ -1,0 +1,262 @@
+//! The node-side library (`keyplane-client`) against a real keyplane:
+//! offline refusals, the cache, one request per key in flight, revocations
+//! pushed over the stream, and what each mode does while keyplane is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyplane_client::{Config, Introspector, Refusal, StreamState};
+use keyplane_domain::Mode;
+use reqwest::Method;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, eventually};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A server with a node, an instance and a chat key: (server, node key, key body).
+async fn setup() -> (TestServer, String, Value) {
+    let server = TestServer::start_admin().await;
+    let (status, node) = server
+        .admin(Method::POST, "/v1/nodes", Some(json!({ "name": "gate-1" })))
+        .await;
+    assert_eq!(status, 201, "{node}");
+    let instance = server
+        .instance("jan-1", &["inference:chat", "models:read"])
+        .await;
+    let key = server
+        .key(
+            &instance,
+            json!({ "name": "k", "scopes": ["inference:chat"] }),
+        )
+        .await;
+    (server, node["secret"].as_str().unwrap().to_owned(), key)
+}
+
+fn introspector(
+    server: &TestServer,
+    node_key: &str,
+    mode: Mode,
+    tune: impl FnOnce(&mut Config),
+) -> Introspector {
+    let mut config = Config::new(
+        format!("http://{}", server.addr),
+        SecretString::from(node_key.to_owned()),
+        mode,
+    );
+    tune(&mut config);
+    Introspector::start(config).unwrap()
+}
+
+async fn stream_up(client: &Introspector) {
+    eventually(DEADLINE, "the revocation stream to connect", || async {
+        (client.metrics().stream == StreamState::Up).then_some(())
+    })
+    .await;
+}
+
+fn secret(key: &Value) -> &str {
+    key["secret"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn garbage_is_refused_offline_and_good_keys_are_cached() {
+    let (server, node_key, key) = setup().await;
+    let client = introspector(&server, &node_key, Mode::Prod, |_| {});
+
+    for garbage in [
+        "",
+        "hello",
+        "kpi_",
+        &format!("{}x", secret(&key)),
+        &node_key,
+    ] {
+        assert_eq!(
+            client.check(garbage, None, None).await,
+            Err(Refusal::InvalidKey)
+        );
+    }
+    // A well-formed key with one character changed fails its checksum.
+    let mut typo = secret(&key).to_owned();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    assert_eq!(
+        client.check(&typo, None, None).await,
+        Err(Refusal::InvalidKey)
+    );
+    let metrics = client.metrics();
+    assert_eq!(
+        (metrics.offline_rejects, metrics.misses),
+        (6, 0),
+        "{metrics:?}"
+    );
+
+    let identity = client
+        .check(secret(&key), Some("inference:chat"), None)
+        .await
+        .unwrap();
+    assert_eq!(identity.key_id.to_string(), key["id"].as_str().unwrap());
+    assert!(identity.has_scope("inference:chat") && !identity.has_scope("models:read"));
+    assert_eq!(
+        client.check(secret(&key), Some("models:read"), None).await,
+        Err(Refusal::MissingScope("models:read".to_owned()))
+    );
+    let metrics = client.metrics();
+    assert_eq!((metrics.misses, metrics.hits), (1, 1), "{metrics:?}");
+}
+
+#[tokio::test]
+async fn many_requests_for_a_new_key_make_one_call_to_keyplane() {
+    let (server, node_key, key) = setup().await;
+    let client = introspector(&server, &node_key, Mode::Prod, |_| {});
+    let before = lookups(&server).await;
+
+    let checks = (0..32).map(|_| {
+        let client = client.clone();
+        let token = secret(&key).to_owned();
+        tokio::spawn(async move { client.check(&token, None, None).await })
+    });
+    for check in futures_util::future::join_all(checks).await {
+        assert!(check.unwrap().is_ok());
+    }
+    assert_eq!(
+        lookups(&server).await - before,
+        1,
+        "one introspection for 32 concurrent checks"
+    );
+}
+
+/// How many keys keyplane has looked up, from its metrics page.
+async fn lookups(server: &TestServer) -> u64 {
+    let text = server.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("keyplane_introspection_cache_lookups_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_evicted_by_the_stream_at_once() {
+    let (server, node_key, key) = setup().await;
+    // A long TTL: only the stream can make the cached answer go away.
+    let client = introspector(&server, &node_key, Mode::Prod, |c| {
+        c.cache_ttl_cap = Duration::from_secs(3600);
+    });
+    stream_up(&client).await;
+    assert!(client.check(secret(&key), None, None).await.is_ok());
+
+    revoke_and_see_refused(&server, &client, &key).await;
+    assert!(client.metrics().evictions >= 1);
+}
+
+/// Revokes `key` through the management API and waits until `client` refuses it.
+async fn revoke_and_see_refused(server: &TestServer, client: &Introspector, key: &Value) {
+    let id = key["id"].as_str().unwrap();
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{id}/revoke"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(DEADLINE, "the revoked key to be refused", || async {
+        (client.check(secret(key), None, None).await == Err(Refusal::InvalidKey)).then_some(())
+    })
+    .await;
+}
+
+/// Stops keyplane, then answers once the client sees it gone.
+async fn stop(server: TestServer, client: &Introspector) {
+    server.stop().await.unwrap();
+    eventually(
+        DEADLINE,
+        "the stream to notice keyplane is gone",
+        || async { (client.metrics().stream != StreamState::Up).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn prod_fails_closed_once_the_cached_answer_ends() {
+    let (server, node_key, key) = setup().await;
+    let other = {
+        let instance = server.instance("jan-2", &["inference:chat"]).await;
+        server
+            .key(
+                &instance,
+                json!({ "name": "k2", "scopes": ["inference:chat"] }),
+            )
+            .await
+    };
+    let client = introspector(&server, &node_key, Mode::Prod, |c| {
+        c.cache_ttl_cap = Duration::from_secs(3600);
+        c.stream_down_ttl = Duration::from_millis(300);
+    });
+    stream_up(&client).await;
+    assert!(client.check(secret(&key), None, None).await.is_ok());
+    stop(server, &client).await;
+
+    // A key never seen: nothing to go on.
+    assert_eq!(
+        client.check(secret(&other), None, None).await,
+        Err(Refusal::Unavailable)
+    );
+    // The cached key: trusted only for the short floor once the stream is down.
+    eventually(
+        DEADLINE,
+        "the cached answer to stop being trusted",
+        || async {
+            (client.check(secret(&key), None, None).await == Err(Refusal::Unavailable))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(client.metrics().stale_serves, 0);
+}
+
+#[tokio::test]
+async fn mixed_serves_stale_positives_within_the_window_and_never_turns_a_refusal_positive() {
+    let (server, node_key, key) = setup().await;
+    let instance = server.instance("jan-2", &["inference:chat"]).await;
+    let doomed = server
+        .key(
+            &instance,
+            json!({ "name": "doomed", "scopes": ["inference:chat"] }),
+        )
+        .await;
+    let client = Arc::new(introspector(&server, &node_key, Mode::Mixed, |c| {
+        c.cache_ttl_cap = Duration::from_millis(200);
+        c.negative_ttl = Duration::from_millis(200);
+        c.stale_window = Duration::from_secs(600);
+    }));
+    stream_up(&client).await;
+    assert!(client.check(secret(&key), None, None).await.is_ok());
+    assert!(client.check(secret(&doomed), None, None).await.is_ok());
+    // Revoked while keyplane is up: refused, and that refusal must outlive the outage.
+    revoke_and_see_refused(&server, &client, &doomed).await;
+    stop(server, &client).await;
+
+    // Past its TTL, the good key is served stale, and counted.
+    eventually(DEADLINE, "a stale serve", || async {
+        let served = client.check(secret(&key), None, None).await.is_ok();
+        (served && client.metrics().stale_serves > 0).then_some(())
+    })
+    .await;
+    let refused = client.check(secret(&doomed), None, None).await;
+    assert!(
+        matches!(refused, Err(Refusal::InvalidKey | Refusal::Unavailable)),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_configuration_is_refused() {
+    let bad_key = Config::new(
+        "http://127.0.0.1:1",
+        SecretString::from("kpi_nope".to_owned()),
+        Mode::Prod,
+    );
+    assert!(Introspector::start(bad_key).is_err());
+}
