@@ -20,6 +20,14 @@ pub const CATALOG: [&str; 8] = [
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Scope(String);
 
+// `String` orders and hashes exactly as `str` does, so sets of scopes can be
+// searched with a borrowed text.
+impl std::borrow::Borrow<str> for Scope {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Why a text is not a scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
@@ -89,6 +97,15 @@ impl ScopeSet {
     /// Whether `scope` is in the set.
     pub fn contains(&self, scope: &Scope) -> bool {
         self.0.contains(scope)
+    }
+
+    /// Whether every scope in `wanted` (space-separated, as nodes ask for
+    /// them) is in this set. A scope keyplane does not know is never held, so
+    /// this needs no parsing and allocates nothing: it is on the hot path.
+    pub fn holds_all(&self, wanted: &str) -> bool {
+        wanted
+            .split_ascii_whitespace()
+            .all(|scope| self.0.contains(scope))
     }
 
     /// Whether every scope of `other` is in this set.
@@ -177,6 +194,17 @@ mod tests {
             Scope::parse("inference:caht"),
             Err(ScopeError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn holds_all_reads_space_separated_scopes_and_never_holds_unknown_ones() {
+        let held = set(&["inference:chat", "models:read"]);
+        assert!(held.holds_all(""));
+        assert!(held.holds_all("inference:chat"));
+        assert!(held.holds_all(" models:read  inference:chat "));
+        assert!(!held.holds_all("inference:chat models:write"));
+        assert!(!held.holds_all("inference:caht"));
+        assert!(!held.holds_all("inference:chat,models:read"));
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl CachedKey {
     fn admits(
         &self,
         node: Uuid,
-        wanted: &ScopeSet,
+        wanted: &str,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> bool {
@@ -106,7 +106,7 @@ impl CachedKey {
             && now < self.ends_at
             && in_audience
             && from_allowed_network
-            && self.scopes.is_superset(wanted)
+            && self.scopes.holds_all(wanted)
     }
 }
 
@@ -221,7 +221,7 @@ impl Introspector {
         &self,
         token: &str,
         node: Uuid,
-        wanted: &ScopeSet,
+        wanted: &str,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<Option<Verdict>, Unavailable> {
