@@ -397,3 +397,70 @@ async fn repeated_failed_authentication_is_audited_once_per_address() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn refusals_of_authenticated_operators_are_audited_once_per_minute() {
+    let url = fresh_database().await;
+    let server = TestServer::start_with(admin_settings_for(&url)).await;
+    let (_, viewer) = server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({"name": "looker", "role": "viewer"})),
+        )
+        .await;
+    let viewer_key = viewer["secret"].as_str().unwrap();
+    // A viewer may not register instances: refused by its role, three times.
+    for _ in 0..3 {
+        let (status, _) = crate::support::call(
+            server.as_(viewer_key, Method::POST, "/v1/instances"),
+            Some(json!({"name": "nope"})),
+        )
+        .await;
+        assert_eq!(status, 403);
+    }
+    // The bootstrap admin asks for a scope outside the instance's ceiling: refused by policy.
+    let instance = server.instance("jan-1", &["inference:chat"]).await;
+    let (status, problem) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/instances/{instance}/keys"),
+            Some(json!({"name": "k", "scopes": ["models:write"]})),
+        )
+        .await;
+    assert_eq!((status, &problem["code"]), (422, &json!("policy_refused")));
+    assert_eq!(problem["field"], "scopes");
+    // Malformed input is not a policy refusal, and is not audited.
+    let (status, _) = server
+        .admin(Method::POST, "/v1/instances", Some(json!({"name": ""})))
+        .await;
+    assert_eq!(status, 422);
+
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let rows: Vec<(String, String, Option<String>, serde_json::Value)> =
+        crate::support::eventually(std::time::Duration::from_secs(10), "both refusals", || {
+            let db = db.clone();
+            async move {
+                let rows: Vec<(String, String, Option<String>, serde_json::Value)> =
+                    sqlx::query_as(
+                        "select actor, outcome, target_id, details from audit_log
+                      where action = 'policy.refused' order by seq",
+                    )
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+                (rows.len() >= 2).then_some(rows)
+            }
+        })
+        .await;
+    let viewer_actor = format!("admin_key:{}", viewer["id"].as_str().unwrap());
+    assert_eq!(rows.len(), 2, "one entry per operator per minute: {rows:?}");
+    assert_eq!(rows[0].0, viewer_actor);
+    assert_eq!(rows[0].1, "denied");
+    assert_eq!(rows[0].2.as_deref(), Some("POST /v1/instances"));
+    assert_eq!(rows[0].3["status"], 403);
+    assert_eq!(rows[1].0, "bootstrap");
+    assert_eq!(rows[1].2.as_deref(), Some("POST /v1/instances/{id}/keys"));
+    assert_eq!(rows[1].3["status"], 422);
+    server.stop().await.unwrap();
+}

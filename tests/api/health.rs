@@ -62,3 +62,31 @@ async fn docs_page_serves_interactive_api_documentation() {
     assert!(page.contains("api-reference") && page.contains("/readyz"));
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_their_latency_by_route() {
+    let server = TestServer::start().await;
+    for _ in 0..3 {
+        assert_eq!(server.get("/healthz").await.status(), 200);
+    }
+    let missing = format!("/v1/keys/{}", uuid::Uuid::new_v4());
+    assert_eq!(server.get(&missing).await.status(), 401);
+
+    let text = server.get("/metrics").await.text().await.unwrap();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(r#"keyplane_http_requests_total{method="GET",route="/healthz",status="2xx"} 3"#),
+        "{text}"
+    );
+    assert!(has(
+        r#"keyplane_http_requests_total{method="GET",route="/v1/keys/{id}",status="4xx"} 1"#
+    ));
+    assert!(has(
+        r#"keyplane_http_request_duration_seconds_count{method="GET",route="/healthz"} 3"#
+    ));
+    assert!(has(
+        r#"keyplane_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="+Inf"} 3"#
+    ));
+    // The template, never the path: no id appears in a label.
+    assert!(!text.contains(&missing));
+}

@@ -134,6 +134,86 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
         .unwrap();
     bodies.push(forward.text().await.unwrap());
 
+    // Gate traffic: keyplane-gate in front of a stub upstream, logging at debug.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move {
+        let echo = axum::Router::new()
+            .fallback(|| async { axum::Json(json!({"object": "chat.completion", "choices": []})) });
+        axum::serve(upstream, echo).await.unwrap();
+    });
+    let upstream_key = "sk-upstream-0123456789abcdef0123456789abcdef";
+    secrets.push(upstream_key.to_owned());
+    let gate_binary =
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyplane")).with_file_name("keyplane-gate");
+    assert!(
+        gate_binary.exists(),
+        "build the gate first: cargo build -p keyplane-gate"
+    );
+    let gate_port = free_port();
+    let gate_base = format!("http://127.0.0.1:{gate_port}");
+    let gate_log = tempfile::NamedTempFile::new().unwrap();
+    let mut gate = Command::new(&gate_binary)
+        .env("KEYPLANE_URL", &base)
+        .env("KEYPLANE_NODE_KEY", &node_key)
+        .env("KEYPLANE_GATE_LISTEN", format!("127.0.0.1:{gate_port}"))
+        .env("KEYPLANE_GATE_UPSTREAM", &upstream_url)
+        .env("KEYPLANE_GATE_UPSTREAM_KEY", upstream_key)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(gate_log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "the gate to be up", || {
+        let request = client.get(format!("{gate_base}/_keyplane/healthz")).send();
+        async move { request.await.ok().filter(|r| r.status() == 200).map(drop) }
+    })
+    .await;
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let mut statuses = Vec::new();
+    for (token, path) in [
+        (first_key.clone(), "/v1/chat/completions".to_owned()),
+        (format!("{first_key}x"), "/v1/chat/completions".to_owned()),
+        (
+            second_key.clone(),
+            format!("/v1/chat/completions?key={second_key}"),
+        ),
+        (first_key.clone(), format!("/v1/models/{first_key}")),
+        (node_key.clone(), "/v1/embeddings".to_owned()),
+        (String::new(), "/v1/chat/completions".to_owned()),
+    ] {
+        let response = client
+            .post(format!("{gate_base}{path}"))
+            .bearer_auth(&token)
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        bodies.push(format!("{:?}", response.headers()));
+        bodies.push(response.text().await.unwrap());
+    }
+    assert_eq!(
+        statuses,
+        [200, 401, 200, 403, 401, 401],
+        "the gate's answers"
+    );
+    bodies.push(
+        client
+            .get(format!("{gate_base}/_keyplane/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    gate.kill().unwrap();
+    gate.wait().unwrap();
+    let gate_logs = std::fs::read_to_string(gate_log.path()).unwrap();
+    assert!(gate_logs.contains("refused"), "the gate's log was captured");
+    bodies.push(gate_logs);
+
     // Errors of every kind, several carrying keys where they do not belong.
     send!(&first_key, Method::GET, "/v1/instances", None::<Value>);
     send!(&node_key, Method::GET, "/v1/keys", None::<Value>);

@@ -306,7 +306,9 @@ class Databases:
 class Keyplane(Service):
     """`keyplane serve` on its own database, driven through its management API."""
 
-    def __init__(self, binary_path: Path, database_url: str, workdir: Path, mode: str = "dev") -> None:
+    def __init__(
+        self, binary_path: Path, database_url: str, workdir: Path, mode: str = "dev", extra_env: dict | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = "gate-tests-bootstrap-" + secrets.token_hex(16)
@@ -323,6 +325,7 @@ class Keyplane(Service):
         )
         # The default filter (info) logs the revocation streams the tests wait for.
         env.pop("RUST_LOG", None)
+        env.update(extra_env or {})
         super().__init__("keyplane", [str(binary_path), "serve"], env, workdir)
 
     def start(self) -> "Keyplane":
@@ -475,8 +478,8 @@ def upstream_key() -> str:
     return "upstream-secret-" + secrets.token_hex(16)
 
 
-def _launch_keyplane(dbs: Databases, workdir: Path, mode: str = "dev") -> Keyplane:
-    return Keyplane(binary("KEYPLANE_BIN", "target/debug/keyplane"), dbs.create(), workdir, mode).start()
+def _launch_keyplane(dbs: Databases, workdir: Path, mode: str = "dev", env: dict | None = None) -> Keyplane:
+    return Keyplane(binary("KEYPLANE_BIN", "target/debug/keyplane"), dbs.create(), workdir, mode, env).start()
 
 
 def _retire_keyplane(dbs: Databases, kp: Keyplane) -> None:
@@ -497,8 +500,8 @@ def start_keyplane(databases: Databases, tmp_path: Path) -> Iterator[Callable[..
     """Starts a keyplane of this test's own, for tests that stop it."""
     started: list[Keyplane] = []
 
-    def start(mode: str = "dev") -> Keyplane:
-        kp = _launch_keyplane(databases, tmp_path / f"keyplane-{len(started) + 1}", mode)
+    def start(mode: str = "dev", env: dict | None = None) -> Keyplane:
+        kp = _launch_keyplane(databases, tmp_path / f"keyplane-{len(started) + 1}", mode, env)
         started.append(kp)
         return kp
 

@@ -472,9 +472,14 @@ async fn fetch(
     if let Some(ip) = cache_key.1 {
         form.push(("client_ip", ip.to_string()));
     }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(hook) = &inner.config.outgoing_headers {
+        (hook.0)(&mut headers);
+    }
     let response = inner
         .http
         .post(&inner.introspect_url)
+        .headers(headers)
         .bearer_auth(inner.config.node_key.expose_secret())
         .timeout(inner.config.timeout)
         .form(&form)

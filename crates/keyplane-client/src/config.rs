@@ -2,6 +2,7 @@
 //! it trusts what it heard.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyplane_domain::Mode;
@@ -33,6 +34,19 @@ pub struct Config {
     /// A PEM bundle of CAs to trust for keyplane's certificate, in addition
     /// to the system's. There is no option to skip verification.
     pub ca_bundle: Option<PathBuf>,
+    /// Adds headers to each call to keyplane, e.g. the caller's trace
+    /// context (`traceparent`), so a request and its introspection share a trace.
+    pub outgoing_headers: Option<HeaderHook>,
+}
+
+/// A function that adds headers to outgoing calls.
+#[derive(Clone)]
+pub struct HeaderHook(pub Arc<dyn Fn(&mut reqwest::header::HeaderMap) + Send + Sync>);
+
+impl std::fmt::Debug for HeaderHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeaderHook")
+    }
 }
 
 impl Config {
@@ -50,6 +64,7 @@ impl Config {
             capacity: 100_000,
             timeout: Duration::from_secs(2),
             ca_bundle: None,
+            outgoing_headers: None,
         }
     }
 

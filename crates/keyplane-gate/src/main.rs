@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.mode);
+    let _telemetry = keyplane_telemetry::init("keyplane-gate", settings.mode != Mode::Dev, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,18 +67,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(mode: Mode) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match mode {
-        Mode::Prod | Mode::Mixed => builder.json().flatten_event(true).try_init(),
-        Mode::Dev => builder.try_init(),
-    };
-}
-
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let tls = match &settings.tls {
         Some((cert, key)) => Some(tls::server_config(cert, key)?),
@@ -90,6 +78,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             config.cache_ttl_cap = settings.cache_ttl;
             config.stale_window = settings.stale_window;
             config.ca_bundle = settings.ca_bundle.clone();
+            // The introspection joins the trace of the request that needed it.
+            config.outgoing_headers = Some(keyplane_client::HeaderHook(Arc::new(
+                keyplane_telemetry::inject_current,
+            )));
             Some(Introspector::start(config)?)
         }
         None => None,

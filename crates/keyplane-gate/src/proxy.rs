@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use futures_util::StreamExt;
 use keyplane_client::{KeyplaneLayer, openai_error};
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument;
 
 /// What every request needs.
 pub struct Gate {
@@ -74,12 +75,30 @@ fn too_large(max: u64) -> Response<Body> {
     )
 }
 
-/// Every route but the gate's own: checked, then forwarded.
+/// Every route but the gate's own: checked, then forwarded, in a span that
+/// joins the caller's trace and carries it to keyplane and the upstream.
 pub async fn forward(
     State(gate): State<Arc<Gate>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response<Body> {
+    let span = tracing::info_span!(
+        "gate request",
+        method = %request.method(),
+        path = %keyplane_domain::scrub_keys(request.uri().path()),
+        status = tracing::field::Empty,
+        instance_id = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+    );
+    keyplane_telemetry::set_parent_from(&span, request.headers());
+    let response = forward_in_span(gate, peer, request)
+        .instrument(span.clone())
+        .await;
+    span.record("status", response.status().as_u16());
+    response
+}
+
+async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let caller = match &gate.guard {
         Some(guard) => {
@@ -127,6 +146,9 @@ pub async fn forward(
         headers.insert(AUTHORIZATION, value);
     }
     if let Some(caller) = &caller {
+        let span = tracing::Span::current();
+        span.record("instance_id", tracing::field::display(caller.instance_id));
+        span.record("key_id", tracing::field::display(caller.key_id));
         for (name, value) in [
             ("x-keyplane-instance", caller.instance_id.to_string()),
             ("x-keyplane-key-id", caller.key_id.to_string()),
@@ -147,6 +169,9 @@ pub async fn forward(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
+    // The upstream joins the trace too (a caller's traceparent passes as is
+    // when spans are not exported).
+    keyplane_telemetry::inject_current(&mut headers);
 
     // The body streams through, counted against the cap as it goes.
     let over_cap = Arc::new(AtomicBool::new(false));

@@ -26,6 +26,7 @@ use crate::config::{Settings, describe_location};
 use crate::error::ApiError;
 use crate::events::{Event, Events};
 use crate::introspection::Introspector;
+use crate::metrics::Metrics;
 use crate::pagination::CursorKey;
 use crate::request::request_context;
 use crate::routes;
@@ -196,7 +197,8 @@ impl App {
             signer,
             probes,
             auth_failures,
-            metrics: Arc::default(),
+            policy_refusals: BurstWatch::new(1, Duration::from_secs(60)),
+            metrics: Arc::new(Metrics::for_routes(routes::documented_routes())),
             stopping: tokio::sync::watch::Sender::new(false),
         });
         tasks.push(routes::audit::checkpoint_periodically(

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -89,10 +90,32 @@ impl FromRequestParts<AppState> for Operator {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(MISSING)?;
         let operator = authenticate(token, state).await;
-        if let Err(ApiError::Unauthorized { .. }) = &operator {
-            note_failure(parts, state);
+        match &operator {
+            Err(ApiError::Unauthorized { .. }) => note_failure(parts, state),
+            Ok(operator) => {
+                if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+                    slot.set(operator.actor.to_string());
+                }
+            }
+            Err(_) => {}
         }
         operator
+    }
+}
+
+/// Where the operator behind a request is noted once authenticated, so that
+/// a refusal of what it asked for can be audited after the handler answers.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Arc<std::sync::OnceLock<String>>);
+
+impl CallerSlot {
+    fn set(&self, actor: String) {
+        let _ = self.0.set(actor);
+    }
+
+    /// The authenticated operator, if the request had one.
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
     }
 }
 

@@ -81,6 +81,15 @@ pub enum ApiError {
         /// What it expects.
         detail: String,
     },
+    /// 422: well-formed, but key policy refuses it (a lifetime past the
+    /// maximum, a scope outside the instance's ceiling). Audited.
+    #[error("{detail}")]
+    PolicyRefused {
+        /// The field at fault.
+        field: String,
+        /// What the policy allows.
+        detail: String,
+    },
     /// 503: a dependency (the database) is not available.
     #[error("{detail}")]
     Unavailable {
@@ -103,6 +112,14 @@ impl ApiError {
         }
     }
 
+    /// A 422 for `field` that key policy refuses.
+    pub fn policy(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::PolicyRefused {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -113,7 +130,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid { .. } | ApiError::PolicyRefused { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -131,10 +150,14 @@ impl ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid { .. } => "invalid_field",
+            ApiError::PolicyRefused { .. } => POLICY_REFUSED,
             ApiError::Internal(_) => "internal_error",
         }
     }
 }
+
+/// The code of a request that key policy refused.
+pub(crate) const POLICY_REFUSED: &str = "policy_refused";
 
 /// A problem waiting for its request id: handlers return it in the response's
 /// extensions and the request-context middleware writes the body, so every
@@ -160,7 +183,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let field = match &self {
-            ApiError::Invalid { field, .. } => Some(field.clone()),
+            ApiError::Invalid { field, .. } | ApiError::PolicyRefused { field, .. } => {
+                Some(field.clone())
+            }
             ApiError::BadRequest { field, .. } => field.clone(),
             _ => None,
         };

@@ -5,8 +5,11 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use keyplane_store::stats;
 use uuid::Uuid;
@@ -19,6 +22,120 @@ pub struct Metrics {
     introspections_active: AtomicU64,
     introspections_inactive: AtomicU64,
     inactive_by_node: Mutex<HashMap<Uuid, u64>>,
+    /// Requests by route template, then method: a fixed table, so counting
+    /// takes no lock and allocates nothing.
+    routes: HashMap<String, Vec<(Method, RouteStats)>>,
+}
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// One route's requests: counts by status class and a latency histogram.
+#[derive(Debug, Default)]
+struct RouteStats {
+    /// Indexed by the status' first digit, 1 to 5 (0 unused).
+    by_class: [AtomicU64; 6],
+    /// Non-cumulative counts per bucket; the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Metrics for the given routes (method and path template, as axum
+    /// matches them).
+    pub fn for_routes(routes: impl IntoIterator<Item = (Method, String)>) -> Metrics {
+        let mut table: HashMap<String, Vec<(Method, RouteStats)>> = HashMap::new();
+        for (method, route) in routes {
+            table
+                .entry(route)
+                .or_default()
+                .push((method, RouteStats::default()));
+        }
+        Metrics {
+            routes: table,
+            ..Metrics::default()
+        }
+    }
+
+    /// Counts one request to `route` that answered `status` after `elapsed`.
+    pub fn answered(&self, method: &Method, route: &str, status: StatusCode, elapsed: Duration) {
+        let Some(stats) = self
+            .routes
+            .get(route)
+            .and_then(|methods| methods.iter().find(|(m, _)| m == method))
+            .map(|(_, stats)| stats)
+        else {
+            return;
+        };
+        let class = usize::from(status.as_u16() / 100).min(5);
+        stats.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        stats.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        stats.micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render_routes(&self, out: &mut String) {
+        let mut routes: Vec<(&Method, &String, &RouteStats)> = self
+            .routes
+            .iter()
+            .flat_map(|(route, methods)| methods.iter().map(move |(m, stats)| (m, route, stats)))
+            .collect();
+        routes.sort_by(|(m1, r1, _), (m2, r2, _)| (r1, m1.as_str()).cmp(&(r2, m2.as_str())));
+        let _ = writeln!(
+            out,
+            "# HELP keyplane_http_requests_total Requests answered, by route and status class."
+        );
+        let _ = writeln!(out, "# TYPE keyplane_http_requests_total counter");
+        for (method, route, stats) in &routes {
+            for (class, count) in stats.by_class.iter().enumerate().skip(1) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    let _ = writeln!(
+                        out,
+                        "keyplane_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{class}xx\"}} {count}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keyplane_http_request_duration_seconds Time to answer, by route."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE keyplane_http_request_duration_seconds histogram"
+        );
+        for (method, route, stats) in &routes {
+            let labels = format!("method=\"{method}\",route=\"{route}\"");
+            let mut cumulative = 0;
+            for (i, count) in stats.buckets.iter().enumerate() {
+                cumulative += count.load(Ordering::Relaxed);
+                let le = LATENCY_BUCKETS
+                    .get(i)
+                    .map_or("+Inf".to_owned(), f64::to_string);
+                let _ = writeln!(
+                    out,
+                    "keyplane_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = stats.micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "keyplane_http_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "keyplane_http_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+    }
 }
 
 impl Metrics {
@@ -134,5 +251,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "keyplane_db_pool_connections{{state=\"open\"}} {}",
         pool.size()
     );
+    m.render_routes(&mut out);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -4,13 +4,15 @@
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::error::render_problem;
+use crate::auth::CallerSlot;
+use crate::error::{POLICY_REFUSED, PendingProblem, render_problem};
+use crate::state::AppState;
 
 /// The header a request id arrives and leaves in.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -53,11 +55,86 @@ impl RequestId {
 
 /// Records the matched route template (never the raw path, which may carry
 /// ids) on the request's span; runs after routing.
-pub async fn record_route(request: Request, next: Next) -> Response {
-    if let Some(route) = request.extensions().get::<axum::extract::MatchedPath>() {
-        tracing::Span::current().record("route", route.as_str());
+pub async fn observe_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(route) = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned()
+    else {
+        return next.run(request).await;
+    };
+    tracing::Span::current().record("route", route.as_str());
+    let method = request.method().clone();
+    let caller = CallerSlot::default();
+    request.extensions_mut().insert(caller.clone());
+    let request_id = request.extensions().get::<RequestId>().cloned();
+    let client_ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    state
+        .metrics
+        .answered(&method, route.as_str(), status, started.elapsed());
+    let refused_by_policy = response
+        .extensions()
+        .get::<PendingProblem>()
+        .is_some_and(|problem| problem.code == POLICY_REFUSED);
+    if let Some(actor) = caller.get()
+        && (status == StatusCode::FORBIDDEN || refused_by_policy)
+    {
+        audit_refusal(
+            &state,
+            actor,
+            &method,
+            route.as_str(),
+            status,
+            request_id,
+            client_ip,
+        );
     }
-    next.run(request).await
+    response
+}
+
+/// An operator refused by its role (403) or by policy (422: a lifetime past
+/// the maximum, a scope outside a ceiling, ...) is audited: the first refusal
+/// per operator per minute, so a script retrying in a loop cannot flood the log.
+fn audit_refusal(
+    state: &AppState,
+    actor: &str,
+    method: &Method,
+    route: &str,
+    status: StatusCode,
+    request_id: Option<RequestId>,
+    client_ip: Option<std::net::IpAddr>,
+) {
+    let now = state.clock.now();
+    if state.policy_refusals.count(actor.to_owned(), now).is_none() {
+        return;
+    }
+    let entry = keyplane_store::audit::NewEntry {
+        at: now,
+        actor: actor.to_owned(),
+        action: "policy.refused",
+        target_type: "route",
+        target_id: Some(format!("{method} {route}")),
+        outcome: "denied",
+        request_id: request_id.map(|id| id.as_str().to_owned()),
+        client_ip: client_ip.map(|ip| ip.to_string()),
+        details: serde_json::json!({ "status": status.as_u16() }),
+    };
+    let pool = state.db.pool().clone();
+    tokio::spawn(async move {
+        if let Err(err) = keyplane_store::audit::append_alone(&pool, &entry).await {
+            tracing::warn!(error = %err, "could not audit a refused request");
+        }
+    });
 }
 
 /// Names the key behind a request on its span: ids only, never the key.
@@ -89,6 +166,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         instance_id = tracing::field::Empty,
         key_id = tracing::field::Empty,
     );
+    // A caller's W3C traceparent makes this request part of its trace.
+    keyplane_telemetry::set_parent_from(&span, request.headers());
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let mut response = render_problem(response, id.as_str());

@@ -60,6 +60,8 @@ pub struct Shared {
     pub probes: BurstWatch<uuid::Uuid>,
     /// Flags bursts of failed operator authentications per address.
     pub auth_failures: BurstWatch<std::net::IpAddr>,
+    /// Lets the first refusal per operator per minute into the audit log.
+    pub policy_refusals: BurstWatch<String>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Turns true when the server starts shutting down, so that endless

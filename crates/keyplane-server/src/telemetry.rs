@@ -1,7 +1,6 @@
-//! Logging set-up.
+//! Logging and tracing set-up (see `keyplane-telemetry`).
 
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt;
+pub use keyplane_telemetry::Telemetry;
 
 use crate::config::LogFormat;
 
@@ -11,14 +10,8 @@ const DEFAULT_FILTER: &str = "info,sqlx=warn,pglite_oxide=warn,wasmer=warn,wasme
 
 /// Installs the global subscriber, writing to standard error so that commands
 /// that print a result (`keyplane openapi`, `keyplane admin-key create`) keep
-/// standard output clean.
-pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second call (tests starting several servers) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+/// standard output clean; exports spans over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep the answer until exit.
+pub fn init(format: LogFormat) -> Telemetry {
+    keyplane_telemetry::init("keyplane", format == LogFormat::Json, DEFAULT_FILTER)
 }

@@ -231,7 +231,7 @@ pub fn policy_expiry(
     }
     let max = format_duration(state.settings.max_key_lifetime);
     if state.settings.mode != Mode::Dev {
-        return Err(ApiError::invalid(
+        return Err(ApiError::policy(
             field,
             format!("keys may live at most {max} (KEYPLANE_MAX_KEY_LIFETIME)"),
         ));
@@ -381,7 +381,7 @@ pub async fn create_key(
     }
     let ceiling = ScopeSet::from_trusted(&instance.allowed_scopes);
     if let Some(outside) = scopes.outside(&ceiling).first() {
-        return Err(ApiError::invalid(
+        return Err(ApiError::policy(
             "scopes",
             format!("scope {outside} is outside the instance's allowed_scopes"),
         ));

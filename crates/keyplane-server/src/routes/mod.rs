@@ -111,16 +111,38 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().into_openapi()
 }
 
+/// Every documented operation: its method and path template (as axum
+/// matches them), e.g. `(POST, "/v1/keys/{id}/revoke")`.
+pub fn documented_routes() -> Vec<(axum::http::Method, String)> {
+    let spec = serde_json::to_value(openapi()).unwrap_or_default();
+    let Some(paths) = spec["paths"].as_object() else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .into_iter()
+                .flat_map(|operations| operations.keys())
+                .filter_map(|method| method.to_uppercase().parse().ok())
+                .map(move |method| (method, path.clone()))
+        })
+        .collect()
+}
+
 /// Every route, with the API documentation routes, bound to `state`.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
     let spec_json = spec.clone();
-    api.route_layer(axum::middleware::from_fn(crate::request::record_route))
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(spec_json) }),
-        )
-        .merge(Scalar::with_url("/docs", spec))
-        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
-        .with_state(state)
+    api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::request::observe_route,
+    ))
+    .route(
+        "/openapi.json",
+        get(move || async move { axum::Json(spec_json) }),
+    )
+    .merge(Scalar::with_url("/docs", spec))
+    .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+    .with_state(state)
 }
