@@ -260,3 +260,99 @@ async fn a_bad_configuration_is_refused() {
     );
     assert!(Introspector::start(bad_key).is_err());
 }
+
+#[tokio::test]
+async fn the_tower_layer_guards_an_axum_service_and_hands_it_the_caller() {
+    use axum::routing::post;
+    use keyplane_client::{Caller, KeyplaneLayer};
+    use keyplane_domain::RouteMap;
+
+    let (server, node_key, key) = setup().await;
+    let client = introspector(&server, &node_key, Mode::Prod, |_| {});
+    let routes = RouteMap::parse("GET /status=public")
+        .unwrap()
+        .then(RouteMap::defaults());
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|Caller(caller): Caller| async move { caller.instance_id.to_string() }),
+        )
+        .route(
+            "/v1/models/{name}",
+            axum::routing::delete(|| async { "gone" }),
+        )
+        .route("/status", axum::routing::get(|| async { "up" }))
+        .layer(KeyplaneLayer::new(client, routes));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, token: Option<&str>| {
+        let request = http.request(method, format!("{base}{path}"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+
+    let (status, body) = call(Method::POST, "/v1/chat/completions", Some(secret(&key))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, key["instance_id"].as_str().unwrap())
+    );
+    for (method, path, token, want, code) in [
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            None,
+            401,
+            "invalid_api_key",
+        ),
+        (
+            Method::POST,
+            "/v1/chat/completions",
+            Some("kpi_nope"),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            Method::DELETE,
+            "/v1/models/llama",
+            Some(secret(&key)),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            Method::GET,
+            "/unmapped",
+            Some(secret(&key)),
+            403,
+            "route_not_allowed",
+        ),
+    ] {
+        let (status, body) = call(method.clone(), path, token).await;
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{method} {path}"
+        );
+        assert!(body["error"]["message"].is_string() && body["error"]["type"].is_string());
+    }
+    assert_eq!(
+        call(Method::GET, "/status", None).await,
+        (200, "up".to_owned())
+    );
+}
