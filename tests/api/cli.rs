@@ -9,7 +9,12 @@ fn keyplane(envs: &[(&str, &str)], args: &[&str]) -> (i32, String) {
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("KEYPLANE_MODE")
-        .env_remove("KEYPLANE_BOOTSTRAP_TOKEN");
+        .env_remove("KEYPLANE_BOOTSTRAP_TOKEN")
+        .env_remove("KEYPLANE_MASTER_KEY")
+        .env_remove("KEYPLANE_TLS_CERT")
+        .env_remove("KEYPLANE_TLS_KEY")
+        .env_remove("KEYPLANE_AUTH")
+        .env_remove("KEYPLANE_CONFIG");
     for (name, value) in envs {
         command.env(name, value);
     }
@@ -119,4 +124,137 @@ async fn admin_key_create_prints_a_working_key_once() {
     );
     assert_ne!(status, 0);
     assert!(stderr.contains("--role"), "{stderr}");
+}
+
+/// A throwaway CA-less certificate for 127.0.0.1 and its key, as PEM files.
+pub fn certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn prod_refuses_to_start_on_anything_insecure_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "server");
+    let (_, other_key) = certificate(dir.path(), "other");
+    let config = dir.path().join("keyplane.toml");
+    std::fs::write(&config, "bootstrap_token = \"x\"\n").unwrap();
+    let cert = cert.to_str().unwrap();
+    let key = key.to_str().unwrap();
+    let good_db = "postgres://keyplane@db.internal/keyplane?sslmode=verify-full";
+    let master = crate::support::MASTER_KEY;
+    let secure: Vec<(&str, &str)> = vec![
+        ("KEYPLANE_MODE", "prod"),
+        ("DATABASE_URL", good_db),
+        ("KEYPLANE_TLS_CERT", cert),
+        ("KEYPLANE_TLS_KEY", key),
+        ("KEYPLANE_MASTER_KEY", master),
+    ];
+    let with = |changes: &[(&'static str, &str)], removed: &[&str]| -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = secure
+            .iter()
+            .filter(|(name, _)| !removed.contains(name) && !changes.iter().any(|(c, _)| c == name))
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        env.extend(
+            changes
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        );
+        env
+    };
+    let other_key = other_key.to_str().unwrap();
+    let cases: Vec<(Vec<(String, String)>, &str)> = vec![
+        (
+            with(&[], &["KEYPLANE_TLS_CERT", "KEYPLANE_TLS_KEY"]),
+            "KEYPLANE_TLS_CERT: required in prod mode",
+        ),
+        (
+            with(&[], &["KEYPLANE_TLS_KEY"]),
+            "KEYPLANE_TLS_KEY: required with KEYPLANE_TLS_CERT",
+        ),
+        (
+            with(&[("KEYPLANE_TLS_CERT", "/nonexistent/cert.pem")], &[]),
+            "KEYPLANE_TLS_CERT: cannot read",
+        ),
+        (
+            with(&[("KEYPLANE_TLS_KEY", other_key)], &[]),
+            "do not belong together",
+        ),
+        (
+            with(&[], &["DATABASE_URL"]),
+            "DATABASE_URL: required in prod mode",
+        ),
+        (
+            with(
+                &[(
+                    "DATABASE_URL",
+                    "postgres://keyplane:hunter2@db.internal/keyplane?sslmode=disable",
+                )],
+                &[],
+            ),
+            "DATABASE_URL: prod mode talks to PostgreSQL over TLS",
+        ),
+        (
+            with(
+                &[(
+                    "DATABASE_URL",
+                    "postgres://keyplane:hunter2@db.internal/keyplane",
+                )],
+                &[],
+            ),
+            "DATABASE_URL: prod mode talks to PostgreSQL over TLS",
+        ),
+        (
+            with(&[("KEYPLANE_AUTH", "disabled")], &[]),
+            "KEYPLANE_AUTH: ",
+        ),
+        (
+            with(&[("KEYPLANE_BOOTSTRAP_TOKEN", "short-but-secret")], &[]),
+            "KEYPLANE_BOOTSTRAP_TOKEN: expected at least 32",
+        ),
+        (
+            with(&[("KEYPLANE_CONFIG", config.to_str().unwrap())], &[]),
+            "KEYPLANE_CONFIG: `bootstrap_token` is a secret",
+        ),
+        (
+            with(&[], &["KEYPLANE_MASTER_KEY"]),
+            "KEYPLANE_MASTER_KEY: required in prod mode",
+        ),
+    ];
+    for (env, expected) in cases {
+        let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let (status, stderr) = keyplane(&env, &["serve"]);
+        assert_eq!(status, 2, "{expected}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "want {expected:?}, got {stderr}");
+        for secret in ["hunter2", "short-but-secret", master] {
+            assert!(!stderr.contains(secret), "a secret was printed: {stderr}");
+        }
+    }
+    // A Unix socket needs no TLS: that configuration gets past every check
+    // (and then fails only to reach a database that is not there).
+    let (status, stderr) = keyplane(
+        &with(
+            &[
+                (
+                    "DATABASE_URL",
+                    "postgres://keyplane@localhost/keyplane?host=/nonexistent",
+                ),
+                ("KEYPLANE_DB_STARTUP_WAIT", "1s"),
+            ],
+            &[],
+        )
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect::<Vec<_>>(),
+        &["serve"],
+    );
+    assert_ne!(status, 2, "{stderr}");
 }

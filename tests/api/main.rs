@@ -18,3 +18,4 @@ mod introspect;
 mod keys;
 mod leaks;
 mod lifecycle;
+mod tls;

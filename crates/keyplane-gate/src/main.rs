@@ -5,7 +5,6 @@
 mod heartbeat;
 mod proxy;
 mod settings;
-mod tls;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -69,7 +68,7 @@ fn main() -> ExitCode {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let tls = match &settings.tls {
-        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        Some((cert, key)) => Some(keyplane_tls::server_config(cert, key)?),
         None => None,
     };
     let introspector = match &settings.keyplane {
@@ -164,7 +163,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     match tls {
         Some(config) => {
             // `tap_io` only so that axum knows the peer address (ConnectInfo).
-            let listener = tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            let listener = keyplane_tls::TlsListener::new(listener, config)?.tap_io(|_| {});
             axum::serve(listener, service)
                 .with_graceful_shutdown(shutdown())
                 .await?;

@@ -151,6 +151,7 @@ impl App {
         tracing::info!(
             mode = %settings.mode,
             listen = %listener.local_addr()?,
+            https = settings.tls.is_some(),
             database = %describe_location(&settings.database),
             "keyplane ready"
         );
@@ -248,9 +249,28 @@ impl App {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(self.listener, service).with_graceful_shutdown(signal);
+        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match &self.state.settings.tls {
+                Some(tls) => {
+                    use axum::serve::ListenerExt;
+                    // `tap_io` only so that axum knows the peer address (ConnectInfo).
+                    let listener =
+                        keyplane_tls::TlsListener::new(self.listener, tls.config.clone())?
+                            .tap_io(|_| {});
+                    Box::pin(
+                        axum::serve(listener, service)
+                            .with_graceful_shutdown(signal)
+                            .into_future(),
+                    )
+                }
+                None => Box::pin(
+                    axum::serve(self.listener, service)
+                        .with_graceful_shutdown(signal)
+                        .into_future(),
+                ),
+            };
         let served = tokio::select! {
-            served = serve.into_future() => served.context("serving HTTP"),
+            served = serve => served.context("serving HTTP"),
             () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace over; dropping unfinished requests");
                 Ok(())
@@ -282,6 +302,35 @@ fn http_service(state: AppState) -> Router {
             settings.request_timeout,
         ))
         .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            settings.tls.is_some(),
+            security_headers,
+        ))
+}
+
+/// On every answer: no MIME sniffing, no framing, no referrer; HSTS under TLS.
+async fn security_headers(State(https): State<bool>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    if https {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
 }
 
 /// Answers 413 before reading a body whose declared length is over the limit;

@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -50,6 +51,12 @@ pub struct SettingsArgs {
     /// The address the server listens on.
     #[arg(long, env = "KEYPLANE_LISTEN", global = true)]
     pub listen: Option<String>,
+    /// PEM certificate chain: with KEYPLANE_TLS_KEY, keyplane serves HTTPS.
+    #[arg(long, env = "KEYPLANE_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of KEYPLANE_TLS_CERT.
+    #[arg(long, env = "KEYPLANE_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
     /// Where the embedded database keeps its files (dev without DATABASE_URL).
     #[arg(long, env = "KEYPLANE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -101,6 +108,8 @@ pub struct SettingsArgs {
 struct FileSettings {
     mode: Option<String>,
     listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     db_max_connections: Option<toml::Value>,
     db_startup_wait: Option<toml::Value>,
@@ -140,6 +149,8 @@ pub struct Settings {
     pub mode: Mode,
     /// The address the HTTP server binds.
     pub listen: SocketAddr,
+    /// HTTPS, when configured: the files and what was read from them.
+    pub tls: Option<TlsSettings>,
     /// Where the data lives.
     pub database: DatabaseLocation,
     /// Connection pool limits and the start-up wait.
@@ -180,6 +191,7 @@ impl Default for Settings {
         Settings {
             mode: Mode::Dev,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
             database: default_database(PathBuf::from("keyplane-data")),
             pool: PoolSettings::default(),
             body_limit: 64 * 1024,
@@ -245,6 +257,11 @@ impl Settings {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("keyplane-data"));
         let database = database_location(mode, data_dir.clone())?;
+        let tls = tls_settings(
+            mode,
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        )?;
 
         let max_connections = number_setting(
             "KEYPLANE_DB_MAX_CONNECTIONS",
@@ -360,6 +377,16 @@ impl Settings {
             ));
         }
 
+        // Only the gate can run without auth (dev, loopback); keyplane never can.
+        if mode != Mode::Dev
+            && std::env::var("KEYPLANE_AUTH").is_ok_and(|v| v.eq_ignore_ascii_case("disabled"))
+        {
+            return Err(ConfigError::new(
+                "KEYPLANE_AUTH",
+                format!("auth cannot be disabled in {mode} mode"),
+            ));
+        }
+
         let master_key = secret_from_env("KEYPLANE_MASTER_KEY")?;
         match &master_key {
             Some(key) => {
@@ -378,6 +405,7 @@ impl Settings {
         Ok(Settings {
             mode,
             listen,
+            tls,
             database,
             pool: PoolSettings {
                 max_connections,
@@ -406,6 +434,14 @@ impl Settings {
         vec![
             ("mode", self.mode.to_string()),
             ("listen", self.listen.to_string()),
+            (
+                "tls",
+                self.tls
+                    .as_ref()
+                    .map_or("off (plain HTTP)".to_owned(), |tls| {
+                        format!("{} with {}", tls.cert.display(), tls.key.display())
+                    }),
+            ),
             ("database", describe_location(&self.database)),
             ("db_max_connections", self.pool.max_connections.to_string()),
             ("body_limit", self.body_limit.to_string()),
@@ -456,6 +492,81 @@ pub fn describe_location(location: &DatabaseLocation) -> String {
     }
 }
 
+/// keyplane's certificate and key.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// The PEM certificate chain.
+    pub cert: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+    /// The two, read and checked against each other.
+    pub config: Arc<keyplane_tls::ServerConfig>,
+}
+
+/// HTTPS is required outside `dev` (`mixed` is `prod` for its keyed routes),
+/// and the certificate and key must read and belong together.
+fn tls_settings(
+    mode: Mode,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let config = keyplane_tls::server_config(&cert, &key).map_err(|err| {
+                let text = format!("{err:#}");
+                let setting = if text.starts_with("KEYPLANE_TLS_KEY") {
+                    "KEYPLANE_TLS_KEY"
+                } else {
+                    "KEYPLANE_TLS_CERT"
+                };
+                let detail = text
+                    .strip_prefix(&format!("{setting}: "))
+                    .unwrap_or(&text)
+                    .to_owned();
+                ConfigError::new(setting, detail)
+            })?;
+            Ok(Some(TlsSettings { cert, key, config }))
+        }
+        (None, None) if mode == Mode::Dev => Ok(None),
+        (None, None) => Err(ConfigError::new(
+            "KEYPLANE_TLS_CERT",
+            format!("required in {mode} mode with KEYPLANE_TLS_KEY: keyplane serves HTTPS only"),
+        )),
+        (Some(_), None) => Err(ConfigError::new(
+            "KEYPLANE_TLS_KEY",
+            "required with KEYPLANE_TLS_CERT",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            "KEYPLANE_TLS_CERT",
+            "required with KEYPLANE_TLS_KEY",
+        )),
+    }
+}
+
+/// Outside `dev`, the database is reached over TLS that checks its
+/// certificate (`sslmode=verify-full` or `verify-ca`), unless through a Unix socket.
+fn require_database_tls(mode: Mode, url: &str) -> Result<(), ConfigError> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    // An unparsable URL is refused by the caller, which names it.
+    let Ok(options) = PgConnectOptions::from_str(url) else {
+        return Ok(());
+    };
+    let verified = matches!(
+        options.get_ssl_mode(),
+        PgSslMode::VerifyFull | PgSslMode::VerifyCa
+    );
+    if mode == Mode::Dev || verified || options.get_socket().is_some() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "DATABASE_URL",
+        format!(
+            "{mode} mode talks to PostgreSQL over TLS: add sslmode=verify-full \
+             (and sslrootcert=<CA file>) to the URL, or connect through a Unix socket"
+        ),
+    ))
+}
+
 fn database_location(mode: Mode, data_dir: PathBuf) -> Result<DatabaseLocation, ConfigError> {
     match secret_from_env("DATABASE_URL")? {
         Some(url) => {
@@ -468,6 +579,7 @@ fn database_location(mode: Mode, data_dir: PathBuf) -> Result<DatabaseLocation, 
                     "expected a PostgreSQL URL, e.g. postgres://user:password@host:5432/keyplane",
                 ));
             }
+            require_database_tls(mode, url.expose_secret())?;
             Ok(DatabaseLocation::Url(url))
         }
         None if mode != Mode::Dev => Err(ConfigError::new(

@@ -1,5 +1,6 @@
-//! HTTPS for the gate's listener: rustls, TLS 1.2 and 1.3 only, with each
-//! handshake off the accept path so one slow client cannot stall the rest.
+//! HTTPS listeners for keyplane and the gate: rustls, TLS 1.2 and 1.3 only,
+//! with each handshake off the accept path so one slow client cannot stall
+//! the rest. Plain HTTP sent to the port fails its handshake and is dropped.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+pub use rustls::ServerConfig;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
