@@ -66,6 +66,13 @@ pub fn settings_for(database_url: &str) -> Settings {
             startup_wait: Duration::from_secs(5),
         },
         master_key: Some(SecretString::from(MASTER_KEY.to_owned())),
+        // Tests make hundreds of refused requests from one address on
+        // purpose; the rate limits have their own test (abuse.rs).
+        limits: keyplane_server::limits::LimitSettings {
+            auth_failures_per_minute: 1_000_000,
+            operator_per_minute: 1_000_000,
+            node_per_second: 1_000_000,
+        },
         ..Settings::default()
     }
 }

@@ -186,6 +186,7 @@ impl App {
         }
         let probes = BurstWatch::new(settings.probe_threshold, settings.probe_window);
         let auth_failures = BurstWatch::new(AUTH_FAILURES_AUDITED_AFTER, Duration::from_secs(60));
+        let limits = crate::limits::Limits::new(settings.limits);
         let state = AppState::new(Shared {
             routes: Arc::new(settings.routes.clone()),
             db,
@@ -199,6 +200,7 @@ impl App {
             probes,
             auth_failures,
             policy_refusals: BurstWatch::new(1, Duration::from_secs(60)),
+            limits,
             metrics: Arc::new(Metrics::for_routes(routes::documented_routes())),
             stopping: tokio::sync::watch::Sender::new(false),
         });

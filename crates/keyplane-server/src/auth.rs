@@ -88,19 +88,38 @@ impl FromRequestParts<AppState> for Operator {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let address = peer(parts);
+        // An address that keeps failing gets no further guesses for a while.
+        if let Some(address) = address {
+            state.limits.check_address(address)?;
+        }
         let token = bearer(parts).ok_or(MISSING)?;
         let operator = authenticate(token, state).await;
         match &operator {
-            Err(ApiError::Unauthorized { .. }) => note_failure(parts, state),
+            Err(ApiError::Unauthorized { .. }) => {
+                if let Some(address) = address {
+                    state.limits.note_failure(address);
+                }
+                note_failure(parts, state);
+            }
             Ok(operator) => {
                 if let Some(slot) = parts.extensions.get::<CallerSlot>() {
                     slot.set(operator.actor.to_string());
                 }
+                state.limits.check_operator(&operator.actor.to_string())?;
             }
             Err(_) => {}
         }
         operator
     }
+}
+
+/// The address a request came from.
+fn peer(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
 }
 
 /// Where the operator behind a request is noted once authenticated, so that

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+
+use crate::limits::LimitSettings;
 use std::time::Duration;
 
 use clap::Args;
@@ -94,6 +96,15 @@ pub struct SettingsArgs {
     /// The window for KEYPLANE_PROBE_THRESHOLD (e.g. 60s).
     #[arg(long, env = "KEYPLANE_PROBE_WINDOW", global = true)]
     pub probe_window: Option<String>,
+    /// Failed operator authentications tolerated per address per minute; past them, 429.
+    #[arg(long, env = "KEYPLANE_RATE_AUTH_FAILURES", global = true)]
+    pub rate_auth_failures: Option<String>,
+    /// Management requests per admin key per minute.
+    #[arg(long, env = "KEYPLANE_RATE_OPERATOR", global = true)]
+    pub rate_operator: Option<String>,
+    /// Introspection and forward-auth requests per node per second.
+    #[arg(long, env = "KEYPLANE_RATE_NODE", global = true)]
+    pub rate_node: Option<String>,
     /// Route rules checked before the defaults, e.g. "GET /v1/models=public".
     #[arg(long, env = "KEYPLANE_ROUTE_SCOPES", global = true)]
     pub route_scopes: Option<String>,
@@ -122,6 +133,9 @@ struct FileSettings {
     introspection_cache_capacity: Option<toml::Value>,
     probe_threshold: Option<toml::Value>,
     probe_window: Option<toml::Value>,
+    rate_auth_failures: Option<toml::Value>,
+    rate_operator: Option<toml::Value>,
+    rate_node: Option<toml::Value>,
     route_scopes: Option<String>,
     issuer: Option<String>,
 }
@@ -175,6 +189,8 @@ pub struct Settings {
     pub probe_threshold: u64,
     /// The window for `probe_threshold`.
     pub probe_window: Duration,
+    /// Rate limits per address, admin key and node.
+    pub limits: LimitSettings,
     /// Which scope each inference route needs (configured rules, then the defaults).
     pub routes: RouteMap,
     /// The `iss` of introspection answers; defaults to `urn:keyplane:<deployment id>`.
@@ -204,6 +220,7 @@ impl Default for Settings {
             introspection_cache_capacity: 100_000,
             probe_threshold: 100,
             probe_window: Duration::from_secs(60),
+            limits: LimitSettings::default(),
             routes: RouteMap::defaults(),
             issuer: None,
             master_key: None,
@@ -358,6 +375,38 @@ impl Settings {
             &file.probe_window,
         )?
         .unwrap_or(defaults.probe_window);
+        let rate =
+            |setting: &str, arg: &Option<String>, file: &Option<toml::Value>, default: u32| {
+                number_setting(setting, arg, file)?
+                    .map(|n| {
+                        u32::try_from(n)
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| ConfigError::new(setting, "expected 1 to 4294967295"))
+                    })
+                    .transpose()
+                    .map(|n| n.unwrap_or(default))
+            };
+        let limits = LimitSettings {
+            auth_failures_per_minute: rate(
+                "KEYPLANE_RATE_AUTH_FAILURES",
+                &args.rate_auth_failures,
+                &file.rate_auth_failures,
+                defaults.limits.auth_failures_per_minute,
+            )?,
+            operator_per_minute: rate(
+                "KEYPLANE_RATE_OPERATOR",
+                &args.rate_operator,
+                &file.rate_operator,
+                defaults.limits.operator_per_minute,
+            )?,
+            node_per_second: rate(
+                "KEYPLANE_RATE_NODE",
+                &args.rate_node,
+                &file.rate_node,
+                defaults.limits.node_per_second,
+            )?,
+        };
         let routes = match pick(&args.route_scopes, &file.route_scopes) {
             Some(rules) => RouteMap::parse(&rules)
                 .map_err(|err| ConfigError::new("KEYPLANE_ROUTE_SCOPES", err.to_string()))?
@@ -422,6 +471,7 @@ impl Settings {
             introspection_cache_capacity,
             probe_threshold,
             probe_window,
+            limits,
             routes,
             issuer,
             master_key,

@@ -90,6 +90,12 @@ pub enum ApiError {
         /// What the policy allows.
         detail: String,
     },
+    /// 429: over a rate limit; try again after `retry_after` seconds.
+    #[error("too many requests: try again in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until the budget allows another request (`Retry-After`).
+        retry_after: u64,
+    },
     /// 503: a dependency (the database) is not available.
     #[error("{detail}")]
     Unavailable {
@@ -133,6 +139,7 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::PolicyRefused { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -151,6 +158,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid { .. } => "invalid_field",
             ApiError::PolicyRefused { .. } => POLICY_REFUSED,
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -194,6 +202,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests { retry_after } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response.extensions_mut().insert(PendingProblem {
             code: self.code(),

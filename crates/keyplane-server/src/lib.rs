@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod introspection;
+pub mod limits;
 pub mod metrics;
 pub mod pagination;
 pub mod request;

@@ -60,6 +60,8 @@ pub struct Shared {
     pub probes: BurstWatch<uuid::Uuid>,
     /// Flags bursts of failed operator authentications per address.
     pub auth_failures: BurstWatch<std::net::IpAddr>,
+    /// Rate limits per address, admin key and node.
+    pub limits: crate::limits::Limits,
     /// Lets the first refusal per operator per minute into the audit log.
     pub policy_refusals: BurstWatch<String>,
     /// Counters for `/metrics`.

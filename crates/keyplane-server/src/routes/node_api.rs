@@ -71,6 +71,7 @@ impl FromRequestParts<AppState> for NodeAuth {
             .await?
             .filter(|node| claimed_id.is_none_or(|id| id == node.id))
             .ok_or_else(bad_node)?;
+        state.limits.check_node(node.id)?;
         Ok(NodeAuth(node))
     }
 }
