@@ -12,13 +12,13 @@ use crate::support::{TestServer, fresh_database, settings_for};
 async fn keyplane_serves_https_with_hsts_and_survives_plain_http() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path(), "keyplane");
-    let config = keyplane_tls::server_config(&cert, &key).unwrap();
+    let certificates = keyplane_tls::Certificates::load(&cert, &key).unwrap();
     let url = fresh_database().await;
     let settings = keyplane_server::Settings {
         tls: Some(TlsSettings {
             cert: cert.clone(),
             key,
-            config: Arc::clone(&config),
+            certificates: Arc::clone(&certificates),
         }),
         ..settings_for(&url)
     };
@@ -52,4 +52,69 @@ async fn keyplane_serves_https_with_hsts_and_survives_plain_http() {
     );
     assert_eq!(https.get(&health).send().await.unwrap().status(), 200);
     server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_sighup_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "first");
+    let url = fresh_database().await;
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyplane"))
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("KEYPLANE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KEYPLANE_TLS_CERT", &cert)
+        .env("KEYPLANE_TLS_KEY", &key)
+        .env("KEYPLANE_MASTER_KEY", crate::support::MASTER_KEY)
+        .env("KEYPLANE_DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let trusting = |pem: &std::path::Path| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(pem).unwrap()).unwrap()])
+            .build()
+            .unwrap()
+    };
+    let health = format!("https://127.0.0.1:{port}/healthz");
+    let first = trusting(&cert);
+    crate::support::eventually(
+        std::time::Duration::from_secs(30),
+        "keyplane over HTTPS",
+        || {
+            let request = first.get(&health).send();
+            async move { request.await.ok().filter(|r| r.status() == 200).map(drop) }
+        },
+    )
+    .await;
+
+    // Renew the files in place, as a certificate manager would, and say so.
+    let renewed = tempfile::tempdir().unwrap();
+    let (new_cert, new_key) = certificate(renewed.path(), "second");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let second = trusting(&cert);
+    crate::support::eventually(
+        std::time::Duration::from_secs(30),
+        "the renewed certificate",
+        || {
+            let request = second.get(&health).send();
+            async move { request.await.ok().filter(|r| r.status() == 200).map(drop) }
+        },
+    )
+    .await;
+    // The connection opened under the old certificate is still served.
+    assert_eq!(first.get(&health).send().await.unwrap().status(), 200);
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
 }

@@ -68,7 +68,12 @@ fn main() -> ExitCode {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let tls = match &settings.tls {
-        Some((cert, key)) => Some(keyplane_tls::server_config(cert, key)?),
+        Some((cert, key)) => {
+            let certificates = keyplane_tls::Certificates::load(cert, key)?;
+            // Renewed files are picked up (at once on SIGHUP) without a restart.
+            let _watch = certificates.watch(Duration::from_secs(30));
+            Some(certificates)
+        }
         None => None,
     };
     let introspector = match &settings.keyplane {

@@ -33,6 +33,9 @@ use crate::routes;
 use crate::signing::{MasterKey, Signer};
 use crate::state::{AppState, Shared};
 
+/// How often the TLS files are checked for a renewal (SIGHUP reloads at once).
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
+
 /// A built server: database connected and migrated, listener bound.
 pub struct App {
     listener: TcpListener,
@@ -184,6 +187,9 @@ impl App {
         if !db.is_embedded() {
             tasks.push(events.listen(db.pool().clone()));
         }
+        if let Some(tls) = &settings.tls {
+            tasks.push(tls.certificates.watch(CERTIFICATE_CHECK));
+        }
         let probes = BurstWatch::new(settings.probe_threshold, settings.probe_window);
         let auth_failures = BurstWatch::new(AUTH_FAILURES_AUDITED_AFTER, Duration::from_secs(60));
         let limits = crate::limits::Limits::new(settings.limits);
@@ -257,7 +263,7 @@ impl App {
                     use axum::serve::ListenerExt;
                     // `tap_io` only so that axum knows the peer address (ConnectInfo).
                     let listener =
-                        keyplane_tls::TlsListener::new(self.listener, tls.config.clone())?
+                        keyplane_tls::TlsListener::new(self.listener, tls.certificates.clone())?
                             .tap_io(|_| {});
                     Box::pin(
                         axum::serve(listener, service)

@@ -549,8 +549,9 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// Its PEM private key.
     pub key: PathBuf,
-    /// The two, read and checked against each other.
-    pub config: Arc<keyplane_tls::ServerConfig>,
+    /// The two, read and checked against each other (and re-read when
+    /// renewed on disk or on SIGHUP).
+    pub certificates: Arc<keyplane_tls::Certificates>,
 }
 
 /// HTTPS is required outside `dev` (`mixed` is `prod` for its keyed routes),
@@ -562,7 +563,7 @@ fn tls_settings(
 ) -> Result<Option<TlsSettings>, ConfigError> {
     match (cert, key) {
         (Some(cert), Some(key)) => {
-            let config = keyplane_tls::server_config(&cert, &key).map_err(|err| {
+            let certificates = keyplane_tls::Certificates::load(&cert, &key).map_err(|err| {
                 let text = format!("{err:#}");
                 let setting = if text.starts_with("KEYPLANE_TLS_KEY") {
                     "KEYPLANE_TLS_KEY"
@@ -575,7 +576,11 @@ fn tls_settings(
                     .to_owned();
                 ConfigError::new(setting, detail)
             })?;
-            Ok(Some(TlsSettings { cert, key, config }))
+            Ok(Some(TlsSettings {
+                cert,
+                key,
+                certificates,
+            }))
         }
         (None, None) if mode == Mode::Dev => Ok(None),
         (None, None) => Err(ConfigError::new(

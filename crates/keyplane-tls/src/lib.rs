@@ -3,8 +3,8 @@
 //! the rest. Plain HTTP sent to the port fails its handshake and is dropped.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -59,14 +59,99 @@ pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
 }
 
+/// A certificate and key that can be renewed on disk while serving: each new
+/// connection gets the current pair; connections already open keep theirs.
+#[derive(Debug)]
+pub struct Certificates {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl Certificates {
+    /// Reads and checks the pair.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<Certificates>> {
+        Ok(Arc::new(Certificates {
+            current: RwLock::new(server_config(cert, key)?),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        }))
+    }
+
+    /// The pair new connections get.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the files again; a pair that does not read or match is refused
+    /// and the one in use stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = server_config(&self.cert, &self.key)?;
+        match self.current.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP, and when either file changes on disk (checked
+    /// every `every`), for as long as the returned task runs.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let certificates = Arc::clone(self);
+        tokio::spawn(async move {
+            let stamp = |c: &Certificates| {
+                [&c.cert, &c.key]
+                    .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            };
+            let mut seen = stamp(&certificates);
+            let mut ticks = tokio::time::interval(every);
+            #[cfg(unix)]
+            let mut hangups =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let hangup = async {
+                    match hangups.as_mut() {
+                        Some(signal) => {
+                            signal.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hangup = std::future::pending::<()>();
+                let asked = tokio::select! {
+                    () = hangup => true,
+                    _ = ticks.tick() => false,
+                };
+                let now = stamp(&certificates);
+                if !asked && now == seen {
+                    continue;
+                }
+                seen = now;
+                match certificates.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %certificates.cert.display(), "TLS certificate reloaded")
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "TLS certificate not reloaded; keeping the one in use")
+                    }
+                }
+            }
+        })
+    }
+}
+
 impl TlsListener {
-    /// Serves TLS with `config` on `listener`.
+    /// Serves TLS with the current `certificates` on `listener`.
     pub fn new(
         listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
+        certificates: Arc<Certificates>,
     ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
         let (sender, ready) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
@@ -82,7 +167,7 @@ impl TlsListener {
                 if sender.is_closed() {
                     return;
                 }
-                let acceptor = acceptor.clone();
+                let acceptor = TlsAcceptor::from(certificates.current());
                 let sender = sender.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
