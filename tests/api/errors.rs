@@ -105,3 +105,27 @@ async fn a_given_request_id_is_echoed_and_a_missing_one_is_made_up() {
     assert_eq!(body["request_id"], replaced.as_str());
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let url = crate::support::fresh_database().await;
+    let server = TestServer::start_with(keyplane_server::Settings {
+        header_timeout: std::time::Duration::from_secs(1),
+        ..crate::support::settings_for(&url)
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: keyplane\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // The server closes the connection (a generous deadline; it takes about 1 s).
+    let mut buffer = [0u8; 256];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), slow.read(&mut buffer))
+        .await
+        .expect("the half-sent request is still held open");
+    assert!(matches!(closed, Ok(0) | Err(_)) || buffer.starts_with(b"HTTP/1.1 408"));
+    // Everyone else is served as usual.
+    assert_eq!(server.get("/healthz").await.status(), 200);
+}

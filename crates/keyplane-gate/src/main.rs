@@ -6,7 +6,6 @@ mod heartbeat;
 mod proxy;
 mod settings;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +18,6 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use clap::Parser;
 use keyplane_client::{Config, Introspector, KeyplaneLayer};
 use keyplane_domain::Mode;
@@ -164,20 +162,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "keyplane-gate serving"
     );
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    // A client that has not sent its request headers by then is cut off.
+    let header_timeout = Duration::from_secs(10);
     match tls {
-        Some(config) => {
-            // `tap_io` only so that axum knows the peer address (ConnectInfo).
-            let listener = keyplane_tls::TlsListener::new(listener, config)?.tap_io(|_| {});
-            axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown())
-                .await?;
+        Some(certificates) => {
+            let listener = keyplane_tls::TlsListener::new(listener, certificates)?;
+            keyplane_tls::serve(listener, app, header_timeout, shutdown()).await;
         }
-        None => {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown())
-                .await?;
-        }
+        None => keyplane_tls::serve(listener, app, header_timeout, shutdown()).await,
     }
     tracing::info!("stopped");
     Ok(())

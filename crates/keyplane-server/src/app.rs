@@ -254,31 +254,28 @@ impl App {
             }
         };
         let grace = self.state.settings.shutdown_grace;
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        let header_timeout = self.state.settings.header_timeout;
+        let serve: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
             match &self.state.settings.tls {
                 Some(tls) => {
-                    use axum::serve::ListenerExt;
-                    // `tap_io` only so that axum knows the peer address (ConnectInfo).
                     let listener =
-                        keyplane_tls::TlsListener::new(self.listener, tls.certificates.clone())?
-                            .tap_io(|_| {});
-                    Box::pin(
-                        axum::serve(listener, service)
-                            .with_graceful_shutdown(signal)
-                            .into_future(),
-                    )
+                        keyplane_tls::TlsListener::new(self.listener, tls.certificates.clone())?;
+                    Box::pin(keyplane_tls::serve(
+                        listener,
+                        self.router,
+                        header_timeout,
+                        signal,
+                    ))
                 }
-                None => Box::pin(
-                    axum::serve(self.listener, service)
-                        .with_graceful_shutdown(signal)
-                        .into_future(),
-                ),
+                None => Box::pin(keyplane_tls::serve(
+                    self.listener,
+                    self.router,
+                    header_timeout,
+                    signal,
+                )),
             };
-        let served = tokio::select! {
-            served = serve => served.context("serving HTTP"),
+        let served: anyhow::Result<()> = tokio::select! {
+            () = serve => Ok(()),
             () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace over; dropping unfinished requests");
                 Ok(())

@@ -77,6 +77,9 @@ pub struct SettingsArgs {
     /// How long a graceful shutdown waits for in-flight requests (e.g. 30s).
     #[arg(long, env = "KEYPLANE_SHUTDOWN_GRACE", global = true)]
     pub shutdown_grace: Option<String>,
+    /// How long a client has to send its request headers (e.g. 10s).
+    #[arg(long, env = "KEYPLANE_HEADER_TIMEOUT", global = true)]
+    pub header_timeout: Option<String>,
     /// text or json (the default in prod).
     #[arg(long, env = "KEYPLANE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -127,6 +130,7 @@ struct FileSettings {
     body_limit: Option<toml::Value>,
     request_timeout: Option<toml::Value>,
     shutdown_grace: Option<toml::Value>,
+    header_timeout: Option<toml::Value>,
     log_format: Option<String>,
     max_key_lifetime: Option<toml::Value>,
     introspection_cache_ttl: Option<toml::Value>,
@@ -175,6 +179,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// How long a client has to send its request headers before the
+    /// connection is closed.
+    pub header_timeout: Duration,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// The token that authenticates as the built-in `admin` operator, if set.
@@ -213,6 +220,7 @@ impl Default for Settings {
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             bootstrap_token: None,
             max_key_lifetime: Duration::from_secs(90 * 86_400),
@@ -317,6 +325,13 @@ impl Settings {
             &file.shutdown_grace,
         )?
         .unwrap_or(defaults.shutdown_grace);
+        let header_timeout = duration_setting(
+            "KEYPLANE_HEADER_TIMEOUT",
+            &args.header_timeout,
+            &file.header_timeout,
+        )?
+        .filter(|t| !t.is_zero())
+        .unwrap_or(defaults.header_timeout);
         let log_format = pick(&args.log_format, &file.log_format)
             .map(|v| {
                 parse_with("KEYPLANE_LOG_FORMAT", &v, |s| match s {
@@ -464,6 +479,7 @@ impl Settings {
             body_limit,
             request_timeout,
             shutdown_grace,
+            header_timeout,
             log_format,
             bootstrap_token,
             max_key_lifetime,

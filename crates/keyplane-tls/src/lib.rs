@@ -15,7 +15,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+mod serve;
+
 pub use rustls::ServerConfig;
+pub use serve::serve;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,7 +158,12 @@ impl TlsListener {
         let (sender, ready) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    // The listener was dropped: stop accepting, close the socket.
+                    () = sender.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -164,9 +172,6 @@ impl TlsListener {
                         continue;
                     }
                 };
-                if sender.is_closed() {
-                    return;
-                }
                 let acceptor = TlsAcceptor::from(certificates.current());
                 let sender = sender.clone();
                 tokio::spawn(async move {
