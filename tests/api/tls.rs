@@ -118,3 +118,82 @@ async fn a_renewed_certificate_is_served_after_sighup_without_dropping_connectio
         .status();
     assert!(child.wait().unwrap().success());
 }
+
+/// `keyplane serve` in prod with `env`; answers whether /readyz came up over
+/// HTTPS, and the process' exit status and stderr when it did not.
+async fn prod_keyplane(database_url: &str, dir: &std::path::Path) -> (bool, String) {
+    let (cert, key) = certificate(dir, "keyplane");
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyplane"))
+        .arg("serve")
+        .env("KEYPLANE_MODE", "prod")
+        .env("DATABASE_URL", database_url)
+        .env("KEYPLANE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("KEYPLANE_TLS_CERT", &cert)
+        .env("KEYPLANE_TLS_KEY", &key)
+        .env("KEYPLANE_MASTER_KEY", crate::support::MASTER_KEY)
+        .env("KEYPLANE_DB_STARTUP_WAIT", "2s")
+        .env("KEYPLANE_LOG_FORMAT", "text")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap()])
+        .build()
+        .unwrap();
+    let ready = format!("https://127.0.0.1:{port}/readyz");
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            return (false, format!("{status}: {stderr}"));
+        }
+        if https
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, String::new());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (false, "timed out".to_owned())
+}
+
+#[tokio::test]
+async fn prod_reaches_postgresql_over_verified_tls_and_only_so() {
+    let ca = std::env::var("KEYPLANE_TEST_PG_CA")
+        .expect("run through scripts/test, which starts PostgreSQL with TLS");
+    let url = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    let (ready, why) = prod_keyplane(&verified, dir.path()).await;
+    assert!(ready, "prod did not come up over verified TLS: {why}");
+
+    // A CA that did not sign the database's certificate: no connection, and
+    // the refusal says so without printing the URL.
+    let (stranger, _) = certificate(dir.path(), "stranger");
+    let wrong = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        url.replace("postgres@", "postgres:hunter2@"),
+        stranger.display()
+    );
+    let (ready, why) = prod_keyplane(&wrong, dir.path()).await;
+    assert!(
+        !ready,
+        "connected although the database's certificate is not trusted"
+    );
+    assert!(why.contains("database"), "{why}");
+    assert!(
+        !why.contains("hunter2"),
+        "the database password was printed: {why}"
+    );
+}
