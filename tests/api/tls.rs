@@ -197,3 +197,88 @@ async fn prod_reaches_postgresql_over_verified_tls_and_only_so() {
         "the database password was printed: {why}"
     );
 }
+
+#[tokio::test]
+async fn the_client_library_verifies_keyplanes_certificate_against_its_ca_bundle() {
+    use keyplane_client::{Config, Introspector, Refusal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "keyplane");
+    let url = fresh_database().await;
+    let server = TestServer::start_with(keyplane_server::Settings {
+        tls: Some(TlsSettings {
+            certificates: keyplane_tls::Certificates::load(&cert, &key).unwrap(),
+            cert: cert.clone(),
+            key,
+        }),
+        ..crate::support::admin_settings_for(&url)
+    })
+    .await;
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap()])
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let admin = |path: &str, body: serde_json::Value| {
+        https
+            .post(format!("{base}{path}"))
+            .bearer_auth(crate::support::BOOTSTRAP)
+            .json(&body)
+            .send()
+    };
+    let node: serde_json::Value = admin("/v1/nodes", serde_json::json!({"name": "n"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let instance: serde_json::Value = admin(
+        "/v1/instances",
+        serde_json::json!({"name": "i", "allowed_scopes": ["inference:chat"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let key: serde_json::Value = admin(
+        &format!("/v1/instances/{}/keys", instance["id"].as_str().unwrap()),
+        serde_json::json!({"name": "k", "scopes": ["inference:chat"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let node_key = secrecy::SecretString::from(node["secret"].as_str().unwrap().to_owned());
+    let secret = key["secret"].as_str().unwrap();
+
+    let mut trusting = Config::new(&base, node_key.clone(), keyplane_domain::Mode::Prod);
+    trusting.ca_bundle = Some(cert.clone());
+    let trusting = Introspector::start(trusting).unwrap();
+    assert!(
+        trusting
+            .check(secret, Some("inference:chat"), None)
+            .await
+            .is_ok()
+    );
+
+    // Without the CA, keyplane's certificate is not trusted: fail closed.
+    let stranger =
+        Introspector::start(Config::new(&base, node_key, keyplane_domain::Mode::Prod)).unwrap();
+    assert_eq!(
+        stranger.check(secret, None, None).await,
+        Err(Refusal::Unavailable)
+    );
+
+    // A bundle that is not PEM is refused at start.
+    let mut broken = Config::new(
+        &base,
+        secrecy::SecretString::from(node["secret"].as_str().unwrap().to_owned()),
+        keyplane_domain::Mode::Prod,
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    broken.ca_bundle = Some(garbage);
+    assert!(Introspector::start(broken).is_err());
+}
