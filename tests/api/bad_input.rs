@@ -363,3 +363,60 @@ async fn a_key_sent_in_the_wrong_field_is_not_echoed_back() {
     assert!(text.contains(&key.masked()), "{text}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_json_body_must_be_an_object() {
+    let server = TestServer::start_admin().await;
+    let instance = server.instance("jan-1", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let before = state(&server).await;
+    // serde reads a struct from an array by field order; keyplane must not.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/instances".to_owned(),
+            json!(["from-array", null, null, null, null]),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/instances/{instance}"),
+            json!([null, null, null, null, null, "suspended"]),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{}", key["id"].as_str().unwrap()),
+            json!([null, false]),
+        ),
+        (
+            Method::POST,
+            "/v1/nodes".to_owned(),
+            json!(["array-node", null]),
+        ),
+        (
+            Method::PUT,
+            "/v1/roles/array-role".to_owned(),
+            json!([null, ["models:read"]]),
+        ),
+        (Method::POST, "/v1/instances".to_owned(), json!("a string")),
+        (Method::POST, "/v1/instances".to_owned(), json!(42)),
+    ] {
+        let (status, problem) = server
+            .admin(method.clone(), &path, Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("body")),
+            "{method} {path} {body}: {problem}"
+        );
+        assert!(
+            !problem.to_string().contains("struct"),
+            "Rust type names leaked: {problem}"
+        );
+    }
+    assert_eq!(state(&server).await, before, "an array changed something");
+}
