@@ -69,19 +69,29 @@ pub async fn observe_route(
     };
     tracing::Span::current().record("route", route.as_str());
     let method = request.method().clone();
-    let caller = CallerSlot::default();
-    request.extensions_mut().insert(caller.clone());
-    let request_id = request.extensions().get::<RequestId>().cloned();
-    let client_ip = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
+    // Only operators' requests can be refused by role or policy; node routes
+    // (the hot path) and public ones skip the bookkeeping.
+    let operator_route =
+        route.as_str().starts_with("/v1/") && !NODE_ROUTES.contains(&route.as_str());
+    let audit_context = operator_route.then(|| {
+        let caller = CallerSlot::default();
+        request.extensions_mut().insert(caller.clone());
+        let request_id = request.extensions().get::<RequestId>().cloned();
+        let client_ip = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        (caller, request_id, client_ip)
+    });
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
     state
         .metrics
         .answered(&method, route.as_str(), status, started.elapsed());
+    let Some((caller, request_id, client_ip)) = audit_context else {
+        return response;
+    };
     let refused_by_policy = response
         .extensions()
         .get::<PendingProblem>()
@@ -101,6 +111,14 @@ pub async fn observe_route(
     }
     response
 }
+
+/// The routes nodes call with their node keys.
+const NODE_ROUTES: [&str; 4] = [
+    "/v1/introspect",
+    "/v1/authz/check",
+    "/v1/revocations/stream",
+    "/v1/heartbeat",
+];
 
 /// An operator refused by its role (403) or by policy (422: a lifetime past
 /// the maximum, a scope outside a ceiling, ...) is audited: the first refusal
