@@ -92,6 +92,8 @@ async fn garbage_is_refused_offline_and_good_keys_are_cached() {
         "{metrics:?}"
     );
 
+    // (Once the stream is up: connecting drops whatever was cached before.)
+    stream_up(&client).await;
     let identity = client
         .check(secret(&key), Some("inference:chat"), None)
         .await
@@ -110,6 +112,7 @@ async fn garbage_is_refused_offline_and_good_keys_are_cached() {
 async fn many_requests_for_a_new_key_make_one_call_to_keyplane() {
     let (server, node_key, key) = setup().await;
     let client = introspector(&server, &node_key, Mode::Prod, |_| {});
+    stream_up(&client).await;
     let before = lookups(&server).await;
 
     let checks = (0..32).map(|_| {

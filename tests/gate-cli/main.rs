@@ -57,6 +57,14 @@ fn insecure_settings_are_refused_with_a_line_naming_them() {
         ),
         (
             &[
+                ("KEYPLANE_MODE", "mixed"),
+                ("KEYPLANE_URL", "http://keyplane.internal:8080"),
+                ("KEYPLANE_NODE_KEY", NODE_KEY),
+            ],
+            "KEYPLANE_URL: mixed mode talks to keyplane over HTTPS only",
+        ),
+        (
+            &[
                 ("KEYPLANE_MODE", "prod"),
                 ("KEYPLANE_URL", "http://127.0.0.1:1"),
             ],

@@ -152,10 +152,16 @@ def test_client_cannot_forge_the_instance_header_the_upstream_trusts(
 ):
     key = keyplane.new_key(["inference:chat"])
     model = marker()
-    forged = {"X-Keyplane-Instance": str(uuid.uuid4())}
+    forged = {
+        "X-Keyplane-Instance": str(uuid.uuid4()),
+        "X-Keyplane-Scopes": "configs:admin models:write",
+        "X-Keyplane-Anything": "trust me",
+    }
     chat(gate.client(key.secret), model=model, extra_headers=forged)
     [request] = assert_reached_upstream_cleanly(upstream, model, 1)
     assert request.header("X-Keyplane-Instance") == [key.instance_id]
+    assert request.header("X-Keyplane-Scopes") == []
+    assert request.header("X-Keyplane-Anything") == []
 
 
 def test_without_an_upstream_key_the_upstream_gets_no_authorization(

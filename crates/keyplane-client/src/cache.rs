@@ -196,6 +196,9 @@ pub(crate) struct Inner {
     stale: Cache<CacheKey, Stale>,
     stream_state: AtomicU8,
     pub(crate) counters: Counters,
+    /// Bumped by every eviction: an answer whose request began before an
+    /// eviction may predate the revocation behind it, so it is not kept.
+    evictions_seen: AtomicU64,
 }
 
 impl Inner {
@@ -209,6 +212,7 @@ impl Inner {
 
     /// Drops every answer about `key_id`, fresh or stale.
     pub(crate) fn evict(&self, key_id: Uuid) {
+        self.evictions_seen.fetch_add(1, Ordering::SeqCst);
         let about = move |answer_key: Option<Uuid>| answer_key == Some(key_id);
         let fresh = self.fresh.invalidate_entries_if(move |_, answer| {
             about(match answer {
@@ -228,6 +232,7 @@ impl Inner {
 
     /// Drops every answer: used when revocations may have been missed.
     pub(crate) fn forget_all(&self) {
+        self.evictions_seen.fetch_add(1, Ordering::SeqCst);
         self.fresh.invalidate_all();
         self.stale.invalidate_all();
     }
@@ -329,6 +334,7 @@ impl Introspector {
             fresh,
             stale,
             stream_state: AtomicU8::new(StreamState::Connecting as u8),
+            evictions_seen: AtomicU64::new(0),
             counters: Counters::default(),
         });
         let follower = tokio::spawn(stream::follow(inner.clone()));
@@ -468,6 +474,7 @@ async fn fetch(
     cache_key: CacheKey,
     key: KeySecret,
 ) -> Result<Answer, Unreachable> {
+    let evictions_before = inner.evictions_seen.load(Ordering::SeqCst);
     let mut form = vec![("token", key.expose().to_owned())];
     if let Some(ip) = cache_key.1 {
         form.push(("client_ip", ip.to_string()));
@@ -515,9 +522,16 @@ async fn fetch(
             cache_ttl,
         } => {
             let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
-            let ttl = Duration::from_secs(cache_ttl.unwrap_or(0))
-                .min(inner.config.cache_ttl_cap)
-                .min(left);
+            // An eviction while this request was out may have been for this
+            // very key (moka's invalidation only reaches entries already in
+            // the cache): answer the waiting requests, but keep nothing.
+            let raced = inner.evictions_seen.load(Ordering::SeqCst) != evictions_before;
+            let ttl = match raced {
+                true => Duration::ZERO,
+                false => Duration::from_secs(cache_ttl.unwrap_or(0))
+                    .min(inner.config.cache_ttl_cap)
+                    .min(left),
+            };
             let identity = Arc::new(Identity {
                 key_id,
                 instance_id,
@@ -530,7 +544,7 @@ async fn fetch(
                 expires_at,
             });
             let fetched = Instant::now();
-            if !inner.config.effective_stale_window().is_zero() {
+            if !raced && !inner.config.effective_stale_window().is_zero() {
                 inner
                     .stale
                     .insert(

@@ -75,6 +75,7 @@ impl Config {
         if !scheme_ok || url.len() <= "https://".len() {
             return Err(ConfigError::Url(url.to_owned()));
         }
+        require_https(self.mode, url)?;
         Ok(url.to_owned())
     }
 
@@ -87,12 +88,34 @@ impl Config {
     }
 }
 
+/// Outside `dev`, keyplane is reached over HTTPS (keys travel in those
+/// calls), unless it is on this very host.
+pub fn require_https(mode: Mode, url: &str) -> Result<(), ConfigError> {
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+    if mode == Mode::Dev || !url.starts_with("http://") || loopback {
+        return Ok(());
+    }
+    Err(ConfigError::Plaintext(mode))
+}
+
 /// A configuration the client cannot start with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Not an http(s) URL.
     #[error("KEYPLANE_URL must be an http:// or https:// URL, got {0:?}")]
     Url(String),
+    /// Plain HTTP to another host outside `dev`.
+    #[error("{0} mode talks to keyplane over HTTPS only (https://…)")]
+    Plaintext(Mode),
     /// The node key is not a well-formed `kpn_` key.
     #[error("KEYPLANE_NODE_KEY is not a node key (kpn_…)")]
     NodeKey,
@@ -107,4 +130,25 @@ pub enum ConfigError {
     /// The HTTP client cannot be built.
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_for_dev_or_this_host_only() {
+        for (mode, url, ok) in [
+            (Mode::Dev, "http://keyplane.internal:8080", true),
+            (Mode::Prod, "https://keyplane.internal:8080", true),
+            (Mode::Prod, "http://127.0.0.1:8080", true),
+            (Mode::Mixed, "http://localhost/", true),
+            (Mode::Prod, "http://[::1]:8080", true),
+            (Mode::Prod, "http://keyplane.internal:8080", false),
+            (Mode::Mixed, "http://127.0.0.1.evil.example/", false),
+            (Mode::Prod, "http://user@10.0.0.5/", false),
+        ] {
+            assert_eq!(require_https(mode, url).is_ok(), ok, "{mode} {url}");
+        }
+    }
 }

@@ -19,7 +19,7 @@ mod layer;
 mod stream;
 
 pub use cache::{Identity, Introspector, Metrics, Refusal};
-pub use config::{Config, ConfigError, HeaderHook};
+pub use config::{Config, ConfigError, HeaderHook, require_https};
 pub use env::{EnvError, secret_from_env};
 pub use error::openai_error;
 pub use layer::{Caller, KeyplaneLayer, KeyplaneService};

@@ -131,14 +131,17 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
         return too_large(gate.max_body);
     }
 
-    // The client's key, and any identity header it tried to forge, stop here.
-    let forged = [
-        AUTHORIZATION,
-        HOST,
-        HeaderName::from_static("x-keyplane-instance"),
-        HeaderName::from_static("x-keyplane-key-id"),
-    ];
-    let mut headers = forwardable(&parts.headers, &forged);
+    // The client's key, and any X-Keyplane-* header it tried to forge (the
+    // upstream trusts those: identity, scopes), stop here.
+    let mut headers = forwardable(&parts.headers, &[AUTHORIZATION, HOST]);
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-keyplane-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
     if let Some(key) = &gate.upstream_key
         && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
     {

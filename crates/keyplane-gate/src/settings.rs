@@ -114,6 +114,14 @@ fn duration(setting: &str, text: &str) -> anyhow::Result<Duration> {
     parse_duration(text).map_err(|err| refuse(setting, err))
 }
 
+/// Outside `dev`, keyplane is reached over HTTPS (keys travel in those
+/// calls), unless it is on this very host.
+fn keyplane_url(mode: Mode, text: &str) -> anyhow::Result<String> {
+    let url = http_url("KEYPLANE_URL", text)?;
+    keyplane_client::require_https(mode, &url).map_err(|err| refuse("KEYPLANE_URL", err))?;
+    Ok(url)
+}
+
 fn http_url(setting: &str, text: &str) -> anyhow::Result<String> {
     let url = text.trim().trim_end_matches('/');
     let ok =
@@ -185,7 +193,7 @@ impl Settings {
                     .map_err(env)?
                     .ok_or_else(|| refuse("KEYPLANE_NODE_KEY", "required: this gate's kpn_ key"))?;
                 Some(Keyplane {
-                    url: http_url("KEYPLANE_URL", &url)?,
+                    url: keyplane_url(mode, &url)?,
                     node_key,
                 })
             }

@@ -93,6 +93,12 @@ impl Limits {
     /// Counts a failed authentication from `address`; past the budget, the
     /// address is refused until the budget refills.
     pub fn note_failure(&self, address: IpAddr) {
+        // Addresses whose budget has refilled need no memory: forget them
+        // once many are held, so a flood of addresses cannot grow it.
+        if self.failures.len() >= MAX_BLOCKED {
+            self.failures.retain_recent();
+            self.failures.shrink_to_fit();
+        }
         let Err(not_until) = self.failures.check_key(&address) else {
             return;
         };
