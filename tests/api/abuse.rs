@@ -139,14 +139,20 @@ async fn each_node_has_its_own_budget() {
             .form(&[("token", "kpi_whatever")]);
         async move { request.send().await.unwrap() }
     };
-    // A budget of one a second: the busy node's second request at once is refused...
-    let statuses = [
-        introspect(nodes[0].clone()).await.status(),
-        introspect(nodes[0].clone()).await.status(),
-    ];
-    assert_eq!(statuses[0], 200);
-    let refused = introspect(nodes[0].clone()).await;
-    assert_eq!(refused.status(), 429, "{statuses:?}");
+    // A budget of one a second: the busy node's first request passes and a
+    // burst right behind it is refused (ten in a row cannot all be a second
+    // apart, however slow the machine)...
+    assert_eq!(introspect(nodes[0].clone()).await.status(), 200);
+    let mut refused = None;
+    for _ in 0..10 {
+        let response = introspect(nodes[0].clone()).await;
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    let refused = refused.expect("a burst over the node's budget was never refused");
     assert!(retry_after(&refused) >= 1);
     // ...and the quiet node is not affected.
     assert_eq!(introspect(nodes[1].clone()).await.status(), 200);
