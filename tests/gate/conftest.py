@@ -425,7 +425,11 @@ class Gate(Service):
             if answer.status != 200:
                 return False
             body = answer.json()
-            return body.get("status") == "ok" and body.get("mode") == self.mode
+            # Ready once it follows keyplane's revocations too: connecting to
+            # the stream drops whatever was cached (or being fetched) before,
+            # so tests that count on a cached answer start after that.
+            stream = body.get("revocation_stream")
+            return body.get("status") == "ok" and body.get("mode") == self.mode and stream in (None, "up")
 
         self.wait_ready(f"{self.url}/_keyplane/healthz", timeout=30, ready=healthy, tls=self.tls())
         return self
