@@ -1,7 +1,10 @@
 //! HTTPS: keyplane serves TLS from PEM files, with HSTS, and shrugs off plain
 //! HTTP sent to its TLS port.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use serde_json::json;
 
 use keyplane_server::config::TlsSettings;
 
@@ -18,6 +21,7 @@ async fn keyplane_serves_https_with_hsts_and_survives_plain_http() {
         tls: Some(TlsSettings {
             cert: cert.clone(),
             key,
+            client_ca: None,
             certificates: Arc::clone(&certificates),
         }),
         ..settings_for(&url)
@@ -210,6 +214,7 @@ async fn the_client_library_verifies_keyplanes_certificate_against_its_ca_bundle
             certificates: keyplane_tls::Certificates::load(&cert, &key).unwrap(),
             cert: cert.clone(),
             key,
+            client_ca: None,
         }),
         ..crate::support::admin_settings_for(&url)
     })
@@ -281,4 +286,259 @@ async fn the_client_library_verifies_keyplanes_certificate_against_its_ca_bundle
     std::fs::write(&garbage, "not a certificate").unwrap();
     broken.ca_bundle = Some(garbage);
     assert!(Introspector::start(broken).is_err());
+}
+
+/// A CA and a function that issues client certificates naming a DNS name.
+struct ClientCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl ClientCa {
+    fn new() -> ClientCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key).unwrap().pem();
+        ClientCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate and key for `name`, written under `dir`.
+    fn issue(&self, dir: &std::path::Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+#[tokio::test]
+async fn a_node_may_authenticate_with_a_client_certificate_bound_to_its_name() {
+    use reqwest::Method;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "keyplane");
+    let ca = ClientCa::new();
+    let ca_path = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let edge_1 = ca.issue(dir.path(), "edge-1", "edge-1");
+    let edge_2 = ca.issue(dir.path(), "edge-2", "edge-2");
+    let nobody = ca.issue(dir.path(), "edge-3", "edge-3");
+    let forged = ClientCa::new().issue(dir.path(), "forged", "edge-1");
+
+    let url = fresh_database().await;
+    let server = TestServer::start_with(keyplane_server::Settings {
+        tls: Some(TlsSettings {
+            certificates: keyplane_tls::Certificates::load_with_client_ca(
+                &cert,
+                &key,
+                Some(&ca_path),
+            )
+            .unwrap(),
+            cert: cert.clone(),
+            key,
+            client_ca: Some(ca_path.clone()),
+        }),
+        ..crate::support::admin_settings_for(&url)
+    })
+    .await;
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    let client = |identity: Option<&(PathBuf, PathBuf)>| {
+        let mut builder =
+            reqwest::Client::builder()
+                .tls_certs_only([
+                    reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+                ]);
+        if let Some((cert, key)) = identity {
+            let mut pem = std::fs::read(cert).unwrap();
+            pem.extend(std::fs::read(key).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    };
+    let anonymous = client(None);
+    let admin = |method: Method, path: &str, body: serde_json::Value| {
+        crate::support::call(
+            anonymous
+                .request(method, format!("{base}{path}"))
+                .bearer_auth(crate::support::BOOTSTRAP),
+            Some(body),
+        )
+    };
+    // The management API is served to clients without a certificate.
+    let (status, node_1) = admin(Method::POST, "/v1/nodes", json!({"name": "edge-1"})).await;
+    assert_eq!(status, 201, "{node_1}");
+    let (_, node_2) = admin(Method::POST, "/v1/nodes", json!({"name": "edge-2"})).await;
+    let (_, instance) = admin(
+        Method::POST,
+        "/v1/instances",
+        json!({"name": "jan", "allowed_scopes": ["inference:chat"]}),
+    )
+    .await;
+    let (_, api_key) = admin(
+        Method::POST,
+        &format!("/v1/instances/{}/keys", instance["id"].as_str().unwrap()),
+        json!({"name": "k", "scopes": ["inference:chat"], "audience": ["edge-1"]}),
+    )
+    .await;
+    let secret = api_key["secret"].as_str().unwrap();
+    let node_1_key = node_1["secret"].as_str().unwrap();
+    let introspect = |client: &reqwest::Client, node_key: Option<&str>| {
+        let mut request = client
+            .post(format!("{base}/v1/introspect"))
+            .form(&[("token", secret)]);
+        if let Some(node_key) = node_key {
+            request = request.bearer_auth(node_key);
+        }
+        crate::support::call(request, None)
+    };
+
+    // The certificate alone authenticates edge-1: the key is meant for it.
+    let edge_1_client = client(Some(&edge_1));
+    let (status, answer) = introspect(&edge_1_client, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["active"], true);
+    assert_eq!(answer["aud"], json!([node_1["id"]]));
+    // ...and with its node key as well.
+    let (status, answer) = introspect(&edge_1_client, Some(node_1_key)).await;
+    assert_eq!((status, &answer["active"]), (200, &json!(true)));
+    // edge-2's certificate authenticates edge-2, for which the key is not meant.
+    let (status, answer) = introspect(&client(Some(&edge_2)), None).await;
+    assert_eq!((status, answer), (200, json!({"active": false})));
+    // A certificate and a node key that name different nodes are refused.
+    let (status, answer) = introspect(&client(Some(&edge_2)), Some(node_1_key)).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (401, Some("invalid_node_credentials"))
+    );
+    // Neither, or a certificate naming no node: 401.
+    assert_eq!(introspect(&anonymous, None).await.0, 401);
+    assert_eq!(introspect(&client(Some(&nobody)), None).await.0, 401);
+    // A certificate from another CA does not get through the handshake.
+    let refused = client(Some(&forged))
+        .post(format!("{base}/v1/introspect"))
+        .form(&[("token", secret)])
+        .send()
+        .await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status() == 401),
+        "a foreign CA's certificate was accepted: {refused:?}"
+    );
+
+    // The client library presents the certificate alongside the node key.
+    let mut config = keyplane_client::Config::new(
+        &base,
+        secrecy::SecretString::from(node_1_key.to_owned()),
+        keyplane_domain::Mode::Prod,
+    );
+    config.ca_bundle = Some(cert.clone());
+    config.client_identity = Some(edge_1.clone());
+    let library = keyplane_client::Introspector::start(config).unwrap();
+    assert!(
+        library
+            .check(secret, Some("inference:chat"), None)
+            .await
+            .is_ok()
+    );
+
+    // Retiring the node retires its certificate too.
+    let (status, _) = admin(
+        Method::DELETE,
+        &format!("/v1/nodes/{}", node_1["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(introspect(&edge_1_client, None).await.0, 401);
+    assert_eq!(node_2["name"], "edge-2");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn cors_answers_only_the_configured_origins() {
+    let url = fresh_database().await;
+    let allowed = "https://console.example.com";
+    let server = TestServer::start_with(keyplane_server::Settings {
+        cors_origins: vec![reqwest::header::HeaderValue::from_static(allowed)],
+        ..crate::support::admin_settings_for(&url)
+    })
+    .await;
+    let preflight = |origin: &str| {
+        server
+            .client
+            .request(reqwest::Method::OPTIONS, server.url("/v1/instances"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let answer = preflight(allowed).await.unwrap();
+    assert_eq!(answer.headers()["access-control-allow-origin"], allowed);
+    let methods = answer.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let elsewhere = preflight("https://evil.example.net").await.unwrap();
+    assert!(
+        elsewhere
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    // A real request from the allowed origin can read the answer.
+    let listed = server
+        .as_(
+            crate::support::BOOTSTRAP,
+            reqwest::Method::GET,
+            "/v1/instances",
+        )
+        .header("origin", allowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.headers()["access-control-allow-origin"], allowed);
+    server.stop().await.unwrap();
+
+    // Without an allow-list, no CORS header at all.
+    let plain =
+        TestServer::start_with(crate::support::admin_settings_for(&fresh_database().await)).await;
+    let answer = plain
+        .client
+        .request(reqwest::Method::OPTIONS, plain.url("/v1/instances"))
+        .header("origin", allowed)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    plain.stop().await.unwrap();
 }

@@ -313,6 +313,18 @@ impl Introspector {
                 http = http.add_root_certificate(certificate);
             }
         }
+        if let Some((cert, key)) = &config.client_identity {
+            let bad = |path: &std::path::Path, reason: String| ConfigError::ClientIdentity {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let mut pem = std::fs::read(cert).map_err(|e| bad(cert, e.to_string()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| bad(key, e.to_string()))?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| bad(cert, e.to_string()))?;
+            http = http.identity(identity);
+        }
         let http = http.build().map_err(|e| ConfigError::Http(e.to_string()))?;
         let fresh = Cache::builder()
             .max_capacity(config.capacity)

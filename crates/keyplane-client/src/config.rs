@@ -34,6 +34,10 @@ pub struct Config {
     /// A PEM bundle of CAs to trust for keyplane's certificate, in addition
     /// to the system's. There is no option to skip verification.
     pub ca_bundle: Option<PathBuf>,
+    /// A client certificate and its key (PEM files) presented to keyplane,
+    /// for a keyplane that checks them (`KEYPLANE_TLS_CLIENT_CA`); it must
+    /// name this node, and is sent as well as the node key.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Adds headers to each call to keyplane, e.g. the caller's trace
     /// context (`traceparent`), so a request and its introspection share a trace.
     pub outgoing_headers: Option<HeaderHook>,
@@ -64,6 +68,7 @@ impl Config {
             capacity: 100_000,
             timeout: Duration::from_secs(2),
             ca_bundle: None,
+            client_identity: None,
             outgoing_headers: None,
         }
     }
@@ -122,6 +127,14 @@ pub enum ConfigError {
     /// The CA bundle cannot be read or holds no certificate.
     #[error("cannot use the CA bundle {path}: {reason}")]
     CaBundle {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The client certificate or its key cannot be read or used.
+    #[error("cannot use the client certificate {path}: {reason}")]
+    ClientIdentity {
         /// The file.
         path: PathBuf,
         /// Why.

@@ -80,6 +80,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             config.cache_ttl_cap = settings.cache_ttl;
             config.stale_window = settings.stale_window;
             config.ca_bundle = settings.ca_bundle.clone();
+            config.client_identity = settings.client_identity.clone();
             // The introspection joins the trace of the request that needed it.
             config.outgoing_headers = Some(keyplane_client::HeaderHook(Arc::new(
                 keyplane_telemetry::inject_current,

@@ -63,6 +63,13 @@ pub struct Args {
     /// PEM CAs to trust for keyplane's certificate, besides the system's.
     #[arg(long, env = "KEYPLANE_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
+    /// PEM client certificate naming this node, for a keyplane that checks
+    /// client certificates (sent as well as the node key).
+    #[arg(long, env = "KEYPLANE_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of KEYPLANE_CLIENT_CERT.
+    #[arg(long, env = "KEYPLANE_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// What the gate needs to reach keyplane.
@@ -103,6 +110,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Extra CAs for keyplane's certificate.
     pub ca_bundle: Option<PathBuf>,
+    /// The client certificate and key presented to keyplane.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// A setting the gate refuses to start with: names it and what is expected.
@@ -165,6 +174,16 @@ impl Settings {
                 ));
             }
         };
+        let client_identity = match (args.client_cert, args.client_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(refuse(
+                    "KEYPLANE_CLIENT_CERT",
+                    "set both KEYPLANE_CLIENT_CERT and KEYPLANE_CLIENT_KEY, or neither",
+                ));
+            }
+        };
         if mode == Mode::Prod && tls.is_none() {
             return Err(refuse(
                 "KEYPLANE_TLS_CERT",
@@ -213,6 +232,7 @@ impl Settings {
                 .max(Duration::from_secs(1)),
             tls,
             ca_bundle: args.ca_bundle,
+            client_identity,
         })
     }
 }

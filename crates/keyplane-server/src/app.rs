@@ -296,7 +296,7 @@ impl App {
 /// span and problem bodies; timeout; body limits.
 fn http_service(state: AppState) -> Router {
     let settings = state.settings.clone();
-    routes::router(state)
+    let router = routes::router(state)
         .layer(DefaultBodyLimit::max(settings.body_limit))
         .layer(middleware::from_fn_with_state(
             settings.body_limit,
@@ -306,11 +306,38 @@ fn http_service(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
         ))
-        .layer(middleware::from_fn(request_context))
-        .layer(middleware::from_fn_with_state(
-            settings.tls.is_some(),
-            security_headers,
-        ))
+        .layer(middleware::from_fn(request_context));
+    let router = if settings.cors_origins.is_empty() {
+        router
+    } else {
+        router.layer(cors(&settings.cors_origins))
+    };
+    router.layer(middleware::from_fn_with_state(
+        settings.tls.is_some(),
+        security_headers,
+    ))
+}
+
+/// CORS for the configured origins only: browsers elsewhere get no CORS
+/// headers, and so no answers they can read.
+fn cors(origins: &[header::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins.to_vec())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 /// On every answer: no MIME sniffing, no framing, no referrer; HSTS under TLS.

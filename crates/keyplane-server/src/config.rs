@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::limits::LimitSettings;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use clap::Args;
 use keyplane_domain::{Mode, RouteMap, format_duration, parse_duration};
 use keyplane_store::{DatabaseLocation, PoolSettings, describe_url};
@@ -59,6 +60,14 @@ pub struct SettingsArgs {
     /// PEM private key of KEYPLANE_TLS_CERT.
     #[arg(long, env = "KEYPLANE_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: nodes may then authenticate with a client certificate
+    /// it issued, naming the node (a DNS name equal to the node's name).
+    #[arg(long, env = "KEYPLANE_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Origins browsers may call the API from (comma-separated, e.g.
+    /// `https://console.example.com`); CORS is off without it.
+    #[arg(long, env = "KEYPLANE_CORS_ORIGINS", global = true)]
+    pub cors_origins: Option<String>,
     /// Where the embedded database keeps its files (dev without DATABASE_URL).
     #[arg(long, env = "KEYPLANE_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -124,6 +133,8 @@ struct FileSettings {
     listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    cors_origins: Option<String>,
     data_dir: Option<PathBuf>,
     db_max_connections: Option<toml::Value>,
     db_startup_wait: Option<toml::Value>,
@@ -169,6 +180,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// HTTPS, when configured: the files and what was read from them.
     pub tls: Option<TlsSettings>,
+    /// Origins allowed to call the API from a browser; empty = CORS off.
+    pub cors_origins: Vec<HeaderValue>,
     /// Where the data lives.
     pub database: DatabaseLocation,
     /// Connection pool limits and the start-up wait.
@@ -215,6 +228,7 @@ impl Default for Settings {
             mode: Mode::Dev,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            cors_origins: Vec::new(),
             database: default_database(PathBuf::from("keyplane-data")),
             pool: PoolSettings::default(),
             body_limit: 64 * 1024,
@@ -286,7 +300,9 @@ impl Settings {
             mode,
             args.tls_cert.clone().or(file.tls_cert),
             args.tls_key.clone().or(file.tls_key),
+            args.tls_client_ca.clone().or(file.tls_client_ca),
         )?;
+        let cors_origins = cors_origins(args.cors_origins.clone().or(file.cors_origins))?;
 
         let max_connections = number_setting(
             "KEYPLANE_DB_MAX_CONNECTIONS",
@@ -470,6 +486,7 @@ impl Settings {
             mode,
             listen,
             tls,
+            cors_origins,
             database,
             pool: PoolSettings {
                 max_connections,
@@ -505,8 +522,24 @@ impl Settings {
                 self.tls
                     .as_ref()
                     .map_or("off (plain HTTP)".to_owned(), |tls| {
-                        format!("{} with {}", tls.cert.display(), tls.key.display())
+                        let mut text = format!("{} with {}", tls.cert.display(), tls.key.display());
+                        if let Some(ca) = &tls.client_ca {
+                            text.push_str(&format!("; client certificates from {}", ca.display()));
+                        }
+                        text
                     }),
+            ),
+            (
+                "cors_origins",
+                if self.cors_origins.is_empty() {
+                    "off".to_owned()
+                } else {
+                    self.cors_origins
+                        .iter()
+                        .filter_map(|origin| origin.to_str().ok())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
             ),
             ("database", describe_location(&self.database)),
             ("db_max_connections", self.pool.max_connections.to_string()),
@@ -565,6 +598,8 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// Its PEM private key.
     pub key: PathBuf,
+    /// The CA bundle client certificates are checked against, if any.
+    pub client_ca: Option<PathBuf>,
     /// The two, read and checked against each other (and re-read when
     /// renewed on disk or on SIGHUP).
     pub certificates: Arc<keyplane_tls::Certificates>,
@@ -576,25 +611,34 @@ fn tls_settings(
     mode: Mode,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
 ) -> Result<Option<TlsSettings>, ConfigError> {
+    if client_ca.is_some() && cert.is_none() {
+        return Err(ConfigError::new(
+            "KEYPLANE_TLS_CLIENT_CA",
+            "client certificates need HTTPS: set KEYPLANE_TLS_CERT and KEYPLANE_TLS_KEY",
+        ));
+    }
     match (cert, key) {
         (Some(cert), Some(key)) => {
-            let certificates = keyplane_tls::Certificates::load(&cert, &key).map_err(|err| {
-                let text = format!("{err:#}");
-                let setting = if text.starts_with("KEYPLANE_TLS_KEY") {
-                    "KEYPLANE_TLS_KEY"
-                } else {
-                    "KEYPLANE_TLS_CERT"
-                };
-                let detail = text
-                    .strip_prefix(&format!("{setting}: "))
-                    .unwrap_or(&text)
-                    .to_owned();
-                ConfigError::new(setting, detail)
-            })?;
+            let certificates =
+                keyplane_tls::Certificates::load_with_client_ca(&cert, &key, client_ca.as_deref())
+                    .map_err(|err| {
+                        let text = format!("{err:#}");
+                        let setting = ["KEYPLANE_TLS_KEY", "KEYPLANE_TLS_CLIENT_CA"]
+                            .into_iter()
+                            .find(|setting| text.starts_with(setting))
+                            .unwrap_or("KEYPLANE_TLS_CERT");
+                        let detail = text
+                            .strip_prefix(&format!("{setting}: "))
+                            .unwrap_or(&text)
+                            .to_owned();
+                        ConfigError::new(setting, detail)
+                    })?;
             Ok(Some(TlsSettings {
                 cert,
                 key,
+                client_ca,
                 certificates,
             }))
         }
@@ -612,6 +656,36 @@ fn tls_settings(
             "required with KEYPLANE_TLS_KEY",
         )),
     }
+}
+
+/// The browser origins allowed by CORS: each `scheme://host[:port]`, with
+/// no path, and never `*` (the API takes credentials).
+fn cors_origins(setting: Option<String>) -> Result<Vec<HeaderValue>, ConfigError> {
+    let Some(setting) = setting else {
+        return Ok(Vec::new());
+    };
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            let is_origin = origin.parse::<axum::http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri
+                        .authority()
+                        .is_some_and(|authority| !authority.as_str().contains('@'))
+                    && uri.path_and_query().is_none_or(|path| path.as_str() == "/")
+                    && !origin.ends_with('/')
+            });
+            match HeaderValue::from_str(origin) {
+                Ok(value) if is_origin => Ok(value),
+                _ => Err(ConfigError::new(
+                    "KEYPLANE_CORS_ORIGINS",
+                    format!("{origin} is not an origin like https://console.example.com (no wildcard, no path)"),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Outside `dev`, the database is reached over TLS that checks its
@@ -831,5 +905,39 @@ mod tests {
         );
         assert!(!err.contains("do-not-print-me"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_never_wildcards_or_paths() {
+        let parsed = cors_origins(Some(
+            "https://console.example.com, http://localhost:3000".to_owned(),
+        ));
+        assert_eq!(
+            parsed.ok().map(|origins| origins.len()),
+            Some(2),
+            "two origins"
+        );
+        for bad in [
+            "*",
+            "https://console.example.com/",
+            "https://console.example.com/admin",
+            "console.example.com",
+            "ftp://console.example.com",
+            "https://user@console.example.com",
+        ] {
+            let err = cors_origins(Some(bad.to_owned())).err().map(|e| e.setting);
+            assert_eq!(err.as_deref(), Some("KEYPLANE_CORS_ORIGINS"), "{bad}");
+        }
+        assert_eq!(cors_origins(None).ok().map(|o| o.len()), Some(0));
+    }
+
+    #[test]
+    fn a_client_ca_without_https_is_refused() {
+        let args = SettingsArgs {
+            tls_client_ca: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..SettingsArgs::default()
+        };
+        let err = Settings::load(&args).err().map(|e| e.setting);
+        assert_eq!(err.as_deref(), Some("KEYPLANE_TLS_CLIENT_CA"));
     }
 }

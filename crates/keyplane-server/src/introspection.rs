@@ -184,6 +184,8 @@ pub struct Introspector {
     pool: PgPool,
     keys: Cache<[u8; 32], Option<Arc<CachedKey>>>,
     nodes: Cache<[u8; 32], Option<Arc<CachedNode>>>,
+    /// Nodes by the fingerprint of the client certificate naming them.
+    certified: Cache<[u8; 32], Option<Arc<CachedNode>>>,
     /// False when the capacity is 0: every request goes to the database.
     cached: bool,
     /// Key lookups, and how many of them loaded from the database.
@@ -208,6 +210,7 @@ impl Introspector {
             pool,
             keys: digest_cache(capacity),
             nodes: digest_cache(capacity),
+            certified: digest_cache(capacity),
             cached: capacity > 0,
             lookups: Arc::default(),
             loads: Arc::default(),
@@ -313,6 +316,40 @@ impl Introspector {
         Ok(node)
     }
 
+    /// The live node a verified client certificate names (by a DNS name
+    /// equal to the node's name), if exactly one does.
+    pub async fn certified_node(
+        &self,
+        certificate: &keyplane_tls::ClientCertificate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<CachedNode>>, Unavailable> {
+        if certificate.dns_names.is_empty() {
+            return Ok(None);
+        }
+        let cached = self
+            .certified
+            .try_get_with(certificate.fingerprint, {
+                let pool = self.pool.clone();
+                let names = certificate.dns_names.clone();
+                async move {
+                    let facts = introspection::node_facts_by_names(&pool, &names).await?;
+                    Ok::<_, keyplane_store::StoreError>(
+                        facts.map(|f| Arc::new(CachedNode::from(f))),
+                    )
+                }
+            })
+            .await
+            .map_err(unavailable)?;
+        let node = cached.filter(|node| !node.retired && now < node.expires_at);
+        if let Some(node) = &node
+            && first_use_this_second(&node.used_second, now)
+            && let Ok(mut usage) = self.usage.lock()
+        {
+            usage.nodes.insert(node.id, now);
+        }
+        Ok(node)
+    }
+
     /// Drops what `event` makes stale.
     pub fn apply(&self, event: &Event) {
         let registered = match *event {
@@ -324,10 +361,13 @@ impl Introspector {
                 .keys
                 .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|k| k.instance_id == id))
                 .map(drop),
-            Event::Node { id } => self
-                .nodes
-                .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|n| n.id == id))
-                .map(drop),
+            Event::Node { id } => {
+                // A new node may be named by a certificate refused before.
+                self.certified.invalidate_all();
+                self.nodes
+                    .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|n| n.id == id))
+                    .map(drop)
+            }
             Event::Roles => {
                 self.keys.invalidate_all();
                 Ok(())
@@ -335,6 +375,7 @@ impl Introspector {
             Event::Resync => {
                 self.keys.invalidate_all();
                 self.nodes.invalidate_all();
+                self.certified.invalidate_all();
                 Ok(())
             }
             Event::Revocations | Event::SigningKeys => Ok(()),
@@ -343,6 +384,7 @@ impl Introspector {
             // Predicates could not be registered: be safe, drop everything.
             self.keys.invalidate_all();
             self.nodes.invalidate_all();
+            self.certified.invalidate_all();
         }
     }
 

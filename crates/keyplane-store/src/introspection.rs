@@ -86,6 +86,22 @@ pub async fn node_facts(
     .await?)
 }
 
+/// The facts about the one live node named by any of `names` (the DNS names
+/// of a client certificate); none when no live node, or more than one, is.
+pub async fn node_facts_by_names(
+    db: impl PgExecutor<'_>,
+    names: &[String],
+) -> Result<Option<NodeFacts>, StoreError> {
+    let mut found = sqlx::query_as::<_, NodeFacts>(
+        r#"select id, name, expires_at, false as retired from nodes
+           where retired_at is null and lower(name) = any($1) limit 2"#,
+    )
+    .bind(names)
+    .fetch_all(db)
+    .await?;
+    Ok(if found.len() == 1 { found.pop() } else { None })
+}
+
 /// Records when keys were last accepted, keeping the newest time.
 pub async fn touch_keys(
     db: impl PgExecutor<'_>,

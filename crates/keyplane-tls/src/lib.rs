@@ -24,7 +24,13 @@ pub use serve::serve;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a PEM certificate chain and its private key, and checks they match.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// With `client_ca`, clients may present a certificate, which must then chain
+/// to one of its certificates (a client without one is still served).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("KEYPLANE_TLS_CERT: cannot read {}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -46,14 +52,118 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
         )
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS versions")?
-        .with_no_client_auth()
+        .context("TLS versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+    };
+    let mut config = builder
         .with_single_cert(chain, private)
         .context("KEYPLANE_TLS_CERT and KEYPLANE_TLS_KEY do not belong together")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Verifies client certificates against the CA certificates in `path`;
+/// clients without a certificate are let through to authenticate otherwise.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("KEYPLANE_TLS_CLIENT_CA: cannot read {}", path.display()))?
+    {
+        let certificate = certificate.with_context(|| {
+            format!(
+                "KEYPLANE_TLS_CLIENT_CA: {} is not a PEM certificate bundle",
+                path.display()
+            )
+        })?;
+        roots.add(certificate).with_context(|| {
+            format!(
+                "KEYPLANE_TLS_CLIENT_CA: {} holds a certificate that is not a usable CA",
+                path.display()
+            )
+        })?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "KEYPLANE_TLS_CLIENT_CA: {} holds no certificate",
+        path.display()
+    );
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .context("KEYPLANE_TLS_CLIENT_CA")
+}
+
+/// The certificate a client presented and the handshake verified against
+/// the client CA, as requests on its connection see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// SHA-256 of the certificate (DER).
+    pub fingerprint: [u8; 32],
+    /// Its DNS subject alternative names.
+    pub dns_names: Vec<String>,
+}
+
+impl ClientCertificate {
+    /// Reads what identifies the client from a verified end-entity certificate.
+    pub fn from_der(der: &[u8]) -> Option<ClientCertificate> {
+        use sha2::Digest;
+        let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+        let dns_names = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        x509_parser::extensions::GeneralName::DNSName(dns) => {
+                            Some(dns.to_ascii_lowercase())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ClientCertificate {
+            fingerprint: sha2::Sha256::digest(der).into(),
+            dns_names,
+        })
+    }
+
+    /// Whether the certificate names `name` (case-insensitively).
+    pub fn names(&self, name: &str) -> bool {
+        self.dns_names
+            .iter()
+            .any(|dns| dns.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A connection that may carry a verified client certificate.
+pub trait PeerIdentity {
+    /// The client's certificate, when it presented one.
+    fn client_certificate(&self) -> Option<Arc<ClientCertificate>>;
+}
+
+impl PeerIdentity for TcpStream {
+    fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
+        None
+    }
+}
+
+impl PeerIdentity for TlsStream<TcpStream> {
+    fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
+        let (_, session) = self.get_ref();
+        let end_entity = session.peer_certificates()?.first()?;
+        ClientCertificate::from_der(end_entity).map(Arc::new)
+    }
 }
 
 /// Accepts TLS connections, for `axum::serve`.
@@ -68,16 +178,28 @@ pub struct TlsListener {
 pub struct Certificates {
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
     current: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl Certificates {
     /// Reads and checks the pair.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<Certificates>> {
+        Certificates::load_with_client_ca(cert, key, None)
+    }
+
+    /// Reads and checks the pair, and the CA client certificates are checked
+    /// against (re-read with the pair).
+    pub fn load_with_client_ca(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> anyhow::Result<Arc<Certificates>> {
         Ok(Arc::new(Certificates {
-            current: RwLock::new(server_config(cert, key)?),
+            current: RwLock::new(server_config(cert, key, client_ca)?),
             cert: cert.to_owned(),
             key: key.to_owned(),
+            client_ca: client_ca.map(Path::to_owned),
         }))
     }
 
@@ -92,7 +214,7 @@ impl Certificates {
     /// Reads the files again; a pair that does not read or match is refused
     /// and the one in use stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let fresh = server_config(&self.cert, &self.key)?;
+        let fresh = server_config(&self.cert, &self.key, self.client_ca.as_deref())?;
         match self.current.write() {
             Ok(mut current) => *current = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,

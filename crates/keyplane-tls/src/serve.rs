@@ -20,7 +20,8 @@ use tower::ServiceExt;
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting and waits for the open connections to finish their requests.
-/// Handlers see the peer as `ConnectInfo<SocketAddr>`.
+/// Handlers see the peer as `ConnectInfo<SocketAddr>`, and a verified client
+/// certificate as `Arc<ClientCertificate>`.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
@@ -28,6 +29,7 @@ pub async fn serve<L>(
     shutdown: impl Future<Output = ()>,
 ) where
     L: Listener<Addr = SocketAddr>,
+    L::Io: crate::PeerIdentity,
 {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -37,8 +39,12 @@ pub async fn serve<L>(
             () = &mut shutdown => break,
         };
         let app = app.clone();
+        let certificate = crate::PeerIdentity::client_certificate(&io);
         let service = tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(certificate) = &certificate {
+                request.extensions_mut().insert(certificate.clone());
+            }
             let app = app.clone();
             async move { app.oneshot(request.map(Body::new)).await }
         });

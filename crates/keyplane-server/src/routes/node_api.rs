@@ -37,7 +37,9 @@ pub const NODE_KEY_HEADER: &str = "x-keyplane-node-key";
 
 /// An authenticated node: a live node key as a bearer token, in
 /// `X-Keyplane-Node-Key`, or as the password of HTTP Basic with the node's id
-/// as the user name (for off-the-shelf RFC 7662 clients).
+/// as the user name (for off-the-shelf RFC 7662 clients); or, with
+/// `KEYPLANE_TLS_CLIENT_CA`, a client certificate naming the node. A request
+/// with both must have them agree.
 #[derive(Debug, Clone)]
 pub struct NodeAuth(pub Arc<CachedNode>);
 
@@ -64,13 +66,24 @@ impl FromRequestParts<AppState> for NodeAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let (token, claimed_id) = node_credential(parts).ok_or_else(bad_node)?;
-        let node = state
-            .introspector
-            .node(&token, state.clock.now())
-            .await?
-            .filter(|node| claimed_id.is_none_or(|id| id == node.id))
-            .ok_or_else(bad_node)?;
+        let certificate = parts
+            .extensions
+            .get::<Arc<keyplane_tls::ClientCertificate>>()
+            .cloned();
+        let now = state.clock.now();
+        let node = match (node_credential(parts), certificate) {
+            (Some((token, claimed_id)), certificate) => state
+                .introspector
+                .node(&token, now)
+                .await?
+                .filter(|node| claimed_id.is_none_or(|id| id == node.id))
+                .filter(|node| certificate.is_none_or(|c| c.names(&node.name))),
+            (None, Some(certificate)) => {
+                state.introspector.certified_node(&certificate, now).await?
+            }
+            (None, None) => None,
+        }
+        .ok_or_else(bad_node)?;
         state.limits.check_node(node.id)?;
         Ok(NodeAuth(node))
     }
