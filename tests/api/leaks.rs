@@ -104,6 +104,69 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
         second_key.clone(),
     ]);
 
+    // Self-service: an enrollment, the holder's own view and rotation, and a
+    // webhook whose signing secret is shown once.
+    let token = send!(
+        &admin_key,
+        Method::POST,
+        "/v1/enrollment-tokens",
+        Some(json!({"name": "fleet", "roles": ["inference-client"], "uses": 2}))
+    );
+    let enrollment_token = token["secret"].as_str().unwrap().to_owned();
+    let enrolled = send!(
+        &enrollment_token,
+        Method::POST,
+        "/v1/enroll",
+        Some(json!({"name": "jan-enrolled"}))
+    );
+    let enrolled_key = enrolled["secret"].as_str().unwrap().to_owned();
+    send!(&enrolled_key, Method::GET, "/v1/self", None::<Value>);
+    let rotated = send!(
+        &enrolled_key,
+        Method::POST,
+        "/v1/self/rotate",
+        None::<Value>
+    );
+    let rotated_key = rotated["secret"].as_str().unwrap().to_owned();
+    // A spent-for-nothing enrollment (bad body) and a key in the wrong place.
+    send!(
+        &enrollment_token,
+        Method::POST,
+        "/v1/enroll",
+        Some(json!({"name": enrolled_key}))
+    );
+    send!(
+        &enrolled_key,
+        Method::POST,
+        "/v1/enroll",
+        Some(json!({"name": "x"}))
+    );
+    let hook = send!(
+        &admin_key,
+        Method::POST,
+        "/v1/webhooks",
+        Some(json!({"url": "http://127.0.0.1:9/hook", "events": ["key.revoked", "key.rotated"]}))
+    );
+    let webhook_secret = hook["secret"].as_str().unwrap().to_owned();
+    send!(
+        &admin_key,
+        Method::GET,
+        format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap()),
+        None::<Value>
+    );
+    send!(
+        &admin_key,
+        Method::GET,
+        "/v1/enrollment-tokens",
+        None::<Value>
+    );
+    secrets.extend([
+        enrollment_token.clone(),
+        enrolled_key.clone(),
+        rotated_key.clone(),
+        webhook_secret.trim_start_matches("whsec_").to_owned(),
+    ]);
+
     // Introspection, good and bad, and forward auth.
     for token in [
         first_key.as_str(),

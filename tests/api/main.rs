@@ -7,6 +7,7 @@ mod support;
 
 mod abuse;
 mod access;
+mod agent;
 mod audit;
 mod bad_input;
 mod cli;
@@ -19,4 +20,5 @@ mod introspect;
 mod keys;
 mod leaks;
 mod lifecycle;
+mod self_service;
 mod tls;

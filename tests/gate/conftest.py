@@ -322,6 +322,10 @@ class Keyplane(Service):
             KEYPLANE_MODE=mode,
             KEYPLANE_DATA_DIR=str(workdir / "data"),
             KEYPLANE_SHUTDOWN_GRACE="2s",
+            # Background work (webhook deliveries) runs often and retries
+            # soon, so tests that wait for a retry wait seconds, not minutes.
+            KEYPLANE_SCHEDULER_INTERVAL="200ms",
+            KEYPLANE_WEBHOOK_RETRY_BASE="500ms",
         )
         # The default filter (info) logs the revocation streams the tests wait for.
         env.pop("RUST_LOG", None)

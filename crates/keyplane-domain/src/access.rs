@@ -43,13 +43,17 @@ pub enum Permission {
     AuditRead,
     /// Mint enrollment tokens.
     EnrollmentWrite,
+    /// Read webhook endpoints and their deliveries.
+    WebhooksRead,
+    /// Register and delete webhook endpoints.
+    WebhooksWrite,
     /// Rotate the keys that sign introspection answers.
     SigningKeysWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 15] = [
         Permission::InstancesRead,
         Permission::InstancesWrite,
         Permission::KeysRead,
@@ -62,6 +66,8 @@ impl Permission {
         Permission::AdminKeysWrite,
         Permission::AuditRead,
         Permission::EnrollmentWrite,
+        Permission::WebhooksRead,
+        Permission::WebhooksWrite,
         Permission::SigningKeysWrite,
     ];
 }
@@ -91,10 +97,18 @@ impl ManagementRole {
                     | NodesWrite
                     | RolesRead
                     | EnrollmentWrite
+                    | WebhooksRead
+                    | WebhooksWrite
             ),
             ManagementRole::Auditor => matches!(
                 permission,
-                InstancesRead | KeysRead | NodesRead | RolesRead | AdminKeysRead | AuditRead
+                InstancesRead
+                    | KeysRead
+                    | NodesRead
+                    | RolesRead
+                    | AdminKeysRead
+                    | AuditRead
+                    | WebhooksRead
             ),
             ManagementRole::Viewer => matches!(permission, InstancesRead | KeysRead | NodesRead),
         }
@@ -146,6 +160,7 @@ mod tests {
             Permission::RolesWrite,
             Permission::AdminKeysWrite,
             Permission::EnrollmentWrite,
+            Permission::WebhooksWrite,
         ];
         for role in [ManagementRole::Auditor, ManagementRole::Viewer] {
             assert!(writes.iter().all(|p| !role.allows(*p)), "{role}");

@@ -2,14 +2,14 @@ use std::time::Duration;
 
 /// A duration that is not a whole number of seconds or a `90d`-style value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected seconds or a number with a unit (s, m, h, d), e.g. 30s or 90d")]
+#[error("expected seconds or a number with a unit (ms, s, m, h, d), e.g. 30s or 90d")]
 pub struct DurationError;
 
 /// The longest duration accepted anywhere: 100 years. Bigger values are typos,
 /// and refusing them keeps every later addition to a timestamp from overflowing.
 const MAX_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
-/// Parses `3600`, `3600s`, `15m`, `12h` or `90d` into a [`Duration`].
+/// Parses `3600`, `3600s`, `15m`, `12h`, `90d` or `250ms` into a [`Duration`].
 ///
 /// Negative, fractional, empty and absurdly large values are refused.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
@@ -22,17 +22,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError);
     }
     let number: u64 = number.parse().map_err(|_| DurationError)?;
-    let unit_seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let unit_millis = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(DurationError),
     };
     number
-        .checked_mul(unit_seconds)
-        .filter(|&seconds| seconds <= MAX_SECONDS)
-        .map(Duration::from_secs)
+        .checked_mul(unit_millis)
+        .filter(|&millis| millis <= MAX_SECONDS * 1000)
+        .map(Duration::from_millis)
         .ok_or(DurationError)
 }
 
@@ -44,6 +45,9 @@ pub fn format_duration(duration: Duration) -> String {
         if seconds >= size && seconds.is_multiple_of(size) {
             return format!("{}{unit}", seconds / size);
         }
+    }
+    if seconds == 0 && duration.subsec_millis() > 0 {
+        return format!("{}ms", duration.subsec_millis());
     }
     format!("{seconds}s")
 }
@@ -58,6 +62,8 @@ mod tests {
         assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(parse_duration(" 90d "), Ok(Duration::from_secs(7_776_000)));
     }
 

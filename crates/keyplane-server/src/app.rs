@@ -172,7 +172,7 @@ impl App {
         let master = master_key(&settings)?;
         let signer = Signer::load(
             db.pool(),
-            master,
+            master.clone(),
             chrono::Duration::days(SIGNING_KEY_ROTATION_DAYS),
         )
         .await?;
@@ -209,12 +209,15 @@ impl App {
             limits,
             metrics: Arc::new(Metrics::for_routes(routes::documented_routes())),
             stopping: tokio::sync::watch::Sender::new(false),
+            master,
+            scheduler_leader: Arc::default(),
         });
         tasks.push(routes::audit::checkpoint_periodically(
             state.clone(),
             CHECKPOINT_EVERY_ENTRIES,
             chrono::Duration::minutes(CHECKPOINT_EVERY_MINUTES),
         ));
+        tasks.push(crate::scheduler::spawn(state.clone()));
         Ok(App {
             router: http_service(state.clone()),
             listener,

@@ -236,11 +236,13 @@ pub struct Audit {
 impl Audit {
     /// Entries by `operator`, for the request `meta`, at `at`.
     pub fn new(operator: &Operator, meta: RequestMeta, at: DateTime<Utc>) -> Audit {
-        Audit {
-            actor: operator.actor.to_string(),
-            meta,
-            at,
-        }
+        Audit::by(operator.actor.to_string(), meta, at)
+    }
+
+    /// Entries by `actor` (e.g. `api_key:<id>` for an instance acting on
+    /// its own key), for the request `meta`, at `at`.
+    pub fn by(actor: String, meta: RequestMeta, at: DateTime<Utc>) -> Audit {
+        Audit { actor, meta, at }
     }
 
     /// An entry: `action` on the `target_type` named `target_id`, with a

@@ -89,6 +89,14 @@ pub struct SettingsArgs {
     /// How long a client has to send its request headers (e.g. 10s).
     #[arg(long, env = "KEYPLANE_HEADER_TIMEOUT", global = true)]
     pub header_timeout: Option<String>,
+    /// How often the scheduler runs (expiry warnings, ends of keys, webhook
+    /// deliveries), e.g. 5s.
+    #[arg(long, env = "KEYPLANE_SCHEDULER_INTERVAL", global = true)]
+    pub scheduler_interval: Option<String>,
+    /// The first retry delay of a failed webhook delivery; each retry waits
+    /// twice as long as the one before (at most an hour).
+    #[arg(long, env = "KEYPLANE_WEBHOOK_RETRY_BASE", global = true)]
+    pub webhook_retry_base: Option<String>,
     /// text or json (the default in prod).
     #[arg(long, env = "KEYPLANE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -142,6 +150,8 @@ struct FileSettings {
     request_timeout: Option<toml::Value>,
     shutdown_grace: Option<toml::Value>,
     header_timeout: Option<toml::Value>,
+    scheduler_interval: Option<toml::Value>,
+    webhook_retry_base: Option<toml::Value>,
     log_format: Option<String>,
     max_key_lifetime: Option<toml::Value>,
     introspection_cache_ttl: Option<toml::Value>,
@@ -195,6 +205,10 @@ pub struct Settings {
     /// How long a client has to send its request headers before the
     /// connection is closed.
     pub header_timeout: Duration,
+    /// How often the scheduler runs.
+    pub scheduler_interval: Duration,
+    /// The first retry delay of a failed webhook delivery.
+    pub webhook_retry_base: Duration,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// The token that authenticates as the built-in `admin` operator, if set.
@@ -235,6 +249,8 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            scheduler_interval: Duration::from_secs(5),
+            webhook_retry_base: Duration::from_secs(10),
             log_format: LogFormat::Text,
             bootstrap_token: None,
             max_key_lifetime: Duration::from_secs(90 * 86_400),
@@ -348,6 +364,20 @@ impl Settings {
         )?
         .filter(|t| !t.is_zero())
         .unwrap_or(defaults.header_timeout);
+        let scheduler_interval = duration_setting(
+            "KEYPLANE_SCHEDULER_INTERVAL",
+            &args.scheduler_interval,
+            &file.scheduler_interval,
+        )?
+        .filter(|t| !t.is_zero())
+        .unwrap_or(defaults.scheduler_interval);
+        let webhook_retry_base = duration_setting(
+            "KEYPLANE_WEBHOOK_RETRY_BASE",
+            &args.webhook_retry_base,
+            &file.webhook_retry_base,
+        )?
+        .filter(|t| !t.is_zero())
+        .unwrap_or(defaults.webhook_retry_base);
         let log_format = pick(&args.log_format, &file.log_format)
             .map(|v| {
                 parse_with("KEYPLANE_LOG_FORMAT", &v, |s| match s {
@@ -497,6 +527,8 @@ impl Settings {
             request_timeout,
             shutdown_grace,
             header_timeout,
+            scheduler_interval,
+            webhook_retry_base,
             log_format,
             bootstrap_token,
             max_key_lifetime,

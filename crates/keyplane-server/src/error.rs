@@ -126,6 +126,29 @@ impl ApiError {
         }
     }
 
+    /// The same error, naming the field `to` where it named `from` (for a
+    /// check shared by requests that call the field differently).
+    pub fn renamed(self, from: &str, to: &str) -> ApiError {
+        let rename = |field: String, detail: String| {
+            if field == from {
+                (to.to_owned(), detail.replace(from, to))
+            } else {
+                (field, detail)
+            }
+        };
+        match self {
+            ApiError::Invalid { field, detail } => {
+                let (field, detail) = rename(field, detail);
+                ApiError::Invalid { field, detail }
+            }
+            ApiError::PolicyRefused { field, detail } => {
+                let (field, detail) = rename(field, detail);
+                ApiError::PolicyRefused { field, detail }
+            }
+            other => other,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,

@@ -4,6 +4,7 @@
 //! and the tests both start it that way, the tests on port 0 with their own
 //! shutdown signal.
 
+pub mod agent;
 pub mod app;
 pub mod auth;
 pub mod burst;
@@ -18,9 +19,11 @@ pub mod metrics;
 pub mod pagination;
 pub mod request;
 pub mod routes;
+pub mod scheduler;
 pub mod signing;
 pub mod state;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::{ConfigError, Settings, SettingsArgs};

@@ -36,6 +36,9 @@ enum Command {
     /// Work with audit log exports.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run beside an instance: enroll on first start, keep its key in a file
+    /// and rotate it when due.
+    Agent(keyplane_server::agent::AgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Openapi => return print_openapi(),
         Command::Audit(AuditCommand::Verify { file }) => return verify_export(file),
+        Command::Agent(args) => return agent(args.clone(), cli.settings.mode.as_deref()),
         _ => {}
     }
     let settings = match Settings::load(&cli.settings) {
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
                 role,
                 expires_in,
             }) => create_admin_key(settings, &name, &role, expires_in.as_deref()).await,
-            Command::Openapi | Command::Audit(_) => Ok(()),
+            Command::Openapi | Command::Audit(_) | Command::Agent(_) => Ok(()),
         }
     });
     match result {
@@ -106,6 +110,41 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "keyplane stopped on an error");
             eprintln!("keyplane: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `keyplane agent`: needs none of the server's settings, only its own.
+fn agent(args: keyplane_server::agent::AgentArgs, mode: Option<&str>) -> ExitCode {
+    let mode: keyplane_domain::Mode = match mode.unwrap_or("dev").parse() {
+        Ok(mode) => mode,
+        Err(_) => {
+            eprintln!("keyplane: KEYPLANE_MODE: expected one of dev, mixed, prod");
+            return ExitCode::from(2);
+        }
+    };
+    let format = if mode == keyplane_domain::Mode::Prod {
+        keyplane_server::config::LogFormat::Json
+    } else {
+        keyplane_server::config::LogFormat::Text
+    };
+    let _telemetry = telemetry::init(format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("keyplane: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(keyplane_server::agent::run(args, mode, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "keyplane agent stopped on an error");
+            eprintln!("keyplane agent: {err:#}");
             ExitCode::FAILURE
         }
     }

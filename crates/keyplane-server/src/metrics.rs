@@ -209,6 +209,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         out,
         "keyplane_introspection_cache_lookups_total{{result=\"miss\"}} {loads}"
     );
+    let _ = writeln!(
+        out,
+        "# HELP keyplane_scheduler_leader 1 while this process runs the scheduler (one replica at a time)."
+    );
+    let _ = writeln!(out, "# TYPE keyplane_scheduler_leader gauge");
+    let _ = writeln!(
+        out,
+        "keyplane_scheduler_leader {}",
+        u8::from(state.scheduler_leader.load(Ordering::Relaxed))
+    );
     let pool = state.db.pool();
     let now = state.clock.now();
     // Database-backed figures are left out when the database does not answer:

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use zeroize::Zeroizing;
 
 /// The key that seals signing keys at rest: 32 bytes, given in base64 or hex.
+#[derive(Clone)]
 pub struct MasterKey(Zeroizing<[u8; 32]>);
 
 impl std::fmt::Debug for MasterKey {
@@ -58,7 +59,7 @@ impl MasterKey {
     }
 
     /// Seals `plain`, bound to `context` (the key id), as nonce + ciphertext.
-    fn seal(&self, plain: &[u8], context: &[u8]) -> anyhow::Result<Vec<u8>> {
+    pub(crate) fn seal(&self, plain: &[u8], context: &[u8]) -> anyhow::Result<Vec<u8>> {
         let cipher = ChaCha20Poly1305::new(self.0.as_ref().into());
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
@@ -75,7 +76,7 @@ impl MasterKey {
     }
 
     /// Opens what [`MasterKey::seal`] sealed with the same key and context.
-    fn open(&self, sealed: &[u8], context: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn open(&self, sealed: &[u8], context: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < 12 {
             return None;
         }

@@ -69,6 +69,10 @@ pub struct Shared {
     /// Turns true when the server starts shutting down, so that endless
     /// answers (the revocation stream) end instead of holding shutdown up.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Seals webhook secrets at rest.
+    pub master: crate::signing::MasterKey,
+    /// True while this process runs the scheduler.
+    pub scheduler_leader: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {

@@ -44,6 +44,8 @@ pub struct ApiKey {
     pub grace_until: Option<DateTime<Utc>>,
     /// When a node last accepted it.
     pub last_used_at: Option<DateTime<Utc>>,
+    /// How often it should be rotated, in seconds.
+    pub rotate_after_seconds: Option<i64>,
     /// Derived at read time: `active`, `disabled`, `rotating`, `revoked` or `expired`.
     #[sqlx(default)]
     pub status: String,
@@ -58,8 +60,8 @@ pub async fn insert(
     let row = sqlx::query_as::<_, ApiKey>(
         r#"insert into api_keys as k
                (id, instance_id, name, digest, masked, scopes, roles, audience, enabled,
-                created_at, expires_at, rotated_from)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                created_at, expires_at, rotated_from, rotate_after_seconds)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14)
            returning k.*, api_key_status(k, $13) as status"#,
     )
     .bind(key.id)
@@ -75,6 +77,7 @@ pub async fn insert(
     .bind(key.expires_at)
     .bind(key.rotated_from)
     .bind(now)
+    .bind(key.rotate_after_seconds)
     .fetch_one(conn)
     .await?;
     Ok(row)
@@ -118,6 +121,21 @@ pub async fn get(
     .bind(id)
     .bind(now)
     .fetch_optional(db)
+    .await?)
+}
+
+/// The key whose digest this is, locked until the transaction ends.
+pub async fn lock_by_digest(
+    conn: &mut PgConnection,
+    digest: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<ApiKey>, StoreError> {
+    Ok(sqlx::query_as::<_, ApiKey>(
+        r#"select k.*, api_key_status(k, $2) as status from api_keys k where digest = $1 for update"#,
+    )
+    .bind(digest)
+    .bind(now)
+    .fetch_optional(conn)
     .await?)
 }
 

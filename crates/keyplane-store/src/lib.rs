@@ -10,6 +10,7 @@ pub mod audit;
 mod database;
 #[cfg(feature = "embedded")]
 mod embedded;
+pub mod enrollment;
 mod error;
 pub mod instances;
 pub mod introspection;
@@ -18,8 +19,10 @@ pub mod nodes;
 mod page;
 pub mod revocations;
 pub mod roles;
+pub mod scheduler;
 pub mod signing_keys;
 pub mod stats;
+pub mod webhooks;
 
 pub use database::{Database, DatabaseLocation, PoolSettings, Readiness, describe_url};
 pub use error::StoreError;

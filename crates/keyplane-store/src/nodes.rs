@@ -49,6 +49,21 @@ pub struct Report {
     pub public_routes: Vec<String>,
 }
 
+/// The mode a node last reported, with its row locked until the transaction
+/// ends (so two heartbeats see each other's report in order).
+pub async fn lock_reported_mode(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar(r#"select reported_mode from nodes where id = $1 for update"#)
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .flatten(),
+    )
+}
+
 /// Records a node's heartbeat (and counts it as a sign of life).
 pub async fn report(
     db: impl PgExecutor<'_>,

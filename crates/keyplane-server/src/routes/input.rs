@@ -3,15 +3,22 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use keyplane_domain::{Name, ScopeSet};
+use keyplane_domain::{KeySecret, Name, ScopeSet};
 
 use crate::error::ApiError;
 
 /// The most entries any list field (scopes, roles, audience, CIDRs, labels) may have.
 pub const MAX_LIST: usize = 64;
 
-/// A [`Name`] from `field`.
+/// A [`Name`] from `field`. A whole keyplane key is refused: pasted into a
+/// name it would be stored, listed and audited in clear.
 pub fn name(field: &str, text: &str) -> Result<Name, ApiError> {
+    if KeySecret::parse(text.trim()).is_ok() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} is a keyplane key; keys never go in names"),
+        ));
+    }
     Name::parse(text).map_err(|err| ApiError::invalid(field, format!("{field} {err}")))
 }
 

@@ -40,7 +40,7 @@ pub enum InstanceStatus {
 }
 
 impl InstanceStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             InstanceStatus::Active => "active",
             InstanceStatus::Suspended => "suspended",
@@ -397,6 +397,13 @@ pub async fn decommission_instance(
             id,
             json!({ "name": instance.name, "revoked_keys": revoked }),
         ),
+    )
+    .await?;
+    crate::webhooks::notify(
+        &mut tx,
+        "instance.decommissioned",
+        json!({ "instance_id": id, "name": instance.name, "revoked_keys": revoked }),
+        now,
     )
     .await?;
     state

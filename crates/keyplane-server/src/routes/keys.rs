@@ -105,6 +105,11 @@ pub struct KeyResponse {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Why it was revoked.
     pub revoked_reason: Option<String>,
+    /// Its rotation policy: rotate this many seconds after issue.
+    pub rotate_after: Option<i64>,
+    /// When its holder should rotate it: `rotate_after` past its issue, or
+    /// without a policy at four fifths of its life; never past its expiry.
+    pub rotation_due_at: DateTime<Utc>,
 }
 
 /// A key just made: its metadata and, this once, the key itself.
@@ -136,6 +141,9 @@ pub struct CreateKeyRequest {
     pub expires_at: Option<DateTime<Utc>>,
     /// Node ids or names that may accept the key; empty means any node.
     pub audience: Option<Vec<String>>,
+    /// Rotation policy: the holder should rotate it this many seconds after
+    /// issue (`GET /v1/self` says when; the agent does it). Successors keep it.
+    pub rotate_after: Option<i64>,
 }
 
 /// Renames, disables or enables a key.
@@ -262,6 +270,7 @@ async fn view(
     Ok(rows
         .into_iter()
         .map(|row| {
+            let due = rotation_due(&row);
             let own = ScopeSet::from_trusted(&row.scopes);
             let ceiling = ceilings.get(&row.instance_id).cloned().unwrap_or_default();
             let effective = effective_scopes(
@@ -286,6 +295,8 @@ async fn view(
                 rotated_from: row.rotated_from,
                 rotated_to: row.rotated_to,
                 grace_until: row.grace_until,
+                rotation_due_at: due,
+                rotate_after: row.rotate_after_seconds,
                 revoked_at: row.revoked_at,
                 revoked_reason: row.revoked_reason,
             }
@@ -293,7 +304,31 @@ async fn view(
         .collect())
 }
 
-async fn view_one(conn: &mut PgConnection, row: keys::ApiKey) -> Result<KeyResponse, ApiError> {
+/// When a key's holder should rotate it (see [`KeyResponse::rotation_due_at`]).
+pub fn rotation_due(row: &keys::ApiKey) -> DateTime<Utc> {
+    let due = match row.rotate_after_seconds {
+        Some(seconds) => row.created_at + Duration::seconds(seconds),
+        None => row.created_at + (row.expires_at - row.created_at) * 4 / 5,
+    };
+    due.min(row.expires_at)
+}
+
+/// A rotation policy: between a second and the longest key lifetime.
+pub fn rotate_after(state: &AppState, seconds: Option<i64>) -> Result<Option<i64>, ApiError> {
+    let max_seconds = i64::try_from(state.settings.max_key_lifetime.as_secs()).unwrap_or(i64::MAX);
+    match seconds {
+        Some(seconds) if !(1..=max_seconds).contains(&seconds) => Err(ApiError::invalid(
+            "rotate_after",
+            format!("rotate_after must be between 1 and {max_seconds} seconds"),
+        )),
+        other => Ok(other),
+    }
+}
+
+pub(crate) async fn view_one(
+    conn: &mut PgConnection,
+    row: keys::ApiKey,
+) -> Result<KeyResponse, ApiError> {
     view(conn, vec![row]).await?.pop().ok_or_else(not_found)
 }
 
@@ -365,6 +400,7 @@ pub async fn create_key(
             "give scopes and/or roles: a key with neither could do nothing",
         ));
     }
+    let rotate_after = rotate_after(&state, body.rotate_after)?;
     let now = state.clock.now();
     let (expires_at, warnings) = policy_expiry(&state, now, body.expires_in, body.expires_at)?;
     let audit = Audit::new(&operator, meta, now);
@@ -421,6 +457,7 @@ pub async fn create_key(
             rotated_to: None,
             grace_until: None,
             last_used_at: None,
+            rotate_after_seconds: rotate_after,
             status: String::new(),
         },
         now,
@@ -627,17 +664,44 @@ pub async fn rotate_key(
     )
     .await?;
     let key = view_one(&mut tx, successor).await?;
-    let mut events = vec![Event::Key { id }];
-    if grace == 0 {
-        revocations::record(&mut tx, &[id], "rotated", now).await?;
-        events.push(Event::Revocations);
-    }
-    state.events.commit(tx, &events).await?;
+    finish_rotation(&state, tx, &old, &key, grace, now).await?;
     Ok(created(CreatedKeyResponse {
         key,
         secret: secret.expose().to_owned(),
         warnings: Vec::new(),
     }))
+}
+
+/// Announces a rotation (a `key.rotated` webhook; with no grace, the old key
+/// on the revocation stream) and commits it.
+pub async fn finish_rotation(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    old: &keys::ApiKey,
+    successor: &KeyResponse,
+    grace_seconds: i64,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    crate::webhooks::notify(
+        &mut tx,
+        "key.rotated",
+        json!({
+            "key_id": old.id,
+            "successor_id": successor.id,
+            "instance_id": old.instance_id,
+            "masked_key": old.masked,
+            "grace_seconds": grace_seconds,
+        }),
+        now,
+    )
+    .await?;
+    let mut events = vec![Event::Key { id: old.id }];
+    if grace_seconds == 0 {
+        revocations::record(&mut tx, &[old.id], "rotated", now).await?;
+        events.push(Event::Revocations);
+    }
+    state.events.commit(tx, &events).await?;
+    Ok(())
 }
 
 /// Issues `old`'s successor and marks `old` as rotated, inside the caller's
@@ -719,6 +783,18 @@ pub async fn revoke_key(
                 id,
                 json!({ "masked": key.masked, "reason": key.revoked_reason }),
             ),
+        )
+        .await?;
+        crate::webhooks::notify(
+            &mut tx,
+            "key.revoked",
+            json!({
+                "key_id": id,
+                "instance_id": key.instance_id,
+                "masked_key": key.masked,
+                "reason": key.revoked_reason,
+            }),
+            now,
         )
         .await?;
     }

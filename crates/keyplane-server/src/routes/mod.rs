@@ -3,6 +3,7 @@
 
 pub mod admin_keys;
 pub mod audit;
+pub mod enrollment;
 pub mod health;
 pub mod input;
 pub mod instances;
@@ -10,7 +11,9 @@ pub mod keys;
 pub mod node_api;
 pub mod nodes;
 pub mod roles;
+pub mod self_service;
 pub mod signing_keys;
+pub mod webhooks;
 
 use axum::Router;
 use axum::routing::get;
@@ -39,6 +42,9 @@ use crate::state::AppState;
         (name = "nodes", description = "Nodes that introspect keys"),
         (name = "admin-keys", description = "Operators' keys"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "enrollment", description = "Enrollment tokens, and instances enrolling themselves"),
+        (name = "self-service", description = "A key holder's own key: read it, rotate it"),
+        (name = "webhooks", description = "Event deliveries to operators' endpoints (Standard Webhooks)"),
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -91,6 +97,17 @@ fn api_router() -> OpenApiRouter<AppState> {
             admin_keys::list_admin_keys
         ))
         .routes(routes!(admin_keys::revoke_admin_key))
+        .routes(routes!(
+            enrollment::create_enrollment_token,
+            enrollment::list_enrollment_tokens
+        ))
+        .routes(routes!(enrollment::revoke_enrollment_token))
+        .routes(routes!(enrollment::enroll))
+        .routes(routes!(self_service::get_self))
+        .routes(routes!(self_service::rotate_self))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::delete_webhook))
+        .routes(routes!(webhooks::list_webhook_deliveries))
         .routes(routes!(node_api::introspect))
         .routes(routes!(node_api::check_access, node_api::check_access_post))
         .routes(routes!(node_api::stream_revocations))

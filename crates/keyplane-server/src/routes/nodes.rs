@@ -352,13 +352,31 @@ pub async fn heartbeat(
         version: body.version,
         public_routes: body.public_routes,
     };
-    nodes::report(state.db.pool(), node.id, &report, now)
+    let mut tx = state.db.pool().begin().await?;
+    let before = nodes::lock_reported_mode(&mut tx, node.id).await?;
+    nodes::report(&mut *tx, node.id, &report, now)
         .await?
         .ok_or_else(not_found)?;
     let weaker = mode < state.settings.mode;
     if weaker {
         tracing::warn!(node = %node.id, node_mode = %mode, "a node runs in a weaker mode than keyplane");
+        // Operators hear of it once per change of mode, not every heartbeat.
+        if before.as_deref() != Some(mode.as_str()) {
+            crate::webhooks::notify(
+                &mut tx,
+                "node.mode_weaker",
+                serde_json::json!({
+                    "node_id": node.id,
+                    "node_name": node.name,
+                    "node_mode": mode.as_str(),
+                    "keyplane_mode": state.settings.mode.as_str(),
+                }),
+                now,
+            )
+            .await?;
+        }
     }
+    tx.commit().await?;
     Ok(Json(HeartbeatResponse {
         mode: state.settings.mode,
         mode_weaker: weaker,

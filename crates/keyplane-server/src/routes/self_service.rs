@@ -1,0 +1,197 @@
+//! Instance self-service: a key holder reads its own key and rotates it.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use keyplane_domain::{KeyKind, KeySecret};
+use keyplane_store::{audit, instances, keys};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::auth::{Audit, RequestMeta, bearer};
+use crate::error::{ApiError, Problem};
+use crate::extract::OptionalJson;
+use crate::routes::keys::{
+    CreatedKeyResponse, KeyResponse, created, finish_rotation, rotate, view_one,
+};
+use crate::state::AppState;
+
+/// The grace window of a self-rotation unless asked otherwise.
+const DEFAULT_GRACE_SECONDS: i64 = 3600;
+/// The longest grace window a holder may give its old key.
+const MAX_GRACE_SECONDS: i64 = 86_400;
+
+/// The calling key's own metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SelfResponse {
+    /// The key (never the key itself).
+    #[serde(flatten)]
+    pub key: KeyResponse,
+    /// Its instance's name.
+    pub instance_name: String,
+    /// True once `rotation_due_at` has passed: rotate now.
+    pub rotation_due: bool,
+}
+
+/// Rotates the calling key.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelfRotateRequest {
+    /// How long the old key keeps working, in seconds (default 3600, at most
+    /// a day; never past its own expiry).
+    pub grace_seconds: Option<i64>,
+}
+
+fn bad_key() -> ApiError {
+    ApiError::Unauthorized {
+        code: "invalid_credentials",
+        detail: "send a live API key as Authorization: Bearer kpi_…",
+    }
+}
+
+/// A live instance key presented by its holder, with its instance's name.
+pub struct InstanceKey {
+    digest: [u8; 32],
+}
+
+impl FromRequestParts<AppState> for InstanceKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let meta = RequestMeta::from_request_parts(parts, state)
+            .await
+            .unwrap_or_else(|never| match never {});
+        if let Some(address) = meta.client_ip {
+            state.limits.check_address(address)?;
+        }
+        match bearer(parts).and_then(|t| KeySecret::parse_as(KeyKind::Instance, t).ok()) {
+            Some(key) => Ok(InstanceKey {
+                digest: *key.digest().as_bytes(),
+            }),
+            None => {
+                if let Some(address) = meta.client_ip {
+                    state.limits.note_failure(address);
+                }
+                Err(bad_key())
+            }
+        }
+    }
+}
+
+/// The key and its instance, locked, if the key works (active, or rotated
+/// and within its grace window) and its instance is active.
+async fn live_key(
+    conn: &mut sqlx::PgConnection,
+    state: &AppState,
+    meta: &RequestMeta,
+    digest: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(keys::ApiKey, instances::Instance), ApiError> {
+    let found = match keys::lock_by_digest(&mut *conn, digest, now).await? {
+        Some(key) if matches!(key.status.as_str(), "active" | "rotating") => {
+            instances::lock(&mut *conn, key.instance_id)
+                .await?
+                .filter(|instance| instance.status == "active")
+                .map(|instance| (key, instance))
+        }
+        _ => None,
+    };
+    found.ok_or_else(|| {
+        if let Some(address) = meta.client_ip {
+            state.limits.note_failure(address);
+        }
+        bad_key()
+    })
+}
+
+/// The calling key's metadata: its instance, scopes, expiry and when it
+/// should be rotated.
+#[utoipa::path(
+    get, path = "/v1/self", operation_id = "get_self", tag = "self-service",
+    responses(
+        (status = 200, description = "The calling key", body = SelfResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get_self(
+    State(state): State<AppState>,
+    caller: InstanceKey,
+    meta: RequestMeta,
+) -> Result<Json<SelfResponse>, ApiError> {
+    let now = state.clock.now();
+    let mut tx = state.db.pool().begin().await?;
+    let (key, instance) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    let key = view_one(&mut tx, key).await?;
+    tx.commit().await?;
+    Ok(Json(SelfResponse {
+        rotation_due: key.rotation_due_at <= now,
+        key,
+        instance_name: instance.name,
+    }))
+}
+
+/// Rotate the calling key: answers its successor's `secret`, once; the
+/// calling key keeps working for the grace window. A key already rotated
+/// gets 409 (use its successor).
+#[utoipa::path(
+    post, path = "/v1/self/rotate", operation_id = "rotate_self", tag = "self-service",
+    request_body(content = SelfRotateRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The successor; `secret` is shown only here", body = CreatedKeyResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn rotate_self(
+    State(state): State<AppState>,
+    caller: InstanceKey,
+    meta: RequestMeta,
+    OptionalJson(body): OptionalJson<SelfRotateRequest>,
+) -> Result<Response, ApiError> {
+    let grace = body.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(ApiError::invalid(
+            "grace_seconds",
+            format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
+        ));
+    }
+    let now = state.clock.now();
+    let mut tx = state.db.pool().begin().await?;
+    let (old, _) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    if old.status != "active" {
+        return Err(ApiError::Conflict(
+            "this key has already been rotated: use its successor".to_owned(),
+        ));
+    }
+    let (successor, secret) = rotate(&mut tx, &state, &old, grace, now).await?;
+    let audit = Audit::by(format!("api_key:{}", old.id), meta, now);
+    audit::append(
+        &mut tx,
+        &audit.entry(
+            "key.rotate",
+            "api_key",
+            old.id,
+            json!({
+                "successor": successor.id,
+                "grace_seconds": grace,
+                "masked": old.masked,
+                "by": "holder",
+            }),
+        ),
+    )
+    .await?;
+    let key = view_one(&mut tx, successor).await?;
+    finish_rotation(&state, tx, &old, &key, grace, now).await?;
+    Ok(created(CreatedKeyResponse {
+        key,
+        secret: secret.expose().to_owned(),
+        warnings: Vec::new(),
+    }))
+}

@@ -1,0 +1,190 @@
+//! The scheduler: warns before keys expire, announces the keys that stopped
+//! working by themselves (so nodes drop them at once), and delivers webhooks.
+//!
+//! Every replica runs the loop, but only the one holding a PostgreSQL
+//! advisory lock does the work. The lock belongs to a connection of its own:
+//! when that replica dies, its connection closes, the lock is freed, and the
+//! next replica to try takes over. Each piece of work is claimed by a row
+//! (a key notice, a delivery lease), so none is done twice across restarts.
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use keyplane_store::{audit, revocations, scheduler};
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
+
+use crate::events::Event;
+use crate::state::AppState;
+use crate::webhooks;
+
+/// Expiry warnings, in days before expiry, nearest first.
+const WARNINGS: [i64; 3] = [1, 7, 14];
+/// Keys handled per job run; the rest wait for the next run.
+const BATCH: i64 = 500;
+
+/// Runs the scheduler every `settings.scheduler_interval` for as long as the
+/// returned task lives.
+pub fn spawn(state: AppState) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = match webhooks::client() {
+            Ok(http) => http,
+            Err(err) => {
+                tracing::error!(error = %err, "scheduler not started: no HTTP client");
+                return;
+            }
+        };
+        let mut lock: Option<PgConnection> = None;
+        let mut ticks = tokio::time::interval(state.settings.scheduler_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let leading = lead(&state, &mut lock).await;
+            let was = state.scheduler_leader.swap(leading, Ordering::Relaxed);
+            if leading != was {
+                tracing::info!(leading, "scheduler leadership changed");
+            }
+            if !leading {
+                continue;
+            }
+            run(&state, &http).await;
+        }
+    })
+}
+
+/// Whether this replica runs the scheduler now. On the embedded database
+/// there is one process, which always does (and whose one connection the
+/// lock cannot take).
+async fn lead(state: &AppState, lock: &mut Option<PgConnection>) -> bool {
+    if state.db.is_embedded() {
+        return true;
+    }
+    if let Some(conn) = lock.as_mut() {
+        if conn.ping().await.is_ok() {
+            return true;
+        }
+        // The session (and the lock with it) is gone: try again afresh.
+        *lock = None;
+    }
+    let options = state.db.pool().connect_options();
+    let mut conn = match PgConnection::connect_with(&options).await {
+        Ok(conn) => conn,
+        Err(err) => {
+            tracing::debug!(error = %err, "scheduler cannot reach the database");
+            return false;
+        }
+    };
+    match scheduler::try_lead(&mut conn).await {
+        Ok(true) => {
+            *lock = Some(conn);
+            true
+        }
+        _ => {
+            let _ = conn.close().await;
+            false
+        }
+    }
+}
+
+/// One run of every job; a job that fails is retried next run and keeps
+/// none of the others from running.
+async fn run(state: &AppState, http: &reqwest::Client) {
+    let failed = |job: &str, err: anyhow::Error| {
+        tracing::warn!(job, error = %format!("{err:#}"), "scheduled job failed; retrying next run");
+    };
+    if let Err(err) = warn_expiring(state).await {
+        failed("expiry warnings", err);
+    }
+    if let Err(err) = announce_ended(state).await {
+        failed("ends of keys", err);
+    }
+    loop {
+        match webhooks::deliver_due(state, http).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) => {
+                failed("webhook deliveries", err);
+                break;
+            }
+        }
+    }
+}
+
+fn entry(
+    action: &'static str,
+    key: &scheduler::Noticed,
+    details: serde_json::Value,
+    now: DateTime<Utc>,
+) -> audit::NewEntry {
+    audit::NewEntry {
+        at: now,
+        actor: "scheduler".to_owned(),
+        action,
+        target_type: "api_key",
+        target_id: Some(key.id.to_string()),
+        outcome: "success",
+        request_id: None,
+        client_ip: None,
+        details,
+    }
+}
+
+/// `key.expiring` at 14, 7 and 1 days before a key expires: one warning per
+/// threshold reached, the nearest only when several are reached at once.
+async fn warn_expiring(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    for (index, days) in WARNINGS.iter().enumerate() {
+        let notice = format!("expiring:{days}");
+        let closer: Vec<String> = WARNINGS[..=index]
+            .iter()
+            .map(|d| format!("expiring:{d}"))
+            .collect();
+        let mut tx = state.db.pool().begin().await?;
+        let keys = scheduler::claim_expiring(&mut tx, &notice, &closer, *days, now, BATCH).await?;
+        for key in &keys {
+            let data = json!({
+                "key_id": key.id,
+                "instance_id": key.instance_id,
+                "masked_key": key.masked,
+                "expires_at": key.expires_at,
+                "days_left": days,
+            });
+            audit::append(&mut tx, &entry("key.expiring", key, data.clone(), now)).await?;
+            webhooks::notify(&mut tx, "key.expiring", data, now).await?;
+        }
+        tx.commit().await?;
+        if !keys.is_empty() {
+            tracing::info!(keys = keys.len(), days, "warned of expiring keys");
+        }
+    }
+    Ok(())
+}
+
+/// Keys past their expiry or grace window are already refused everywhere a
+/// clock is read; announcing them on the revocation stream lets nodes drop
+/// cached answers at once, and the audit log records the end.
+async fn announce_ended(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    let mut tx = state.db.pool().begin().await?;
+    let keys = scheduler::claim_ended(&mut tx, now, BATCH).await?;
+    if keys.is_empty() {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let ids: Vec<_> = keys.iter().map(|k| k.id).collect();
+    revocations::record(&mut tx, &ids, "expired", now).await?;
+    for key in &keys {
+        let details = json!({
+            "masked": key.masked,
+            "expires_at": key.expires_at,
+            "grace_until": key.grace_until,
+        });
+        audit::append(&mut tx, &entry("key.expired", key, details, now)).await?;
+    }
+    let mut events: Vec<Event> = ids.iter().map(|&id| Event::Key { id }).collect();
+    events.push(Event::Revocations);
+    state.events.commit(tx, &events).await?;
+    tracing::info!(keys = keys.len(), "announced keys that expired");
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Webhooks, signed the way the Standard Webhooks specification says: each
+//! delivery carries `webhook-id`, `webhook-timestamp` and
+//! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed
+//! with the endpoint's `whsec_` secret. Events are queued in the transaction
+//! of the change they announce and delivered by the scheduler.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use keyplane_store::webhooks::{self, Delivery};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use sqlx::PgConnection;
+use zeroize::Zeroizing;
+
+use crate::error::ApiError;
+use crate::signing::MasterKey;
+use crate::state::AppState;
+
+/// The events an endpoint can ask for.
+pub const EVENTS: [&str; 5] = [
+    "key.expiring",
+    "key.rotated",
+    "key.revoked",
+    "instance.decommissioned",
+    "node.mode_weaker",
+];
+
+/// Binds sealed secrets to their purpose.
+const SEAL_CONTEXT: &[u8] = b"keyplane webhook secret";
+/// The prefix of a secret as shown to operators.
+const SECRET_PREFIX: &str = "whsec_";
+/// A failing delivery is given up after this many attempts.
+pub const MAX_ATTEMPTS: i32 = 10;
+/// The longest wait between two attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries attempted per scheduler run.
+const BATCH: i64 = 50;
+
+/// Queues `event` with `data` for every endpoint that wants it, inside the
+/// caller's transaction: the event is sent if and only if the change commits.
+pub async fn notify(
+    conn: &mut PgConnection,
+    event: &'static str,
+    data: Value,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    debug_assert!(EVENTS.contains(&event));
+    let payload = json!({
+        "type": event,
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": data,
+    });
+    webhooks::enqueue(conn, event, &payload, now).await?;
+    Ok(())
+}
+
+/// A new signing secret: the raw bytes sealed for storage, and the
+/// `whsec_…` text shown to the operator once.
+pub fn new_secret(master: &MasterKey) -> Result<(Vec<u8>, String), ApiError> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    getrandom::fill(bytes.as_mut())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("random source failed: {e}")))?;
+    let sealed = master
+        .seal(bytes.as_ref(), SEAL_CONTEXT)
+        .map_err(ApiError::Internal)?;
+    Ok((
+        sealed,
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes.as_ref())),
+    ))
+}
+
+/// `v1,<signature>` of `body` sent as delivery `id` at `timestamp`.
+pub fn signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    // HMAC takes keys of any length; were it to refuse one, the empty
+    // signature would fail verification, never pass it.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The wait before attempt `attempts + 1`: `base` doubled per attempt made,
+/// at most an hour.
+pub fn retry_delay(base: Duration, attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    base.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY)
+}
+
+/// Attempts every due delivery (up to a batch), each at most once.
+pub async fn deliver_due(state: &AppState, http: &reqwest::Client) -> anyhow::Result<usize> {
+    let now = state.clock.now();
+    let lease = now + chrono::Duration::from_std(ATTEMPT_TIMEOUT * 6)?;
+    let due = webhooks::claim_due(state.db.pool(), now, lease, BATCH).await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut endpoints = HashMap::new();
+    for delivery in &due {
+        if let std::collections::hash_map::Entry::Vacant(entry) =
+            endpoints.entry(delivery.webhook_id)
+        {
+            entry.insert(webhooks::get(state.db.pool(), delivery.webhook_id).await?);
+        }
+    }
+    let attempts = due.iter().map(|delivery| {
+        let hook = endpoints.get(&delivery.webhook_id).cloned().flatten();
+        attempt(state, http, delivery, hook)
+    });
+    let count = due.len();
+    for result in futures_util::future::join_all(attempts).await {
+        if let Err(err) = result {
+            tracing::warn!(error = %format!("{err:#}"), "could not record a webhook delivery");
+        }
+    }
+    Ok(count)
+}
+
+/// One attempt of `delivery`, recorded.
+async fn attempt(
+    state: &AppState,
+    http: &reqwest::Client,
+    delivery: &Delivery,
+    hook: Option<webhooks::Webhook>,
+) -> anyhow::Result<()> {
+    let outcome = match &hook {
+        None => Err((None, "endpoint deleted".to_owned())),
+        Some(hook) => match state.master.open(&hook.secret_sealed, SEAL_CONTEXT) {
+            None => Err((
+                None,
+                "secret cannot be opened with this master key".to_owned(),
+            )),
+            Some(secret) => send(http, hook, delivery, &secret).await,
+        },
+    };
+    let now = state.clock.now();
+    let (delivered, status, error) = match outcome {
+        Ok(status) => (true, Some(status), None),
+        Err((status, error)) => (false, status, Some(error)),
+    };
+    let retry_at = (!delivered && hook.is_some() && delivery.attempts < MAX_ATTEMPTS)
+        .then(|| {
+            chrono::Duration::from_std(retry_delay(
+                state.settings.webhook_retry_base,
+                delivery.attempts,
+            ))
+            .map(|delay| now + delay)
+            .ok()
+        })
+        .flatten();
+    if delivered {
+        tracing::info!(delivery = %delivery.id, event = %delivery.event, "webhook delivered");
+    } else {
+        tracing::warn!(
+            delivery = %delivery.id,
+            event = %delivery.event,
+            attempts = delivery.attempts,
+            error = error.as_deref().unwrap_or(""),
+            retry = retry_at.is_some(),
+            "webhook delivery failed"
+        );
+    }
+    webhooks::record_attempt(
+        state.db.pool(),
+        delivery.id,
+        delivered,
+        status,
+        error.as_deref(),
+        now,
+        retry_at,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Posts the signed payload; Ok with the status of a 2xx answer.
+async fn send(
+    http: &reqwest::Client,
+    hook: &webhooks::Webhook,
+    delivery: &Delivery,
+    secret: &[u8],
+) -> Result<i32, (Option<i32>, String)> {
+    let body = serde_json::to_vec(&delivery.payload.0).map_err(|e| (None, e.to_string()))?;
+    let id = delivery.id.to_string();
+    let timestamp = Utc::now().timestamp();
+    let answer = http
+        .post(&hook.url)
+        .timeout(ATTEMPT_TIMEOUT)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            signature(secret, &id, timestamp, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        // The URL may carry the receiver's own secret: never in an error.
+        .map_err(|err| (None, err.without_url().to_string()))?;
+    let status = i32::from(answer.status().as_u16());
+    if answer.status().is_success() {
+        Ok(status)
+    } else {
+        Err((Some(status), format!("answered {}", answer.status())))
+    }
+}
+
+/// The HTTP client deliveries use: no redirects (an endpoint cannot bounce
+/// a signed event elsewhere), bounded connect time.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("keyplane-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_matches_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification's test vectors.
+        let secret = STANDARD
+            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap_or_default();
+        let signed = signature(
+            &secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signed, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn retries_back_off_doubling_up_to_an_hour() {
+        let base = Duration::from_secs(10);
+        assert_eq!(retry_delay(base, 1), Duration::from_secs(10));
+        assert_eq!(retry_delay(base, 2), Duration::from_secs(20));
+        assert_eq!(retry_delay(base, 4), Duration::from_secs(80));
+        assert_eq!(retry_delay(base, 30), MAX_RETRY_DELAY);
+    }
+}

@@ -1,0 +1,513 @@
+//! Instance self-service: enrollment tokens spent atomically, a key holder's
+//! own view and rotation, the scheduler under two processes, and webhook
+//! deliveries that survive a restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, admin_settings_for, call, eventually, fresh_database};
+
+/// Mints an enrollment token and answers its whole body (with `secret`).
+async fn enrollment_token(server: &TestServer, request: Value) -> Value {
+    let (status, body) = server
+        .admin(Method::POST, "/v1/enrollment-tokens", Some(request))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn enroll(server: &TestServer, token: &str, name: &str) -> (u16, Value) {
+    call(
+        server.as_(token, Method::POST, "/v1/enroll"),
+        Some(json!({ "name": name, "labels": { "site": "lab" } })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn of_instances_racing_for_an_enrollment_tokens_last_uses_exactly_that_many_win() {
+    let server = TestServer::start_admin().await;
+    for uses in [1, 3] {
+        let token = enrollment_token(
+            &server,
+            json!({"name": "fleet", "roles": ["inference-client"], "uses": uses, "labels": {"fleet": "a"}}),
+        )
+        .await;
+        let secret = token["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("kpe_"));
+        assert_eq!(token["uses_left"], uses);
+        let racers = (0..8).map(|i| {
+            let secret = secret.clone();
+            let server = &server;
+            async move { enroll(server, &secret, &format!("jan-{uses}-{i}")).await }
+        });
+        let answers = futures_util::future::join_all(racers).await;
+        let won: Vec<&Value> = answers
+            .iter()
+            .filter(|(status, _)| *status == 201)
+            .map(|(_, body)| body)
+            .collect();
+        assert_eq!(won.len(), uses as usize, "{answers:?}");
+        assert!(
+            answers.iter().all(|(status, body)| *status == 201
+                || (*status == 401 && body["code"] == "invalid_enrollment_token")),
+            "{answers:?}"
+        );
+        // Each winner is a registered instance with its first key, once.
+        for body in won {
+            let key = body["secret"].as_str().unwrap();
+            assert!(key.starts_with("kpi_"));
+            assert_eq!(
+                body["instance"]["labels"],
+                json!({"fleet": "a", "site": "lab"})
+            );
+            assert!(
+                body["instance"]["allowed_scopes"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("inference:chat"))
+            );
+            let (status, me) = call(server.as_(key, Method::GET, "/v1/self"), None).await;
+            assert_eq!(status, 200, "{me}");
+            assert_eq!(me["instance_id"], body["instance"]["id"]);
+            assert_eq!(me["instance_name"], body["instance"]["name"]);
+            assert!(me.get("secret").is_none());
+        }
+    }
+
+    // An expired or revoked token, or a key of another kind, gets 401.
+    let short = enrollment_token(
+        &server,
+        json!({"name": "x", "scopes": ["models:read"], "expires_in": 1}),
+    )
+    .await;
+    let revoked = enrollment_token(&server, json!({"name": "y", "scopes": ["models:read"]})).await;
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            &format!(
+                "/v1/enrollment-tokens/{}/revoke",
+                revoked["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        enroll(&server, revoked["secret"].as_str().unwrap(), "late")
+            .await
+            .0,
+        401
+    );
+    eventually(Duration::from_secs(10), "the token to expire", || async {
+        (enroll(&server, short["secret"].as_str().unwrap(), "later")
+            .await
+            .0
+            == 401)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        enroll(&server, crate::support::BOOTSTRAP, "bootstrap")
+            .await
+            .0,
+        401
+    );
+    // A failed enrollment spent nothing: a name clash leaves the use.
+    let token = enrollment_token(&server, json!({"name": "z", "scopes": ["models:read"]})).await;
+    let secret = token["secret"].as_str().unwrap();
+    assert_eq!(enroll(&server, secret, "jan-1-0").await.0, 409);
+    assert_eq!(enroll(&server, secret, "fresh").await.0, 201);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_holder_reads_and_rotates_its_own_key() {
+    let server = TestServer::start_admin().await;
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"], "rotate_after": 600}),
+        )
+        .await;
+    let old = key["secret"].as_str().unwrap();
+    let (status, me) = call(server.as_(old, Method::GET, "/v1/self"), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["rotate_after"], 600);
+    assert_eq!(me["rotation_due"], false);
+    assert_eq!(me["effective_scopes"], json!(["inference:chat"]));
+    let created: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(me["created_at"].clone()).unwrap();
+    let due: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(me["rotation_due_at"].clone()).unwrap();
+    assert_eq!((due - created).num_seconds(), 600);
+
+    let (status, rotated) = call(
+        server.as_(old, Method::POST, "/v1/self/rotate"),
+        Some(json!({"grace_seconds": 60})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap();
+    assert_eq!(rotated["rotated_from"], key["id"]);
+    assert_eq!(rotated["rotate_after"], 600, "the policy carries over");
+    // The old key lives on for the grace window, but cannot rotate again.
+    let (status, me) = call(server.as_(old, Method::GET, "/v1/self"), None).await;
+    assert_eq!((status, me["status"].as_str()), (200, Some("rotating")));
+    let (status, _) = call(server.as_(old, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 409);
+    // With no grace, the predecessor stops at once.
+    let (status, newest) = call(
+        server.as_(new, Method::POST, "/v1/self/rotate"),
+        Some(json!({"grace_seconds": 0})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        call(server.as_(new, Method::GET, "/v1/self"), None).await.0,
+        401
+    );
+    let newest = newest["secret"].as_str().unwrap();
+    assert_eq!(
+        call(server.as_(newest, Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        200
+    );
+    // Garbage, other kinds of keys and bad bodies are refused cleanly.
+    assert_eq!(
+        call(server.as_("kpi_nonsense", Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            server.as_(crate::support::BOOTSTRAP, Method::GET, "/v1/self"),
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, body) = call(
+        server.as_(newest, Method::POST, "/v1/self/rotate"),
+        Some(json!({"grace_seconds": -1})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("grace_seconds"))
+    );
+    // The holder's own rotations are in the audit log, by the key.
+    let (_, entries) = server
+        .admin(Method::GET, "/v1/audit?action=key.rotate", None)
+        .await;
+    let actors: Vec<&str> = entries["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    assert!(
+        actors.iter().all(|a| a.starts_with("api_key:")),
+        "{actors:?}"
+    );
+    assert_eq!(actors.len(), 2);
+    server.stop().await.unwrap();
+}
+
+/// A receiver of webhook deliveries: what it got, and whether it is up.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
+}
+
+impl Receiver {
+    async fn start(self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(got): axum::extract::State<Receiver>,
+                 headers: axum::http::HeaderMap,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    got.got.lock().unwrap().push((headers, body));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        );
+        let app = app.with_state(self);
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        })
+    }
+
+    fn of(&self, event: &str) -> Vec<Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, body)| body["type"] == event)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+}
+
+fn fast(url: &str) -> keyplane_server::Settings {
+    keyplane_server::Settings {
+        scheduler_interval: Duration::from_millis(100),
+        webhook_retry_base: Duration::from_millis(200),
+        ..admin_settings_for(url)
+    }
+}
+
+async fn leader(server: &TestServer) -> bool {
+    let text = server.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .any(|line| line == "keyplane_scheduler_leader 1")
+}
+
+#[tokio::test]
+async fn two_processes_run_each_scheduled_job_once_and_one_takes_over_when_the_other_stops() {
+    let url = fresh_database().await;
+    let first = TestServer::start_with(fast(&url)).await;
+    let second = TestServer::start_with(fast(&url)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    let _receiving = receiver.clone().start(listener).await;
+    let (status, _) = first
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["key.expiring"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let instance = first.instance("jan", &["inference:chat"]).await;
+    let key = |expires_in: i64| {
+        first.key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"], "expires_in": expires_in}),
+        )
+    };
+    let expiring = key(3 * 86_400).await; // within 7 days: one warning, at 7
+    let ending = key(1).await;
+    let marker = key(2).await;
+    let audit_of = |action: &'static str, id: Value| {
+        let first = &first;
+        async move {
+            let (_, page) = first
+                .admin(
+                    Method::GET,
+                    &format!("/v1/audit?action={action}&target={}", id.as_str().unwrap()),
+                    None,
+                )
+                .await;
+            page["items"].as_array().unwrap().len()
+        }
+    };
+    // Once the marker's end is announced, both processes have run their
+    // scheduler loops many times over the first two keys.
+    eventually(Duration::from_secs(30), "the marker key's end", || async {
+        (audit_of("key.expired", marker["id"].clone()).await == 1).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the expiry warning delivered",
+        || async { (!receiver.of("key.expiring").is_empty()).then_some(()) },
+    )
+    .await;
+    for _ in 0..2 {
+        // Another full round of both loops.
+        let later = key(1).await;
+        eventually(Duration::from_secs(30), "a later key's end", || async {
+            (audit_of("key.expired", later["id"].clone()).await == 1).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(audit_of("key.expiring", expiring["id"].clone()).await, 1);
+    assert_eq!(audit_of("key.expired", ending["id"].clone()).await, 1);
+    // One warning per key (the short-lived ones get theirs at 1 day), each
+    // delivered once.
+    let warnings = receiver.of("key.expiring");
+    let mut warned: Vec<&Value> = warnings.iter().map(|w| &w["data"]["key_id"]).collect();
+    warned.sort_by_key(|id| id.to_string());
+    warned.dedup();
+    assert_eq!(warned.len(), warnings.len(), "{warnings:?}");
+    let warning = warnings
+        .iter()
+        .find(|w| w["data"]["key_id"] == expiring["id"])
+        .unwrap();
+    assert_eq!(warning["data"]["days_left"], 7);
+    // The end of a key reaches nodes through the revocation log.
+    let (_, ended) = first
+        .admin(
+            Method::GET,
+            &format!("/v1/keys/{}", ending["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(ended["status"], "expired");
+
+    // Exactly one process leads; when it stops, the other takes over.
+    let leads = (leader(&first).await, leader(&second).await);
+    assert!(
+        leads == (true, false) || leads == (false, true),
+        "{leads:?}"
+    );
+    let (survivor, stopped) = if leads.0 {
+        (second, first)
+    } else {
+        (first, second)
+    };
+    stopped.stop().await.unwrap();
+    eventually(Duration::from_secs(30), "the survivor to lead", || async {
+        leader(&survivor).await.then_some(())
+    })
+    .await;
+    let after = survivor
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"], "expires_in": 1}),
+        )
+        .await;
+    eventually(
+        Duration::from_secs(30),
+        "the survivor's scheduler at work",
+        || async {
+            let (_, page) = survivor
+                .admin(
+                    Method::GET,
+                    &format!(
+                        "/v1/audit?action=key.expired&target={}",
+                        after["id"].as_str().unwrap()
+                    ),
+                    None,
+                )
+                .await;
+            (page["items"].as_array().unwrap().len() == 1).then_some(())
+        },
+    )
+    .await;
+    survivor.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queued_delivery_survives_a_restart_and_reaches_a_receiver_that_was_down() {
+    let url = fresh_database().await;
+    let server = TestServer::start_with(fast(&url)).await;
+    // Nothing listens on this port yet.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let (status, hook) = server
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": format!("http://{address}/hook"), "events": ["key.revoked", "instance.decommissioned"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    assert!(hook["secret"].as_str().unwrap().starts_with("whsec_"));
+    let deliveries = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+            Some(json!({"reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(30), "a failed attempt", || async {
+        let (_, page) = server.admin(Method::GET, &deliveries, None).await;
+        let item = page["items"][0].clone();
+        (item["attempts"].as_i64() >= Some(1)
+            && item["status"] == "pending"
+            && item["last_error"].is_string())
+        .then_some(())
+    })
+    .await;
+    server.stop().await.unwrap();
+
+    // A new process on the same database, and the receiver up at last.
+    let restarted = TestServer::start_with(fast(&url)).await;
+    let receiver = Receiver::default();
+    let _receiving = receiver
+        .clone()
+        .start(tokio::net::TcpListener::bind(address).await.unwrap())
+        .await;
+    let delivered = eventually(
+        Duration::from_secs(30),
+        "the delivery after the restart",
+        || async {
+            let (_, page) = restarted.admin(Method::GET, &deliveries, None).await;
+            let item = page["items"][0].clone();
+            (item["status"] == "delivered").then_some(item)
+        },
+    )
+    .await;
+    assert!(delivered["attempts"].as_i64().unwrap() >= 2, "{delivered}");
+    let got = receiver.of("key.revoked");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["data"]["key_id"], key["id"]);
+    assert_eq!(got[0]["data"]["reason"], "leaked");
+    let (headers, _) = receiver.got.lock().unwrap()[0].clone();
+    assert_eq!(headers["webhook-id"], delivered["id"].as_str().unwrap());
+    assert!(
+        headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .starts_with("v1,")
+    );
+    // Events other than those asked for are not sent; decommissioning is.
+    let (status, _) = restarted
+        .admin(Method::DELETE, &format!("/v1/instances/{instance}"), None)
+        .await;
+    assert_eq!(status, 204);
+    eventually(
+        Duration::from_secs(30),
+        "the decommission event",
+        || async { (!receiver.of("instance.decommissioned").is_empty()).then_some(()) },
+    )
+    .await;
+    // Bad registrations are refused with the field named.
+    for (body, field) in [
+        (json!({"url": "ftp://x", "events": ["key.revoked"]}), "url"),
+        (
+            json!({"url": "http://127.0.0.1:1/h", "events": ["key.exploded"]}),
+            "events[0]",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:1/h", "events": []}),
+            "events",
+        ),
+        (
+            json!({"url": "https://user:pw@example.com/h", "events": ["key.revoked"]}),
+            "url",
+        ),
+    ] {
+        let (status, answer) = restarted
+            .admin(Method::POST, "/v1/webhooks", Some(body))
+            .await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (422, Some(field)),
+            "{answer}"
+        );
+    }
+    restarted.stop().await.unwrap();
+}
