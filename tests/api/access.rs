@@ -21,6 +21,9 @@ fn allowed(role: &str, area: &str) -> bool {
                 | "nodes:read"
                 | "nodes:write"
                 | "roles:read"
+                | "enrollment:write"
+                | "webhooks:read"
+                | "webhooks:write"
         ),
         "auditor" => area.ends_with(":read"),
         // Rotating signing keys is for admins only (the first arm).
@@ -46,6 +49,22 @@ async fn every_management_route_enforces_the_role_matrix() {
         .await;
     let node_id = node["id"].as_str().unwrap().to_owned();
     let doomed = server.instance("jan-doomed", &["inference:chat"]).await;
+    let (_, enrollment) = server
+        .admin(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(json!({"name": "e", "scopes": ["inference:chat"]})),
+        )
+        .await;
+    let enrollment_id = enrollment["id"].as_str().unwrap().to_owned();
+    let (_, webhook) = server
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": "http://127.0.0.1:9/h", "events": ["key.revoked"]})),
+        )
+        .await;
+    let webhook_id = webhook["id"].as_str().unwrap().to_owned();
 
     let mut tokens = Vec::new();
     for role in ["admin", "operator", "auditor", "viewer"] {
@@ -273,15 +292,69 @@ async fn every_management_route_enforces_the_role_matrix() {
             "signing-keys:write",
             None,
         ),
+        (
+            Method::POST,
+            "/v1/enrollment-tokens".into(),
+            "/v1/enrollment-tokens",
+            "enrollment:write",
+            Some(json!({"name": "e", "scopes": ["inference:chat"]})),
+        ),
+        (
+            Method::GET,
+            "/v1/enrollment-tokens".into(),
+            "/v1/enrollment-tokens",
+            "keys:read",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/enrollment-tokens/{enrollment_id}/revoke"),
+            "/v1/enrollment-tokens/{id}/revoke",
+            "enrollment:write",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks".into(),
+            "/v1/webhooks",
+            "webhooks:write",
+            Some(json!({"url": "http://127.0.0.1:9/h", "events": ["key.rotated"]})),
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks".into(),
+            "/v1/webhooks",
+            "webhooks:read",
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/webhooks/{webhook_id}/deliveries"),
+            "/v1/webhooks/{id}/deliveries",
+            "webhooks:read",
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/webhooks/{webhook_id}"),
+            "/v1/webhooks/{id}",
+            "webhooks:write",
+            None,
+        ),
     ];
 
-    // Node routes take node keys only: no operator credential opens them.
+    // Node routes take node keys only, and instances' routes their own
+    // credentials: no operator credential opens them.
     let node_routes = [
         (Method::POST, "/v1/introspect"),
         (Method::GET, "/v1/authz/check"),
         (Method::POST, "/v1/authz/check"),
         (Method::GET, "/v1/revocations/stream"),
         (Method::POST, "/v1/heartbeat"),
+        // Instances' own routes take their enrollment token or API key.
+        (Method::POST, "/v1/enroll"),
+        (Method::GET, "/v1/self"),
+        (Method::POST, "/v1/self/rotate"),
     ];
     for (method, path) in &node_routes {
         for token in std::iter::once(BOOTSTRAP).chain(tokens.iter().map(|(_, t)| t.as_str())) {

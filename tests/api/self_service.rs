@@ -119,7 +119,8 @@ async fn of_instances_racing_for_an_enrollment_tokens_last_uses_exactly_that_man
     // A failed enrollment spent nothing: a name clash leaves the use.
     let token = enrollment_token(&server, json!({"name": "z", "scopes": ["models:read"]})).await;
     let secret = token["secret"].as_str().unwrap();
-    assert_eq!(enroll(&server, secret, "jan-1-0").await.0, 409);
+    server.instance("taken", &["models:read"]).await;
+    assert_eq!(enroll(&server, secret, "taken").await.0, 409);
     assert_eq!(enroll(&server, secret, "fresh").await.0, 201);
     server.stop().await.unwrap();
 }

@@ -82,6 +82,10 @@ fn insecure_settings_are_refused_with_a_line_naming_them() {
             "KEYPLANE_TLS_CERT",
         ),
         (
+            &[("KEYPLANE_CLIENT_CERT", "/nonexistent.pem")],
+            "KEYPLANE_CLIENT_CERT",
+        ),
+        (
             &[("KEYPLANE_ROUTE_SCOPES", "GET /v1/models=inference:caht")],
             "KEYPLANE_ROUTE_SCOPES",
         ),

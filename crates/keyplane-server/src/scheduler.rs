@@ -19,8 +19,6 @@ use crate::events::Event;
 use crate::state::AppState;
 use crate::webhooks;
 
-/// Expiry warnings, in days before expiry, nearest first.
-const WARNINGS: [i64; 3] = [1, 7, 14];
 /// Keys handled per job run; the rest wait for the next run.
 const BATCH: i64 = 500;
 
@@ -134,29 +132,22 @@ fn entry(
 /// threshold reached, the nearest only when several are reached at once.
 async fn warn_expiring(state: &AppState) -> anyhow::Result<()> {
     let now = state.clock.now();
-    for (index, days) in WARNINGS.iter().enumerate() {
-        let notice = format!("expiring:{days}");
-        let closer: Vec<String> = WARNINGS[..=index]
-            .iter()
-            .map(|d| format!("expiring:{d}"))
-            .collect();
-        let mut tx = state.db.pool().begin().await?;
-        let keys = scheduler::claim_expiring(&mut tx, &notice, &closer, *days, now, BATCH).await?;
-        for key in &keys {
-            let data = json!({
-                "key_id": key.id,
-                "instance_id": key.instance_id,
-                "masked_key": key.masked,
-                "expires_at": key.expires_at,
-                "days_left": days,
-            });
-            audit::append(&mut tx, &entry("key.expiring", key, data.clone(), now)).await?;
-            webhooks::notify(&mut tx, "key.expiring", data, now).await?;
-        }
-        tx.commit().await?;
-        if !keys.is_empty() {
-            tracing::info!(keys = keys.len(), days, "warned of expiring keys");
-        }
+    let mut tx = state.db.pool().begin().await?;
+    let warned = scheduler::claim_warnings(&mut tx, now, BATCH).await?;
+    for scheduler::Warned { key, days } in &warned {
+        let data = json!({
+            "key_id": key.id,
+            "instance_id": key.instance_id,
+            "masked_key": key.masked,
+            "expires_at": key.expires_at,
+            "days_left": days,
+        });
+        audit::append(&mut tx, &entry("key.expiring", key, data.clone(), now)).await?;
+        webhooks::notify(&mut tx, "key.expiring", data, now).await?;
+    }
+    tx.commit().await?;
+    if !warned.is_empty() {
+        tracing::info!(keys = warned.len(), "warned of expiring keys");
     }
     Ok(())
 }

@@ -26,41 +26,55 @@ pub struct Noticed {
     pub grace_until: Option<DateTime<Utc>>,
 }
 
-/// Claims the warning `notice` for up to `limit` live keys (issued by `now`)
-/// expiring within `days` of `now` that have had no warning for `days` or
-/// fewer (`closer` names those notices), and answers them. Called for each
-/// threshold, nearest first, with one `now`, a key reaching several
+/// Claims an expiry warning for up to `limit` live keys (issued by `now`)
+/// expiring within 14 days of `now`: at the nearest of 14, 7 and 1 days
+/// they have reached and not been warned at (or nearer), and answers them
+/// with that threshold. One statement, one snapshot: a key reaching several
 /// thresholds at once gets only the nearest warning.
-pub async fn claim_expiring(
+pub async fn claim_warnings(
     conn: &mut PgConnection,
-    notice: &str,
-    closer: &[String],
-    days: i64,
     now: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<Noticed>, StoreError> {
-    Ok(sqlx::query_as::<_, Noticed>(
-        r#"with claimed as (
-               insert into key_notices (key_id, notice, at)
-               select k.id, $1, $4 from api_keys k
+) -> Result<Vec<Warned>, StoreError> {
+    Ok(sqlx::query_as::<_, Warned>(
+        r#"with due as (
+               select k.id,
+                      case when k.expires_at <= $1 + interval '1 day' then 1
+                           when k.expires_at <= $1 + interval '7 days' then 7
+                           else 14 end as days
+                 from api_keys k
                 where k.revoked_at is null and k.enabled and k.rotated_to is null
-                  and k.created_at <= $4 and k.expires_at > $4 and k.expires_at <= $4 + make_interval(days => $3::int)
-                  and not exists (select 1 from key_notices n
-                                   where n.key_id = k.id and n.notice = any($2))
-                order by k.expires_at
-                limit $5
+                  and k.created_at <= $1 and k.expires_at > $1
+                  and k.expires_at <= $1 + interval '14 days'),
+           fresh as (
+               select due.* from due
+                where not exists (select 1 from key_notices n
+                                   where n.key_id = due.id and n.notice like 'expiring:%'
+                                     and split_part(n.notice, ':', 2)::int <= due.days)
+                limit $2),
+           claimed as (
+               insert into key_notices (key_id, notice, at)
+               select id, 'expiring:' || days, $1 from fresh
                on conflict do nothing
-               returning key_id)
-           select k.id, k.instance_id, k.masked, k.expires_at, k.grace_until
-             from api_keys k join claimed c on c.key_id = k.id"#,
+               returning key_id, split_part(notice, ':', 2)::int as days)
+           select k.id, k.instance_id, k.masked, k.expires_at, k.grace_until,
+                  claimed.days::bigint as days
+             from api_keys k join claimed on claimed.key_id = k.id"#,
     )
-    .bind(notice)
-    .bind(closer)
-    .bind(days)
     .bind(now)
     .bind(limit)
     .fetch_all(conn)
     .await?)
+}
+
+/// A key warned of its expiry, and at how many days.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Warned {
+    /// The key.
+    #[sqlx(flatten)]
+    pub key: Noticed,
+    /// The threshold reached: 14, 7 or 1.
+    pub days: i64,
 }
 
 /// Claims the end of up to `limit` keys that stopped working by themselves

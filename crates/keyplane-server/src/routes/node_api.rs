@@ -1,6 +1,7 @@
 //! The node-facing API: introspection (RFC 7662), forward auth for proxies,
 //! and the revocation stream.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -90,13 +91,14 @@ impl FromRequestParts<AppState> for NodeAuth {
 }
 
 /// The node key of a request and, with HTTP Basic, the id it claims.
-fn node_credential(parts: &Parts) -> Option<(String, Option<Uuid>)> {
+/// Borrowed from the headers unless it had to be decoded.
+fn node_credential(parts: &Parts) -> Option<(Cow<'_, str>, Option<Uuid>)> {
     if let Some(key) = parts
         .headers
         .get(NODE_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
     {
-        return Some((key.trim().to_owned(), None));
+        return Some((Cow::Borrowed(key.trim()), None));
     }
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ')?;
@@ -104,9 +106,12 @@ fn node_credential(parts: &Parts) -> Option<(String, Option<Uuid>)> {
         let decoded = STANDARD.decode(rest.trim()).ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, password) = decoded.split_once(':')?;
-        return Some((password.to_owned(), Some(Uuid::parse_str(user).ok()?)));
+        return Some((
+            Cow::Owned(password.to_owned()),
+            Some(Uuid::parse_str(user).ok()?),
+        ));
     }
-    bearer(parts).map(|token| (token.to_owned(), None))
+    bearer(parts).map(|token| (Cow::Borrowed(token), None))
 }
 
 /// An introspection request (RFC 7662), as a form or as JSON.
