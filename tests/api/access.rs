@@ -23,7 +23,6 @@ fn allowed(role: &str, area: &str) -> bool {
                 | "roles:read"
                 | "enrollment:write"
                 | "webhooks:read"
-                | "webhooks:write"
         ),
         "auditor" => area.ends_with(":read"),
         // Rotating signing keys is for admins only (the first arm).

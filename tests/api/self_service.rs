@@ -156,9 +156,23 @@ async fn a_key_holder_reads_and_rotates_its_own_key() {
     let new = rotated["secret"].as_str().unwrap();
     assert_eq!(rotated["rotated_from"], key["id"]);
     assert_eq!(rotated["rotate_after"], 600, "the policy carries over");
-    // The old key lives on for the grace window, but cannot rotate again.
+    // The old key lives on for the grace window.
     let (status, me) = call(server.as_(old, Method::GET, "/v1/self"), None).await;
     assert_eq!((status, me["status"].as_str()), (200, Some("rotating")));
+    // A holder that lost the answer asks again with the old key: the unused
+    // successor is replaced, so the holder always ends up with a key it knows.
+    let (status, again) = call(server.as_(old, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(
+        call(server.as_(new, Method::GET, "/v1/self"), None).await.0,
+        401
+    );
+    let new = again["secret"].as_str().unwrap();
+    // Once the successor has been used, the old key cannot rotate again.
+    assert_eq!(
+        call(server.as_(new, Method::GET, "/v1/self"), None).await.0,
+        200
+    );
     let (status, _) = call(server.as_(old, Method::POST, "/v1/self/rotate"), None).await;
     assert_eq!(status, 409);
     // With no grace, the predecessor stops at once.
@@ -178,6 +192,38 @@ async fn a_key_holder_reads_and_rotates_its_own_key() {
             .await
             .0,
         200
+    );
+    // A key of an instance that may be used only from other networks is
+    // refused here too, as nodes refuse it.
+    let fenced = server
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({"name": "fenced", "allowed_scopes": ["inference:chat"], "allowed_cidrs": ["10.0.0.0/8"]})),
+        )
+        .await
+        .1;
+    let fenced_key = server
+        .key(
+            fenced["id"].as_str().unwrap(),
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let fenced_key = fenced_key["secret"].as_str().unwrap();
+    assert_eq!(
+        call(server.as_(fenced_key, Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(
+            server.as_(fenced_key, Method::POST, "/v1/self/rotate"),
+            None
+        )
+        .await
+        .0,
+        401
     );
     // Garbage, other kinds of keys and bad bodies are refused cleanly.
     assert_eq!(
@@ -218,7 +264,7 @@ async fn a_key_holder_reads_and_rotates_its_own_key() {
         actors.iter().all(|a| a.starts_with("api_key:")),
         "{actors:?}"
     );
-    assert_eq!(actors.len(), 2);
+    assert_eq!(actors.len(), 3);
     server.stop().await.unwrap();
 }
 

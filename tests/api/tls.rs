@@ -413,6 +413,21 @@ async fn a_node_may_authenticate_with_a_client_certificate_bound_to_its_name() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["active"], true);
     assert_eq!(answer["aud"], json!([node_1["id"]]));
+    // Forward auth too: the bearer token is the client's key, the node is
+    // the certificate.
+    let forward = edge_1_client
+        .get(format!("{base}/v1/authz/check"))
+        .header("x-original-method", "POST")
+        .header("x-original-uri", "/v1/chat/completions")
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forward.status(), 200);
+    assert_eq!(
+        forward.headers()["x-keyplane-instance"],
+        instance["id"].as_str().unwrap()
+    );
     // ...and with its node key as well.
     let (status, answer) = introspect(&edge_1_client, Some(node_1_key)).await;
     assert_eq!((status, &answer["active"]), (200, &json!(true)));

@@ -98,7 +98,6 @@ impl ManagementRole {
                     | RolesRead
                     | EnrollmentWrite
                     | WebhooksRead
-                    | WebhooksWrite
             ),
             ManagementRole::Auditor => matches!(
                 permission,

@@ -90,6 +90,10 @@ pub async fn run(
         .max(Duration::from_millis(100));
     let grace =
         parse_duration(&args.grace).map_err(|e| anyhow::anyhow!("KEYPLANE_AGENT_GRACE: {e}"))?;
+    anyhow::ensure!(
+        grace <= Duration::from_secs(86_400),
+        "KEYPLANE_AGENT_GRACE: at most a day (keyplane refuses longer)"
+    );
     let mut http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
@@ -231,9 +235,11 @@ impl Agent {
         let successor = KeySecret::parse_as(KeyKind::Instance, &created.secret).map_err(|_| {
             Failure::Transient("keyplane answered something that is not an API key".to_owned())
         })?;
-        // Written at once: the old key works only for the grace window.
+        // Written at once: the old key works only for the grace window. If
+        // the write fails, the next check rotates again with the old key,
+        // and keyplane replaces the successor no one ever used.
         write_key(&self.key_file, &successor)
-            .map_err(|e| Failure::Refused(format!("cannot write the new key: {e:#}")))?;
+            .map_err(|e| Failure::Transient(format!("cannot write the new key: {e:#}")))?;
         tracing::info!(
             old_key_id = %info.id,
             old_key = %key.masked(),
@@ -289,36 +295,9 @@ fn read_key(path: &Path) -> anyhow::Result<Option<KeySecret>> {
     }
 }
 
-/// Replaces the key in `path` atomically: a reader sees the old key or the
-/// new one, never part of either; only this user can read it.
+/// Replaces the key in `path` atomically, readable by this user only.
 fn write_key(path: &Path, key: &KeySecret) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let staging = path.with_extension("new");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&staging)
-        .with_context(|| format!("writing {}", staging.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(key.expose().as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&staging, path).with_context(|| format!("replacing {}", path.display()))?;
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::files::write_private(path, format!("{}\n", key.expose()).as_bytes())
 }
 
 /// This host's name.

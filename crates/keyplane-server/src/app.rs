@@ -82,24 +82,9 @@ fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
         return MasterKey::parse(&text)
             .with_context(|| format!("{} is not a master key", path.display()));
     }
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let generated =
         MasterKey::generate().map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
-    let staging = settings.data_dir.join("master.key.new");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&staging)
-            .with_context(|| format!("writing {}", staging.display()))?;
-        file.write_all(generated.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&staging, &path)?;
+    crate::files::write_private(&path, generated.as_bytes())?;
     tracing::warn!(path = %path.display(), "no KEYPLANE_MASTER_KEY: generated a dev master key");
     Ok(MasterKey::parse(&generated)?)
 }

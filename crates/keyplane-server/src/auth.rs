@@ -114,6 +114,29 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
+/// The bearer credential of `kind` an instance presents (an enrollment
+/// token, its API key), after the per-address limit on failed attempts. A
+/// missing or malformed one counts as a failure and is refused.
+pub fn instance_bearer(
+    parts: &Parts,
+    state: &AppState,
+    kind: KeyKind,
+    refusal: fn() -> ApiError,
+) -> Result<KeySecret, ApiError> {
+    let address = peer(parts);
+    if let Some(address) = address {
+        state.limits.check_address(address)?;
+    }
+    bearer(parts)
+        .and_then(|token| KeySecret::parse_as(kind, token).ok())
+        .ok_or_else(|| {
+            if let Some(address) = address {
+                state.limits.note_failure(address);
+            }
+            refusal()
+        })
+}
+
 /// The address a request came from.
 fn peer(parts: &Parts) -> Option<IpAddr> {
     parts

@@ -306,6 +306,12 @@ impl Introspector {
                 .await
                 .map_err(unavailable)?,
         };
+        Ok(self.live(cached, now))
+    }
+
+    /// `cached` if it is a live node, its use noted (once a second) for
+    /// `last_seen_at`.
+    fn live(&self, cached: Option<Arc<CachedNode>>, now: DateTime<Utc>) -> Option<Arc<CachedNode>> {
         let node = cached.filter(|node| !node.retired && now < node.expires_at);
         if let Some(node) = &node
             && first_use_this_second(&node.used_second, now)
@@ -313,7 +319,7 @@ impl Introspector {
         {
             usage.nodes.insert(node.id, now);
         }
-        Ok(node)
+        node
     }
 
     /// The live node a verified client certificate names (by a DNS name
@@ -340,14 +346,7 @@ impl Introspector {
             })
             .await
             .map_err(unavailable)?;
-        let node = cached.filter(|node| !node.retired && now < node.expires_at);
-        if let Some(node) = &node
-            && first_use_this_second(&node.used_second, now)
-            && let Ok(mut usage) = self.usage.lock()
-        {
-            usage.nodes.insert(node.id, now);
-        }
-        Ok(node)
+        Ok(self.live(cached, now))
     }
 
     /// Drops what `event` makes stale.

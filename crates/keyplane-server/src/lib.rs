@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod files;
 pub mod introspection;
 pub mod limits;
 pub mod metrics;

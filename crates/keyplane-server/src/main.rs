@@ -88,15 +88,9 @@ fn main() -> ExitCode {
         }
     };
     let _telemetry = telemetry::init(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("keyplane: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         match cli.command {
@@ -120,6 +114,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime `builder` makes, or the exit code when it cannot.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("keyplane: cannot start the async runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `keyplane agent`: needs none of the server's settings, only its own.
 fn agent(args: keyplane_server::agent::AgentArgs, mode: Option<&str>) -> ExitCode {
     let mode: keyplane_domain::Mode = match mode.unwrap_or("dev").parse() {
@@ -135,15 +137,9 @@ fn agent(args: keyplane_server::agent::AgentArgs, mode: Option<&str>) -> ExitCod
         keyplane_server::config::LogFormat::Text
     };
     let _telemetry = telemetry::init(format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("keyplane: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(keyplane_server::agent::run(args, mode, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@ use crate::events::Event;
 use crate::state::AppState;
 use crate::webhooks;
 
+/// How long leadership checks wait for the database.
+const DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Keys handled per job run; the rest wait for the next run.
 const BATCH: i64 = 500;
 
@@ -59,19 +61,25 @@ async fn lead(state: &AppState, lock: &mut Option<PgConnection>) -> bool {
         return true;
     }
     if let Some(conn) = lock.as_mut() {
-        if conn.ping().await.is_ok() {
+        if matches!(
+            tokio::time::timeout(DATABASE_WAIT, conn.ping()).await,
+            Ok(Ok(()))
+        ) {
             return true;
         }
-        // The session (and the lock with it) is gone: try again afresh.
+        // The session (and the lock with it) is gone, or unreachable: step
+        // down, and try again afresh.
         *lock = None;
     }
     let options = state.db.pool().connect_options();
-    let mut conn = match PgConnection::connect_with(&options).await {
-        Ok(conn) => conn,
-        Err(err) => {
+    let connecting = PgConnection::connect_with(&options);
+    let mut conn = match tokio::time::timeout(DATABASE_WAIT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
             tracing::debug!(error = %err, "scheduler cannot reach the database");
             return false;
         }
+        Err(_) => return false,
     };
     match scheduler::try_lead(&mut conn).await {
         Ok(true) => {

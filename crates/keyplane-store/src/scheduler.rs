@@ -49,8 +49,10 @@ pub async fn claim_warnings(
            fresh as (
                select due.* from due
                 where not exists (select 1 from key_notices n
-                                   where n.key_id = due.id and n.notice like 'expiring:%'
-                                     and split_part(n.notice, ':', 2)::int <= due.days)
+                                   where n.key_id = due.id
+                                     and (n.notice = 'expiring:1'
+                                          or (due.days >= 7 and n.notice = 'expiring:7')
+                                          or (due.days >= 14 and n.notice = 'expiring:14')))
                 limit $2),
            claimed as (
                insert into key_notices (key_id, notice, at)

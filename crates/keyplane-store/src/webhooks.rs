@@ -188,7 +188,7 @@ pub async fn record_attempt(
               set status = $2, last_status = $3, last_error = $4,
                   delivered_at = case when $2 = 'delivered' then $5 end,
                   next_attempt_at = coalesce($6, next_attempt_at)
-            where id = $1"#,
+            where id = $1 and status = 'pending'"#,
     )
     .bind(id)
     .bind(status)

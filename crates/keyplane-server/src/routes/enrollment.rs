@@ -16,7 +16,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{Audit, Operator, RequestMeta, bearer};
+use crate::auth::{Audit, Operator, RequestMeta, instance_bearer};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::pagination::{PageParams, page_type};
@@ -379,22 +379,7 @@ impl FromRequestParts<AppState> for EnrollmentBearer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let meta = RequestMeta::from_request_parts(parts, state)
-            .await
-            .unwrap_or_else(|never| match never {});
-        if let Some(address) = meta.client_ip {
-            state.limits.check_address(address)?;
-        }
-        let token = bearer(parts).and_then(|t| KeySecret::parse_as(KeyKind::Enrollment, t).ok());
-        match token {
-            Some(token) => Ok(EnrollmentBearer(token)),
-            None => {
-                if let Some(address) = meta.client_ip {
-                    state.limits.note_failure(address);
-                }
-                Err(bad_token())
-            }
-        }
+        instance_bearer(parts, state, KeyKind::Enrollment, bad_token).map(EnrollmentBearer)
     }
 }
 
@@ -431,10 +416,24 @@ pub async fn enroll(
         }
         return Err(bad_token());
     };
-    let mut labels: HashMap<String, serde_json::Value> =
-        serde_json::from_value(spent.labels.0.clone()).unwrap_or_default();
-    if let serde_json::Value::Object(own) = own_labels {
-        labels.extend(own);
+    // The instance's own labels are added; the operator's (the token's) win
+    // a clash, and together they stay within the label limit.
+    let mut labels: HashMap<String, serde_json::Value> = match own_labels {
+        serde_json::Value::Object(own) => own.into_iter().collect(),
+        _ => HashMap::new(),
+    };
+    labels.extend(
+        serde_json::from_value::<HashMap<String, serde_json::Value>>(spent.labels.0.clone())
+            .unwrap_or_default(),
+    );
+    if labels.len() > input::MAX_LIST {
+        return Err(ApiError::invalid(
+            "labels",
+            format!(
+                "with the enrollment token's, at most {} labels",
+                input::MAX_LIST
+            ),
+        ));
     }
     let instance = instances::insert(
         &mut tx,

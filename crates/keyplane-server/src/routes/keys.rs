@@ -107,8 +107,8 @@ pub struct KeyResponse {
     pub revoked_reason: Option<String>,
     /// Its rotation policy: rotate this many seconds after issue.
     pub rotate_after: Option<i64>,
-    /// When its holder should rotate it: `rotate_after` past its issue, or
-    /// without a policy at four fifths of its life; never past its expiry.
+    /// When its holder should rotate it: `rotate_after` past its issue, and
+    /// never later than four fifths into its life (well before it expires).
     pub rotation_due_at: DateTime<Utc>,
 }
 
@@ -306,11 +306,11 @@ async fn view(
 
 /// When a key's holder should rotate it (see [`KeyResponse::rotation_due_at`]).
 pub fn rotation_due(row: &keys::ApiKey) -> DateTime<Utc> {
-    let due = match row.rotate_after_seconds {
-        Some(seconds) => row.created_at + Duration::seconds(seconds),
-        None => row.created_at + (row.expires_at - row.created_at) * 4 / 5,
-    };
-    due.min(row.expires_at)
+    let latest = row.created_at + (row.expires_at - row.created_at) * 4 / 5;
+    match row.rotate_after_seconds {
+        Some(seconds) => (row.created_at + Duration::seconds(seconds)).min(latest),
+        None => latest,
+    }
 }
 
 /// A rotation policy: between a second and the longest key lifetime.
@@ -664,7 +664,7 @@ pub async fn rotate_key(
     )
     .await?;
     let key = view_one(&mut tx, successor).await?;
-    finish_rotation(&state, tx, &old, &key, grace, now).await?;
+    finish_rotation(&state, tx, &old, &key, grace, None, now).await?;
     Ok(created(CreatedKeyResponse {
         key,
         secret: secret.expose().to_owned(),
@@ -673,13 +673,15 @@ pub async fn rotate_key(
 }
 
 /// Announces a rotation (a `key.rotated` webhook; with no grace, the old key
-/// on the revocation stream) and commits it.
+/// on the revocation stream; a `replaced` earlier successor dropped
+/// everywhere) and commits it.
 pub async fn finish_rotation(
     state: &AppState,
     mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
     old: &keys::ApiKey,
     successor: &KeyResponse,
     grace_seconds: i64,
+    replaced: Option<Uuid>,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
     crate::webhooks::notify(
@@ -696,6 +698,9 @@ pub async fn finish_rotation(
     )
     .await?;
     let mut events = vec![Event::Key { id: old.id }];
+    if let Some(id) = replaced {
+        events.extend([Event::Key { id }, Event::Revocations]);
+    }
     if grace_seconds == 0 {
         revocations::record(&mut tx, &[old.id], "rotated", now).await?;
         events.push(Event::Revocations);

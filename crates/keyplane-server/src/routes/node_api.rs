@@ -111,7 +111,11 @@ fn node_credential(parts: &Parts) -> Option<(Cow<'_, str>, Option<Uuid>)> {
             Some(Uuid::parse_str(user).ok()?),
         ));
     }
-    bearer(parts).map(|token| (Cow::Borrowed(token), None))
+    // Forward auth carries the client's key as the bearer token: only a node
+    // key there is the node's credential (else a certificate may be).
+    bearer(parts)
+        .filter(|token| token.starts_with("kpn_"))
+        .map(|token| (Cow::Borrowed(token), None))
 }
 
 /// An introspection request (RFC 7662), as a form or as JSON.

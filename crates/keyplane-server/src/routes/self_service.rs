@@ -5,13 +5,13 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use keyplane_domain::{KeyKind, KeySecret};
-use keyplane_store::{audit, instances, keys};
+use keyplane_domain::KeyKind;
+use keyplane_store::{audit, instances, keys, revocations};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
-use crate::auth::{Audit, RequestMeta, bearer};
+use crate::auth::{Audit, RequestMeta, instance_bearer};
 use crate::error::{ApiError, Problem};
 use crate::extract::OptionalJson;
 use crate::routes::keys::{
@@ -64,28 +64,29 @@ impl FromRequestParts<AppState> for InstanceKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let meta = RequestMeta::from_request_parts(parts, state)
-            .await
-            .unwrap_or_else(|never| match never {});
-        if let Some(address) = meta.client_ip {
-            state.limits.check_address(address)?;
-        }
-        match bearer(parts).and_then(|t| KeySecret::parse_as(KeyKind::Instance, t).ok()) {
-            Some(key) => Ok(InstanceKey {
-                digest: *key.digest().as_bytes(),
-            }),
-            None => {
-                if let Some(address) = meta.client_ip {
-                    state.limits.note_failure(address);
-                }
-                Err(bad_key())
-            }
-        }
+        let key = instance_bearer(parts, state, KeyKind::Instance, bad_key)?;
+        Ok(InstanceKey {
+            digest: *key.digest().as_bytes(),
+        })
     }
 }
 
+/// Whether `address` may use a key of `instance`: anywhere when it names no
+/// networks; an unknown address is refused when it does.
+fn from_allowed_network(instance: &instances::Instance, address: Option<std::net::IpAddr>) -> bool {
+    instance.allowed_cidrs.is_empty()
+        || address.is_some_and(|address| {
+            instance
+                .allowed_cidrs
+                .iter()
+                .filter_map(|cidr| cidr.parse::<ipnet::IpNet>().ok())
+                .any(|network| network.contains(&address))
+        })
+}
+
 /// The key and its instance, locked, if the key works (active, or rotated
-/// and within its grace window) and its instance is active.
+/// and within its grace window), its instance is active, and the request
+/// comes from the instance's networks (as nodes require).
 async fn live_key(
     conn: &mut sqlx::PgConnection,
     state: &AppState,
@@ -98,16 +99,47 @@ async fn live_key(
             instances::lock(&mut *conn, key.instance_id)
                 .await?
                 .filter(|instance| instance.status == "active")
+                .filter(|instance| from_allowed_network(instance, meta.client_ip))
                 .map(|instance| (key, instance))
         }
         _ => None,
     };
-    found.ok_or_else(|| {
+    let (key, instance) = found.ok_or_else(|| {
         if let Some(address) = meta.client_ip {
             state.limits.note_failure(address);
         }
         bad_key()
-    })
+    })?;
+    // The holder has shown it has this key: a rotation retried with its
+    // predecessor must not take it away (see `retry_rotation`).
+    keyplane_store::introspection::touch_keys(&mut *conn, &[key.id], &[now]).await?;
+    Ok((key, instance))
+}
+
+/// A holder asking to rotate a key it already rotated lost the answer (a
+/// dropped connection, a failed write): its successor, if never used, is
+/// revoked and the rotation made again, so the holder is never left without
+/// a key it knows. A successor already in use means the holder has it: 409.
+async fn retry_rotation(
+    tx: &mut sqlx::PgConnection,
+    old: &keys::ApiKey,
+    now: DateTime<Utc>,
+) -> Result<keys::ApiKey, ApiError> {
+    let rotated =
+        || ApiError::Conflict("this key has already been rotated: use its successor".to_owned());
+    let successor_id = old.rotated_to.ok_or_else(rotated)?;
+    let mut successor = keys::lock(&mut *tx, successor_id, now)
+        .await?
+        .filter(|s| s.status == "active" && s.last_used_at.is_none())
+        .ok_or_else(rotated)?;
+    successor.revoked_at = Some(now);
+    successor.revoked_reason = Some("replaced: its rotation was asked for again".to_owned());
+    keys::save(&mut *tx, &successor, now).await?;
+    revocations::record(&mut *tx, &[successor.id], "revoked", now).await?;
+    let mut old = old.clone();
+    old.rotated_to = None;
+    old.grace_until = None;
+    Ok(keys::save(&mut *tx, &old, now).await?)
 }
 
 /// The calling key's metadata: its instance, scopes, expiry and when it
@@ -164,12 +196,15 @@ pub async fn rotate_self(
     }
     let now = state.clock.now();
     let mut tx = state.db.pool().begin().await?;
-    let (old, _) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
-    if old.status != "active" {
-        return Err(ApiError::Conflict(
-            "this key has already been rotated: use its successor".to_owned(),
-        ));
-    }
+    let (mut old, _) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    let replaced = match old.status.as_str() {
+        "active" => None,
+        _ => {
+            let replaced = old.rotated_to;
+            old = retry_rotation(&mut tx, &old, now).await?;
+            replaced
+        }
+    };
     let (successor, secret) = rotate(&mut tx, &state, &old, grace, now).await?;
     let audit = Audit::by(format!("api_key:{}", old.id), meta, now);
     audit::append(
@@ -183,12 +218,13 @@ pub async fn rotate_self(
                 "grace_seconds": grace,
                 "masked": old.masked,
                 "by": "holder",
+                "replaced_unused_successor": replaced,
             }),
         ),
     )
     .await?;
     let key = view_one(&mut tx, successor).await?;
-    finish_rotation(&state, tx, &old, &key, grace, now).await?;
+    finish_rotation(&state, tx, &old, &key, grace, replaced, now).await?;
     Ok(created(CreatedKeyResponse {
         key,
         secret: secret.expose().to_owned(),
