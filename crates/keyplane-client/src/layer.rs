@@ -99,6 +99,27 @@ pub struct KeyplaneService<S> {
     guard: KeyplaneLayer,
 }
 
+/// The refusal's answer. An HTTP/1 request whose body is left unread ends
+/// its connection: the answer says so (`Connection: close`), so that clients
+/// do not send their next request down a connection the server is closing.
+fn refused<B>(request: &Request<B>, refusal: Refusal) -> Response<Body> {
+    let mut response = refusal.to_response();
+    let has_body = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() != b"0")
+        || request
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    if has_body && request.version() <= axum::http::Version::HTTP_11 {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 impl<S, B> tower::Service<Request<B>> for KeyplaneService<S>
 where
     S: tower::Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
@@ -136,7 +157,7 @@ where
                     request.extensions_mut().insert(Caller(identity));
                 }
                 Ok(None) => {}
-                Err(refusal) => return Ok(refusal.to_response()),
+                Err(refusal) => return Ok(refused(&request, refusal)),
             }
             inner.call(request).await
         })
