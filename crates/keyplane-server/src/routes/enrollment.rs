@@ -9,8 +9,8 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
-use keyplane_domain::{KeyKind, KeySecret, Permission, RoleName, ScopeSet};
-use keyplane_store::{audit, enrollment, instances, keys, roles};
+use keyplane_domain::{KeyKind, KeySecret, Permission, ScopeSet};
+use keyplane_store::{audit, enrollment, instances, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -22,7 +22,9 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
 use crate::routes::instances::{InstanceResponse, InstanceStatus};
-use crate::routes::keys::{CreatedKeyResponse, created, policy_expiry, rotate_after, view_one};
+use crate::routes::keys::{
+    CreatedKeyResponse, created, grants, known_roles, policy_expiry, rotate_after, view_one,
+};
 use crate::state::AppState;
 
 page_type!(EnrollmentTokenPage, EnrollmentTokenResponse);
@@ -183,19 +185,7 @@ pub async fn create_enrollment_token(
 ) -> Result<Response, ApiError> {
     operator.require(Permission::EnrollmentWrite)?;
     let name = input::name("name", &body.name)?;
-    let scopes = input::scopes("scopes", body.scopes.as_deref().unwrap_or_default())?;
-    let role_names = body.roles.unwrap_or_default();
-    input::bounded("roles", &role_names)?;
-    for (index, role) in role_names.iter().enumerate() {
-        RoleName::parse(role)
-            .map_err(|err| ApiError::invalid(format!("roles[{index}]"), err.to_string()))?;
-    }
-    if scopes.is_empty() && role_names.is_empty() {
-        return Err(ApiError::invalid(
-            "scopes",
-            "give scopes and/or roles: a key with neither could do nothing",
-        ));
-    }
+    let (scopes, role_names) = grants(body.scopes, body.roles)?;
     let labels = input::labels(body.labels)?;
     let uses = body.uses.unwrap_or(1);
     if !(1..=MAX_USES).contains(&uses) {
@@ -218,16 +208,7 @@ pub async fn create_enrollment_token(
     let audit = Audit::new(&operator, meta, now);
 
     let mut tx = state.db.pool().begin().await?;
-    let found = roles::get_many(&mut *tx, &role_names).await?;
-    if let Some(index) = role_names
-        .iter()
-        .position(|r| !found.iter().any(|f| &f.name == r))
-    {
-        return Err(ApiError::invalid(
-            format!("roles[{index}]"),
-            "no role with this name",
-        ));
-    }
+    let found = known_roles(&mut tx, &role_names).await?;
     let ceiling = match &body.allowed_scopes {
         Some(allowed) => {
             let ceiling = input::scopes("allowed_scopes", allowed)?;

@@ -332,6 +332,47 @@ pub(crate) async fn view_one(
     view(conn, vec![row]).await?.pop().ok_or_else(not_found)
 }
 
+/// What a new key is granted: its scopes and role names, checked; a key
+/// with neither could do nothing and is refused.
+pub fn grants(
+    scopes: Option<Vec<String>>,
+    roles: Option<Vec<String>>,
+) -> Result<(ScopeSet, Vec<String>), ApiError> {
+    let scopes = input::scopes("scopes", scopes.as_deref().unwrap_or_default())?;
+    let role_names = roles.unwrap_or_default();
+    input::bounded("roles", &role_names)?;
+    for (index, role) in role_names.iter().enumerate() {
+        RoleName::parse(role)
+            .map_err(|err| ApiError::invalid(format!("roles[{index}]"), err.to_string()))?;
+    }
+    if scopes.is_empty() && role_names.is_empty() {
+        return Err(ApiError::invalid(
+            "scopes",
+            "give scopes and/or roles: a key with neither could do nothing",
+        ));
+    }
+    Ok((scopes, role_names))
+}
+
+/// The roles named, each of which must exist (the first that does not is
+/// named by its index).
+pub async fn known_roles(
+    conn: &mut PgConnection,
+    names: &[String],
+) -> Result<Vec<roles::Role>, ApiError> {
+    let found = roles::get_many(&mut *conn, names).await?;
+    match names
+        .iter()
+        .position(|name| !found.iter().any(|role| &role.name == name))
+    {
+        Some(index) => Err(ApiError::invalid(
+            format!("roles[{index}]"),
+            "no role with this name",
+        )),
+        None => Ok(found),
+    }
+}
+
 /// Resolves audience entries (node ids or names) to the ids of live nodes.
 async fn resolve_audience(
     conn: &mut PgConnection,
@@ -387,19 +428,7 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     operator.require(Permission::KeysWrite)?;
     let name = input::name("name", &body.name)?;
-    let scopes = input::scopes("scopes", body.scopes.as_deref().unwrap_or_default())?;
-    let role_names = body.roles.unwrap_or_default();
-    input::bounded("roles", &role_names)?;
-    for (index, role) in role_names.iter().enumerate() {
-        RoleName::parse(role)
-            .map_err(|err| ApiError::invalid(format!("roles[{index}]"), err.to_string()))?;
-    }
-    if scopes.is_empty() && role_names.is_empty() {
-        return Err(ApiError::invalid(
-            "scopes",
-            "give scopes and/or roles: a key with neither could do nothing",
-        ));
-    }
+    let (scopes, role_names) = grants(body.scopes, body.roles)?;
     let rotate_after = rotate_after(&state, body.rotate_after)?;
     let now = state.clock.now();
     let (expires_at, warnings) = policy_expiry(&state, now, body.expires_in, body.expires_at)?;
@@ -422,17 +451,7 @@ pub async fn create_key(
             format!("scope {outside} is outside the instance's allowed_scopes"),
         ));
     }
-    let found = roles::get_many(&mut *tx, &role_names).await?;
-    if let Some((index, _)) = role_names
-        .iter()
-        .enumerate()
-        .find(|(_, r)| !found.iter().any(|f| &f.name == *r))
-    {
-        return Err(ApiError::invalid(
-            format!("roles[{index}]"),
-            "no role with this name",
-        ));
-    }
+    known_roles(&mut tx, &role_names).await?;
     let audience = resolve_audience(&mut tx, body.audience.as_deref().unwrap_or_default()).await?;
 
     let secret =
