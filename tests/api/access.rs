@@ -222,6 +222,13 @@ async fn every_management_route_enforces_the_role_matrix() {
             None,
         ),
         (
+            Method::PATCH,
+            format!("/v1/nodes/{node_id}"),
+            "/v1/nodes/{id}",
+            "nodes:write",
+            Some(json!({"forward_auth_proxy": "caddy"})),
+        ),
+        (
             Method::DELETE,
             format!("/v1/nodes/{node_id}"),
             "/v1/nodes/{id}",
@@ -348,6 +355,11 @@ async fn every_management_route_enforces_the_role_matrix() {
         (Method::POST, "/v1/introspect"),
         (Method::GET, "/v1/authz/check"),
         (Method::POST, "/v1/authz/check"),
+        (Method::GET, "/v1/authz/check/{path}"),
+        (Method::POST, "/v1/authz/check/{path}"),
+        (Method::PUT, "/v1/authz/check/{path}"),
+        (Method::PATCH, "/v1/authz/check/{path}"),
+        (Method::DELETE, "/v1/authz/check/{path}"),
         (Method::GET, "/v1/revocations/stream"),
         (Method::POST, "/v1/heartbeat"),
         // Instances' own routes take their enrollment token or API key.

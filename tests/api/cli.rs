@@ -227,6 +227,14 @@ fn prod_refuses_to_start_on_anything_insecure_with_one_line_naming_it() {
             with(&[], &["KEYPLANE_MASTER_KEY"]),
             "KEYPLANE_MASTER_KEY: required in prod mode",
         ),
+        (
+            with(&[("KEYPLANE_ROUTE_SCOPES", "GET /v1/models=public")], &[]),
+            "KEYPLANE_ROUTE_SCOPES: prod serves no route without a key",
+        ),
+        (
+            with(&[("KEYPLANE_FORWARD_AUTH_PROXY", "haproxy")], &[]),
+            "KEYPLANE_FORWARD_AUTH_PROXY: expected nginx, traefik, caddy or envoy",
+        ),
     ];
     for (env, expected) in cases {
         let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();

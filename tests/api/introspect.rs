@@ -559,7 +559,8 @@ async fn forward_auth_allows_denies_and_names_the_caller() {
             .get(f.server.url("/v1/authz/check"))
             .header("x-keyplane-node-key", &f.node_key)
             .header("x-original-method", method)
-            .header("x-original-uri", uri);
+            .header("x-original-uri", uri)
+            .header("x-real-ip", "127.0.0.1");
         match key {
             Some(key) => request.bearer_auth(key),
             None => request,

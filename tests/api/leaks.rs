@@ -191,6 +191,7 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
         .header("x-keyplane-node-key", &node_key)
         .header("x-original-method", "POST")
         .header("x-original-uri", "/v1/embeddings")
+        .header("x-real-ip", "127.0.0.1")
         .bearer_auth(&second_key)
         .send()
         .await

@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod embedded;
 mod errors;
+mod forward_auth;
 mod health;
 mod instances;
 mod introspect;

@@ -125,6 +125,209 @@ async fn of_instances_racing_for_an_enrollment_tokens_last_uses_exactly_that_man
     server.stop().await.unwrap();
 }
 
+/// The audit entries of `action` on the key `key_id`, newest first.
+async fn audited(server: &TestServer, action: &str, key_id: &str) -> Vec<Value> {
+    let (_, page) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/audit?action={action}&target={key_id}"),
+            None,
+        )
+        .await;
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_operators_rotation_is_final_for_the_old_key() {
+    let server = TestServer::start_admin().await;
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let id = key["id"].as_str().unwrap();
+    let leaked = key["secret"].as_str().unwrap();
+    // The key leaked; an operator rotates it with a grace window so the
+    // instance can pick up the successor.
+    let (status, rotated) = call(
+        server.as_(
+            crate::support::BOOTSTRAP,
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+        ),
+        Some(json!({"grace_seconds": 600})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    let successor = rotated["secret"].as_str().unwrap();
+    // Whoever else holds the old key cannot undo that rotation and walk
+    // away with a fresh key: 409, and the successor stays.
+    let (status, refused) = call(server.as_(leaked, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["code"], "conflict");
+    assert_eq!(
+        call(server.as_(successor, Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        200,
+        "the operator's successor still works"
+    );
+    let (_, old) = server
+        .admin(Method::GET, &format!("/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(old["rotated_to"], rotated["id"]);
+    // The attempt is audited with the caller's address, and no key.
+    let entries = audited(&server, "key.rotate", id).await;
+    let denied: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{entries:?}");
+    assert_eq!(denied[0]["actor"], format!("api_key:{id}"));
+    assert_eq!(denied[0]["client_ip"], "127.0.0.1");
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(!text.contains(leaked) && !text.contains(successor));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_holder_may_retry_only_its_own_rotation_and_only_for_minutes() {
+    let url = fresh_database().await;
+    let clock = keyplane_server::clock::ManualClock::at(chrono::Utc::now());
+    let app =
+        keyplane_server::App::build_with_clock(admin_settings_for(&url), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+    let server = TestServer::from_app(app);
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let old = key["secret"].as_str().unwrap();
+    let (status, first) = call(
+        server.as_(old, Method::POST, "/v1/self/rotate"),
+        Some(json!({"grace_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    // Within minutes, the lost answer is made again.
+    clock.advance(chrono::Duration::minutes(5));
+    let (status, second) = call(server.as_(old, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 201, "{second}");
+    // Long after, even an unused successor stays: the old key is spent.
+    clock.advance(chrono::Duration::minutes(11));
+    let (status, _) = call(server.as_(old, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 409);
+    let newest = second["secret"].as_str().unwrap();
+    assert_eq!(
+        call(server.as_(newest, Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        200
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_instance_can_be_barred_from_rotating_its_own_keys() {
+    let server = TestServer::start_admin().await;
+    let (status, instance) = server
+        .admin(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({"name": "pinned", "allowed_scopes": ["inference:chat"], "self_rotation": false})),
+        )
+        .await;
+    assert_eq!(status, 201, "{instance}");
+    assert_eq!(instance["self_rotation"], false);
+    let id = instance["id"].as_str().unwrap();
+    let key = server
+        .key(id, json!({"name": "k", "scopes": ["inference:chat"]}))
+        .await;
+    let secret = key["secret"].as_str().unwrap();
+    let (status, refused) = call(server.as_(secret, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(
+        call(server.as_(secret, Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        200,
+        "reading its own key is still allowed"
+    );
+    let entries = audited(&server, "key.rotate", key["id"].as_str().unwrap()).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["outcome"], "denied");
+    // Switched back on, it may.
+    let (status, changed) = server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/instances/{id}"),
+            Some(json!({"self_rotation": true})),
+        )
+        .await;
+    assert_eq!((status, &changed["self_rotation"]), (200, &json!(true)));
+    let (status, _) = call(server.as_(secret, Method::POST, "/v1/self/rotate"), None).await;
+    assert_eq!(status, 201);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_holder_rotating_in_a_loop_is_slowed_down() {
+    let url = fresh_database().await;
+    let mut settings = admin_settings_for(&url);
+    settings.limits.self_rotations_per_hour = 3;
+    let server = TestServer::start_with(settings).await;
+    let instance = server.instance("loop", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let mut secret = key["secret"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let (status, next) = call(
+            server.as_(&secret, Method::POST, "/v1/self/rotate"),
+            Some(json!({"grace_seconds": 0})),
+        )
+        .await;
+        assert_eq!(status, 201, "{next}");
+        secret = next["secret"].as_str().unwrap().to_owned();
+    }
+    let response = server
+        .as_(&secret, Method::POST, "/v1/self/rotate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // The budget is the instance's, not the key's; its keys still work.
+    assert_eq!(
+        call(server.as_(&secret, Method::GET, "/v1/self"), None)
+            .await
+            .0,
+        200
+    );
+    let (_, keys) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/keys?instance_id={instance}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        keys["items"].as_array().unwrap().len(),
+        4,
+        "no key past the budget"
+    );
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_key_holder_reads_and_rotates_its_own_key() {
     let server = TestServer::start_admin().await;
@@ -254,17 +457,23 @@ async fn a_key_holder_reads_and_rotates_its_own_key() {
     let (_, entries) = server
         .admin(Method::GET, "/v1/audit?action=key.rotate", None)
         .await;
-    let actors: Vec<&str> = entries["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["actor"].as_str())
-        .collect();
+    let items = entries["items"].as_array().unwrap();
+    let actors: Vec<&str> = items.iter().filter_map(|e| e["actor"].as_str()).collect();
     assert!(
         actors.iter().all(|a| a.starts_with("api_key:")),
         "{actors:?}"
     );
-    assert_eq!(actors.len(), 3);
+    let outcomes: Vec<&str> = items.iter().filter_map(|e| e["outcome"].as_str()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "success").count(),
+        3,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "denied").count(),
+        1,
+        "the refused retry is audited too"
+    );
     server.stop().await.unwrap();
 }
 

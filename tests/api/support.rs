@@ -72,6 +72,8 @@ pub fn settings_for(database_url: &str) -> Settings {
             auth_failures_per_minute: 1_000_000,
             operator_per_minute: 1_000_000,
             node_per_second: 1_000_000,
+            self_service_per_minute: 1_000_000,
+            self_rotations_per_hour: 1_000_000,
         },
         ..Settings::default()
     }

@@ -419,6 +419,7 @@ async fn a_node_may_authenticate_with_a_client_certificate_bound_to_its_name() {
         .get(format!("{base}/v1/authz/check"))
         .header("x-original-method", "POST")
         .header("x-original-uri", "/v1/chat/completions")
+        .header("x-real-ip", "127.0.0.1")
         .bearer_auth(secret)
         .send()
         .await

@@ -56,6 +56,10 @@ pub enum Refusal {
     /// No route rule allows the request.
     #[error("no route rule allows this request")]
     RouteDenied,
+    /// The path hides its shape (an encoded slash, a dot segment): what it
+    /// names depends on who decodes it, so it is refused, not guessed at.
+    #[error("{0}")]
+    BadPath(keyplane_domain::PathError),
     /// keyplane cannot be reached and no answer may be trusted: fail closed.
     #[error("the key cannot be checked now: keyplane is unreachable")]
     Unavailable,

@@ -24,7 +24,7 @@ pub fn openai_error(status: StatusCode, kind: &str, code: &str, message: &str) -
 }
 
 impl Refusal {
-    /// The HTTP answer for this refusal: 401, 403 or 503.
+    /// The HTTP answer for this refusal: 400, 401, 403 or 503.
     pub fn to_response(&self) -> Response<Body> {
         match self {
             Refusal::InvalidKey => openai_error(
@@ -44,6 +44,12 @@ impl Refusal {
                 "permission_error",
                 "route_not_allowed",
                 "No route rule allows this request.",
+            ),
+            Refusal::BadPath(err) => openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_path",
+                &format!("The request path is refused: {err}."),
             ),
             Refusal::Unavailable => openai_error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -62,6 +62,7 @@ impl KeyplaneLayer {
         let scope = match self.routes.access(method, path) {
             Access::Public => return Ok(None),
             Access::Unmapped => return Err(Refusal::RouteDenied),
+            Access::BadPath(err) => return Err(Refusal::BadPath(err)),
             Access::Scope(scope) => scope,
         };
         let token = bearer(headers).ok_or(Refusal::InvalidKey)?;

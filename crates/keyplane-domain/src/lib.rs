@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 mod duration;
+mod forward_auth;
 mod key;
 mod mode;
 mod name;
@@ -16,8 +17,11 @@ mod scope;
 pub use access::{ManagementRole, ManagementRoleError, Permission};
 pub use audit::{ChainedFields, GENESIS, chain_hash};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use forward_auth::{
+    Call, ENVOY_PATH_PREFIX, ForwardAuthProxy, ForwardedError, Original, UnknownProxy, Unreadable,
+};
 pub use key::{KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, mask_untrusted, scrub_keys};
 pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
-pub use route::{Access, RouteError, RouteMap};
+pub use route::{Access, PathError, RouteError, RouteMap, decoded_segments};
 pub use scope::{CATALOG as SCOPE_CATALOG, Scope, ScopeError, ScopeSet, effective_scopes};

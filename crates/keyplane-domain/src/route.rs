@@ -5,6 +5,14 @@
 //! matches any, `*` as a path segment matches one segment and a final `**`
 //! matches the rest. The first matching rule wins; a route no rule matches is
 //! denied.
+//!
+//! Rules match the path as the upstream will act on it: percent-decoded. A
+//! path whose shape depends on who decodes it (an encoded `/` or `\`, a `.`
+//! or `..` segment, plain or encoded) is refused rather than guessed at,
+//! since `/v1/models/%2e%2e/chat/completions` reads as a models route here
+//! and as a chat route to a server that normalises after decoding.
+
+use std::borrow::Cow;
 
 use crate::scope::{Scope, ScopeError};
 
@@ -17,6 +25,23 @@ pub enum Access {
     Public,
     /// No rule names the route: deny it.
     Unmapped,
+    /// The path hides its shape (see [`decoded_segments`]): refuse it.
+    BadPath(PathError),
+}
+
+/// Why a path is refused before any rule is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `.` or `..` segment, plain or percent-encoded.
+    #[error("the path has a dot segment (`.` or `..`, plain or percent-encoded)")]
+    DotSegment,
+    /// `%2F`, `%5C` or a plain `\`: a separator the upstream may or may not split on.
+    #[error("the path has an encoded slash or a backslash")]
+    EncodedSeparator,
+    /// A `%` not followed by two hex digits, an encoded NUL or control
+    /// character, or bytes that are not UTF-8 once decoded.
+    #[error("the path has a malformed percent-encoding")]
+    BadEncoding,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,20 +97,23 @@ impl RouteMap {
         RouteMap::parse(DEFAULTS).unwrap_or(RouteMap(Vec::new()))
     }
 
+    /// Whether any rule makes a route public.
+    pub fn has_public(&self) -> bool {
+        self.0.iter().any(|rule| rule.access == Access::Public)
+    }
+
     /// `self`'s rules, then `fallback`'s.
     pub fn then(mut self, fallback: RouteMap) -> RouteMap {
         self.0.extend(fallback.0);
         self
     }
 
-    /// What `method` on `path` (query string ignored) needs.
+    /// What `method` on `path` (as sent, query string ignored) needs.
     pub fn access(&self, method: &str, path: &str) -> Access {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        // A path that climbs out of itself is never mapped.
-        if segments.iter().any(|s| *s == ".." || *s == ".") {
-            return Access::Unmapped;
-        }
+        let segments = match decoded_segments(path) {
+            Ok(segments) => segments,
+            Err(err) => return Access::BadPath(err),
+        };
         self.0
             .iter()
             .find(|rule| {
@@ -121,11 +149,63 @@ fn parse_rule(text: &str) -> Result<Rule, RouteError> {
     })
 }
 
-fn matches(pattern: &[String], path: &[&str]) -> bool {
+/// The segments of `path` (as sent: the query string and fragment are cut
+/// off), each percent-decoded; empty segments (`//`) are skipped. Borrowed
+/// unless a segment had to be decoded.
+pub fn decoded_segments(path: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if path.contains('\\') {
+        return Err(PathError::EncodedSeparator);
+    }
+    let mut segments = Vec::with_capacity(8);
+    for raw in path.split('/').filter(|s| !s.is_empty()) {
+        let segment = percent_decode(raw)?;
+        if segment.contains(['/', '\\']) {
+            return Err(PathError::EncodedSeparator);
+        }
+        if segment == "." || segment == ".." {
+            return Err(PathError::DotSegment);
+        }
+        segments.push(segment);
+    }
+    Ok(segments)
+}
+
+/// Decodes `%XX` escapes; refuses bad escapes, control characters and
+/// bytes that are not UTF-8.
+fn percent_decode(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw.contains('%') {
+        return match raw.chars().any(char::is_control) {
+            true => Err(PathError::BadEncoding),
+            false => Ok(Cow::Borrowed(raw)),
+        };
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| PathError::BadEncoding)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| PathError::BadEncoding)?;
+    match text.chars().any(char::is_control) {
+        true => Err(PathError::BadEncoding),
+        false => Ok(Cow::Owned(text)),
+    }
+}
+
+fn matches(pattern: &[String], path: &[Cow<'_, str>]) -> bool {
     match (pattern.first().map(String::as_str), path.first()) {
         (Some("**"), _) => !path.is_empty(),
         (Some("*"), Some(_)) => matches(&pattern[1..], &path[1..]),
-        (Some(want), Some(got)) => want == *got && matches(&pattern[1..], &path[1..]),
+        (Some(want), Some(got)) => want == got && matches(&pattern[1..], &path[1..]),
         (None, None) => true,
         _ => false,
     }
@@ -164,7 +244,52 @@ mod tests {
         assert_eq!(map.access("PATCH", "/v1/configs"), scope("configs:admin"));
         assert_eq!(map.access("GET", "/v1/chat/completions"), Access::Unmapped);
         assert_eq!(map.access("POST", "/v1/shutdown"), Access::Unmapped);
-        assert_eq!(map.access("GET", "/v1/models/../configs"), Access::Unmapped);
+        assert_eq!(
+            map.access("GET", "/v1/models/../configs"),
+            Access::BadPath(PathError::DotSegment)
+        );
+    }
+
+    #[test]
+    fn rules_match_the_decoded_path() {
+        let map = RouteMap::defaults();
+        assert_eq!(
+            map.access("POST", "/v1/chat/%63ompletions"),
+            scope("inference:chat"),
+            "an escaped letter is the letter"
+        );
+        assert_eq!(
+            map.access("POST", "/v1//chat/completions"),
+            scope("inference:chat")
+        );
+    }
+
+    #[test]
+    fn paths_whose_shape_depends_on_the_decoder_are_refused() {
+        let map = RouteMap::defaults();
+        for (path, why) in [
+            ("/v1/models/%2e%2e/chat/completions", PathError::DotSegment),
+            ("/v1/models/%2E./chat/completions", PathError::DotSegment),
+            ("/v1/models/./x", PathError::DotSegment),
+            (
+                "/v1/models/..%2fchat/completions",
+                PathError::EncodedSeparator,
+            ),
+            ("/v1/models/x%2Fy", PathError::EncodedSeparator),
+            ("/v1/models/x%5cy", PathError::EncodedSeparator),
+            ("/v1/models\\..\\chat", PathError::EncodedSeparator),
+            ("/v1/models/%zz", PathError::BadEncoding),
+            ("/v1/models/%2", PathError::BadEncoding),
+            ("/v1/models/%00", PathError::BadEncoding),
+            ("/v1/models/%ff", PathError::BadEncoding),
+        ] {
+            assert_eq!(map.access("GET", path), Access::BadPath(why), "{path}");
+        }
+        assert_eq!(
+            map.access("GET", "/v1/models?next=../../configs"),
+            scope("models:read"),
+            "the query string is not the path"
+        );
     }
 
     #[test]

@@ -191,11 +191,13 @@ impl App {
             probes,
             auth_failures,
             policy_refusals: BurstWatch::new(1, Duration::from_secs(60)),
+            forward_auth_refusals: BurstWatch::new(1, Duration::from_secs(60)),
             limits,
             metrics: Arc::new(Metrics::for_routes(routes::documented_routes())),
             stopping: tokio::sync::watch::Sender::new(false),
             master,
             scheduler_leader: Arc::default(),
+            streams: Arc::default(),
         });
         tasks.push(routes::audit::checkpoint_periodically(
             state.clone(),

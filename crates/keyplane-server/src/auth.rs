@@ -289,4 +289,18 @@ impl Audit {
             details,
         }
     }
+
+    /// [`Audit::entry`] for an `action` that was refused.
+    pub fn denied(
+        &self,
+        action: &'static str,
+        target_type: &'static str,
+        target_id: impl fmt::Display,
+        details: serde_json::Value,
+    ) -> audit::NewEntry {
+        audit::NewEntry {
+            outcome: "denied",
+            ..self.entry(action, target_type, target_id, details)
+        }
+    }
 }

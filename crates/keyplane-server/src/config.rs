@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use clap::Args;
-use keyplane_domain::{Mode, RouteMap, format_duration, parse_duration};
+use keyplane_domain::{ForwardAuthProxy, Mode, RouteMap, format_duration, parse_duration};
 use keyplane_store::{DatabaseLocation, PoolSettings, describe_url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -128,6 +128,10 @@ pub struct SettingsArgs {
     /// Route rules checked before the defaults, e.g. "GET /v1/models=public".
     #[arg(long, env = "KEYPLANE_ROUTE_SCOPES", global = true)]
     pub route_scopes: Option<String>,
+    /// The reverse proxy that calls forward auth (nginx, traefik, caddy or
+    /// envoy), unless a node names its own: only its headers are believed.
+    #[arg(long, env = "KEYPLANE_FORWARD_AUTH_PROXY", global = true)]
+    pub forward_auth_proxy: Option<String>,
     /// The `iss` of introspection answers.
     #[arg(long, env = "KEYPLANE_ISSUER", global = true)]
     pub issuer: Option<String>,
@@ -162,6 +166,7 @@ struct FileSettings {
     rate_operator: Option<toml::Value>,
     rate_node: Option<toml::Value>,
     route_scopes: Option<String>,
+    forward_auth_proxy: Option<String>,
     issuer: Option<String>,
 }
 
@@ -227,6 +232,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Which scope each inference route needs (configured rules, then the defaults).
     pub routes: RouteMap,
+    /// The proxy whose headers forward auth believes, for nodes that name none.
+    pub forward_auth_proxy: ForwardAuthProxy,
     /// The `iss` of introspection answers; defaults to `urn:keyplane:<deployment id>`.
     pub issuer: Option<String>,
     /// Seals signing keys at rest; in `dev` without one, a key is kept in
@@ -260,6 +267,7 @@ impl Default for Settings {
             probe_window: Duration::from_secs(60),
             limits: LimitSettings::default(),
             routes: RouteMap::defaults(),
+            forward_auth_proxy: ForwardAuthProxy::Nginx,
             issuer: None,
             master_key: None,
             data_dir: PathBuf::from("keyplane-data"),
@@ -467,6 +475,7 @@ impl Settings {
                 &file.rate_node,
                 defaults.limits.node_per_second,
             )?,
+            ..defaults.limits
         };
         let routes = match pick(&args.route_scopes, &file.route_scopes) {
             Some(rules) => RouteMap::parse(&rules)
@@ -474,6 +483,22 @@ impl Settings {
                 .then(RouteMap::defaults()),
             None => defaults.routes,
         };
+        if mode == Mode::Prod && routes.has_public() {
+            return Err(ConfigError::new(
+                "KEYPLANE_ROUTE_SCOPES",
+                "prod serves no route without a key; public routes need mixed",
+            ));
+        }
+        let forward_auth_proxy = pick(&args.forward_auth_proxy, &file.forward_auth_proxy)
+            .map(|v| {
+                parse_with(
+                    "KEYPLANE_FORWARD_AUTH_PROXY",
+                    &v,
+                    ForwardAuthProxy::from_str,
+                )
+            })
+            .transpose()?
+            .unwrap_or(defaults.forward_auth_proxy);
         let issuer = pick(&args.issuer, &file.issuer);
 
         let bootstrap_token = secret_from_env("KEYPLANE_BOOTSTRAP_TOKEN")?;
@@ -538,6 +563,7 @@ impl Settings {
             probe_window,
             limits,
             routes,
+            forward_auth_proxy,
             issuer,
             master_key,
             data_dir,
@@ -582,6 +608,7 @@ impl Settings {
                 "introspection_cache_ttl",
                 format_duration(self.introspection_cache_ttl),
             ),
+            ("forward_auth_proxy", self.forward_auth_proxy.to_string()),
             (
                 "bootstrap_token",
                 if self.bootstrap_token.is_some() {

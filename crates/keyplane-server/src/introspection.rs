@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use keyplane_domain::{KeyKind, KeySecret, ScopeSet, effective_scopes};
+use keyplane_domain::{ForwardAuthProxy, KeyKind, KeySecret, ScopeSet, effective_scopes};
 use keyplane_store::introspection::{self, KeyFacts, NodeFacts};
 use moka::Expiry;
 use moka::future::Cache;
@@ -127,8 +127,11 @@ pub struct CachedNode {
     pub id: Uuid,
     /// Its name.
     pub name: String,
-    expires_at: DateTime<Utc>,
+    /// When its key (or its registration, for a certificate) stops working.
+    pub expires_at: DateTime<Utc>,
     retired: bool,
+    /// Its own forward-auth proxy setting; None follows the deployment's.
+    pub forward_auth_proxy: Option<ForwardAuthProxy>,
     used_second: AtomicI64,
 }
 
@@ -139,6 +142,10 @@ impl From<NodeFacts> for CachedNode {
             name: facts.name,
             expires_at: facts.expires_at,
             retired: facts.retired,
+            // The column's check constraint admits only names that parse.
+            forward_auth_proxy: facts
+                .forward_auth_proxy
+                .and_then(|proxy| proxy.parse().ok()),
             used_second: AtomicI64::new(0),
         }
     }
@@ -188,6 +195,9 @@ pub struct Introspector {
     certified: Cache<[u8; 32], Option<Arc<CachedNode>>>,
     /// False when the capacity is 0: every request goes to the database.
     cached: bool,
+    /// Events applied so far: a load that sees this change while it reads
+    /// may have read what the event made stale.
+    changes: Arc<AtomicU64>,
     /// Key lookups, and how many of them loaded from the database.
     lookups: Arc<AtomicU64>,
     loads: Arc<AtomicU64>,
@@ -212,6 +222,7 @@ impl Introspector {
             nodes: digest_cache(capacity),
             certified: digest_cache(capacity),
             cached: capacity > 0,
+            changes: Arc::default(),
             lookups: Arc::default(),
             loads: Arc::default(),
             usage: Arc::default(),
@@ -241,26 +252,7 @@ impl Introspector {
         };
         let cached = match hit {
             Some(cached) => cached,
-            None => {
-                let pool = self.pool.clone();
-                let loads = self.loads.clone();
-                let load = async move {
-                    loads.fetch_add(1, Ordering::Relaxed);
-                    let facts = introspection::key_facts(&pool, &digest).await?;
-                    Ok::<_, keyplane_store::StoreError>(
-                        facts.map(|f| Arc::new(CachedKey::from_facts(f))),
-                    )
-                };
-                if self.cached {
-                    // One load per digest, however many requests wait on it.
-                    self.keys
-                        .try_get_with(digest, load)
-                        .await
-                        .map_err(unavailable)?
-                } else {
-                    load.await.map_err(|err| unavailable(Arc::new(err)))?
-                }
-            }
+            None => self.load_key(digest).await?,
         };
         let verdict = cached.filter(|key| key.admits(node, wanted, client_ip, now));
         if let Some(key) = &verdict
@@ -270,6 +262,58 @@ impl Introspector {
             usage.keys.insert(key.key_id, now);
         }
         Ok(verdict)
+    }
+
+    /// Loads what the cache lacks for `digest`: one load per digest, however
+    /// many requests wait on it. A load that a change raced (an event
+    /// applied while it read) is not kept: what it read may be what the
+    /// change just ended, so it is read again, uncached.
+    async fn load_key(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, Unavailable> {
+        let read = |pool: PgPool, loads: Arc<AtomicU64>| async move {
+            loads.fetch_add(1, Ordering::Relaxed);
+            let facts = introspection::key_facts(&pool, &digest).await?;
+            Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedKey::from_facts(f))))
+        };
+        if !self.cached {
+            return read(self.pool.clone(), self.loads.clone())
+                .await
+                .map_err(|err| unavailable(Arc::new(err)));
+        }
+        let before = self.changes.load(Ordering::SeqCst);
+        let load = {
+            let (pool, loads, changes) =
+                (self.pool.clone(), self.loads.clone(), self.changes.clone());
+            async move {
+                let started = changes.load(Ordering::SeqCst);
+                let loaded = read(pool, loads).await.map_err(Load::Store)?;
+                match changes.load(Ordering::SeqCst) == started {
+                    true => Ok(loaded),
+                    false => Err(Load::Raced),
+                }
+            }
+        };
+        match self.keys.try_get_with(digest, load).await {
+            // A change between the load's last look and its insertion: drop
+            // the entry and read again.
+            Ok(loaded) if self.changes.load(Ordering::SeqCst) == before => Ok(loaded),
+            Ok(_) => {
+                self.keys.invalidate(&digest).await;
+                self.read_fresh(digest).await
+            }
+            Err(err) => match &*err {
+                Load::Raced => self.read_fresh(digest).await,
+                Load::Store(_) => Err(unavailable_load(err)),
+            },
+        }
+    }
+
+    /// Reads `digest`'s facts without caching them.
+    async fn read_fresh(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, Unavailable> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        introspection::key_facts(&self.pool, &digest)
+            .await
+            .map(|facts| facts.map(|f| Arc::new(CachedKey::from_facts(f))))
+            .map_err(|err| unavailable(Arc::new(err)))
     }
 
     /// Key lookups so far, and how many of them missed the cache.
@@ -351,6 +395,8 @@ impl Introspector {
 
     /// Drops what `event` makes stale.
     pub fn apply(&self, event: &Event) {
+        // Counted first: a load in flight now must not keep what it read.
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let registered = match *event {
             Event::Key { id } => self
                 .keys
@@ -446,5 +492,22 @@ pub struct Unavailable;
 /// moka shares a loader's error between every request that waited on it.
 fn unavailable(err: Arc<keyplane_store::StoreError>) -> Unavailable {
     tracing::error!(error = %err, "introspection lookup failed");
+    Unavailable
+}
+
+/// Why a cache load kept nothing.
+#[derive(Debug)]
+enum Load {
+    /// The database failed.
+    Store(keyplane_store::StoreError),
+    /// A change was applied while it read.
+    Raced,
+}
+
+fn unavailable_load(err: Arc<Load>) -> Unavailable {
+    match &*err {
+        Load::Store(err) => tracing::error!(error = %err, "introspection lookup failed"),
+        Load::Raced => {}
+    }
     Unavailable
 }

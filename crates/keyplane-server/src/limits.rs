@@ -32,6 +32,11 @@ pub struct LimitSettings {
     pub operator_per_minute: u32,
     /// Node requests (introspection, forward auth) per node per second.
     pub node_per_second: u32,
+    /// Self-service requests (`/v1/self`, `/v1/self/rotate`) per instance per minute.
+    pub self_service_per_minute: u32,
+    /// Self-rotations per instance per hour: a holder rotating in a loop
+    /// would flood keys, audit entries, webhooks and revocation events.
+    pub self_rotations_per_hour: u32,
 }
 
 impl Default for LimitSettings {
@@ -40,6 +45,8 @@ impl Default for LimitSettings {
             auth_failures_per_minute: 30,
             operator_per_minute: 1_200,
             node_per_second: 50_000,
+            self_service_per_minute: 60,
+            self_rotations_per_hour: 12,
         }
     }
 }
@@ -51,6 +58,8 @@ pub struct Limits {
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     operators: DefaultKeyedRateLimiter<String>,
     nodes: DefaultKeyedRateLimiter<Uuid>,
+    self_service: DefaultKeyedRateLimiter<Uuid>,
+    self_rotations: DefaultKeyedRateLimiter<Uuid>,
 }
 
 fn at_least_one(n: u32) -> NonZeroU32 {
@@ -75,6 +84,12 @@ impl Limits {
                 settings.operator_per_minute,
             ))),
             nodes: RateLimiter::keyed(Quota::per_second(at_least_one(settings.node_per_second))),
+            self_service: RateLimiter::keyed(Quota::per_minute(at_least_one(
+                settings.self_service_per_minute,
+            ))),
+            self_rotations: RateLimiter::keyed(Quota::per_hour(at_least_one(
+                settings.self_rotations_per_hour,
+            ))),
         }
     }
 
@@ -114,15 +129,36 @@ impl Limits {
 
     /// Spends one of an admin key's (or the bootstrap token's) requests.
     pub fn check_operator(&self, actor: &str) -> Result<(), ApiError> {
-        self.operators
-            .check_key(&actor.to_owned())
-            .map_err(|not_until| too_many(not_until.wait_time_from(DefaultClock::default().now())))
+        spend(&self.operators, &actor.to_owned())
     }
 
     /// Spends one of a node's requests.
     pub fn check_node(&self, node: Uuid) -> Result<(), ApiError> {
-        self.nodes
-            .check_key(&node)
-            .map_err(|not_until| too_many(not_until.wait_time_from(DefaultClock::default().now())))
+        spend(&self.nodes, &node)
     }
+
+    /// Spends one of an instance's self-service requests.
+    pub fn check_self_service(&self, instance: Uuid) -> Result<(), ApiError> {
+        spend(&self.self_service, &instance)
+    }
+
+    /// Spends one of an instance's self-rotations.
+    pub fn check_self_rotation(&self, instance: Uuid) -> Result<(), ApiError> {
+        spend(&self.self_rotations, &instance)
+    }
+}
+
+/// Spends one request of `key`'s budget in `limiter`; a budget spent is a
+/// 429 saying when the next request may come.
+fn spend<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+) -> Result<(), ApiError> {
+    // Keys whose budget has refilled need no memory (see `note_failure`).
+    if limiter.len() >= MAX_BLOCKED {
+        limiter.retain_recent();
+    }
+    limiter
+        .check_key(key)
+        .map_err(|not_until| too_many(not_until.wait_time_from(DefaultClock::default().now())))
 }

@@ -113,9 +113,10 @@ pub async fn observe_route(
 }
 
 /// The routes nodes call with their node keys.
-const NODE_ROUTES: [&str; 4] = [
+const NODE_ROUTES: [&str; 5] = [
     "/v1/introspect",
     "/v1/authz/check",
+    crate::routes::node_api::ENVOY_CHECK_ROUTE,
     "/v1/revocations/stream",
     "/v1/heartbeat",
 ];

@@ -64,6 +64,8 @@ pub struct Shared {
     pub limits: crate::limits::Limits,
     /// Lets the first refusal per operator per minute into the audit log.
     pub policy_refusals: BurstWatch<String>,
+    /// Lets the first refused forward-auth call per node per minute into the audit log.
+    pub forward_auth_refusals: BurstWatch<uuid::Uuid>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Turns true when the server starts shutting down, so that endless
@@ -71,6 +73,8 @@ pub struct Shared {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Seals webhook secrets at rest.
     pub master: crate::signing::MasterKey,
+    /// Revocation streams open per node, bounded.
+    pub streams: Arc<crate::routes::node_api::StreamSlots>,
     /// True while this process runs the scheduler.
     pub scheduler_leader: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -31,6 +31,8 @@ pub struct Instance {
     pub updated_at: DateTime<Utc>,
     /// When it was decommissioned.
     pub decommissioned_at: Option<DateTime<Utc>>,
+    /// Whether its keys may rotate themselves (`POST /v1/self/rotate`).
+    pub self_rotation: bool,
 }
 
 /// Registers `instance`.
@@ -38,8 +40,8 @@ pub async fn insert(conn: &mut PgConnection, instance: &Instance) -> Result<Inst
     let row = sqlx::query_as::<_, Instance>(
         r#"insert into instances
                (id, name, description, labels, allowed_scopes, allowed_cidrs, status,
-                created_at, updated_at, decommissioned_at)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                created_at, updated_at, decommissioned_at, self_rotation)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            returning *"#,
     )
     .bind(instance.id)
@@ -52,6 +54,7 @@ pub async fn insert(conn: &mut PgConnection, instance: &Instance) -> Result<Inst
     .bind(instance.created_at)
     .bind(instance.updated_at)
     .bind(instance.decommissioned_at)
+    .bind(instance.self_rotation)
     .fetch_one(conn)
     .await?;
     Ok(row)
@@ -62,7 +65,8 @@ pub async fn save(conn: &mut PgConnection, instance: &Instance) -> Result<Instan
     let row = sqlx::query_as::<_, Instance>(
         r#"update instances
               set name = $2, description = $3, labels = $4, allowed_scopes = $5,
-                  allowed_cidrs = $6, status = $7, updated_at = $8, decommissioned_at = $9
+                  allowed_cidrs = $6, status = $7, updated_at = $8, decommissioned_at = $9,
+                  self_rotation = $10
             where id = $1
            returning *"#,
     )
@@ -75,6 +79,7 @@ pub async fn save(conn: &mut PgConnection, instance: &Instance) -> Result<Instan
     .bind(&instance.status)
     .bind(instance.updated_at)
     .bind(instance.decommissioned_at)
+    .bind(instance.self_rotation)
     .fetch_one(conn)
     .await?;
     Ok(row)

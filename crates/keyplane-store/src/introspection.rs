@@ -71,6 +71,8 @@ pub struct NodeFacts {
     pub expires_at: DateTime<Utc>,
     /// True once retired.
     pub retired: bool,
+    /// The proxy that calls forward auth for it; None: the deployment's default.
+    pub forward_auth_proxy: Option<String>,
 }
 
 /// The facts about the node whose key has this digest.
@@ -79,7 +81,8 @@ pub async fn node_facts(
     digest: &[u8],
 ) -> Result<Option<NodeFacts>, StoreError> {
     Ok(sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, retired_at is not null as retired from nodes where digest = $1"#,
+        r#"select id, name, expires_at, retired_at is not null as retired, forward_auth_proxy
+             from nodes where digest = $1"#,
     )
     .bind(digest)
     .fetch_optional(db)
@@ -93,7 +96,7 @@ pub async fn node_facts_by_names(
     names: &[String],
 ) -> Result<Option<NodeFacts>, StoreError> {
     let mut found = sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, false as retired from nodes
+        r#"select id, name, expires_at, false as retired, forward_auth_proxy from nodes
            where retired_at is null and lower(name) = any($1) limit 2"#,
     )
     .bind(names)

@@ -42,6 +42,10 @@ pub struct ApiKey {
     pub rotated_to: Option<Uuid>,
     /// After a rotation, when this key stops working.
     pub grace_until: Option<DateTime<Utc>>,
+    /// When it was rotated.
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// Who rotated it: `holder` (through `/v1/self/rotate`) or `operator`.
+    pub rotated_by: Option<String>,
     /// When a node last accepted it.
     pub last_used_at: Option<DateTime<Utc>>,
     /// How often it should be rotated, in seconds.
@@ -92,7 +96,7 @@ pub async fn save(
     let row = sqlx::query_as::<_, ApiKey>(
         r#"update api_keys as k
               set name = $2, enabled = $3, revoked_at = $4, revoked_reason = $5,
-                  rotated_to = $6, grace_until = $7
+                  rotated_to = $6, grace_until = $7, rotated_at = $9, rotated_by = $10
             where id = $1
            returning k.*, api_key_status(k, $8) as status"#,
     )
@@ -104,6 +108,8 @@ pub async fn save(
     .bind(key.rotated_to)
     .bind(key.grace_until)
     .bind(now)
+    .bind(key.rotated_at)
+    .bind(&key.rotated_by)
     .fetch_one(conn)
     .await?;
     Ok(row)

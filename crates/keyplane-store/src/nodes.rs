@@ -36,6 +36,8 @@ pub struct Node {
     pub reported_public_routes: Vec<String>,
     /// When it last reported.
     pub reported_at: Option<DateTime<Utc>>,
+    /// The proxy that calls forward auth for it; None: the deployment's default.
+    pub forward_auth_proxy: Option<String>,
 }
 
 /// What a node says about itself in a heartbeat.
@@ -90,8 +92,9 @@ pub async fn report(
 /// Registers a node.
 pub async fn insert(conn: &mut PgConnection, node: &Node) -> Result<Node, StoreError> {
     Ok(sqlx::query_as::<_, Node>(
-        r#"insert into nodes (id, name, description, digest, masked, created_at, expires_at)
-           values ($1, $2, $3, $4, $5, $6, $7)
+        r#"insert into nodes
+               (id, name, description, digest, masked, created_at, expires_at, forward_auth_proxy)
+           values ($1, $2, $3, $4, $5, $6, $7, $8)
            returning *"#,
     )
     .bind(node.id)
@@ -101,6 +104,29 @@ pub async fn insert(conn: &mut PgConnection, node: &Node) -> Result<Node, StoreE
     .bind(&node.masked)
     .bind(node.created_at)
     .bind(node.expires_at)
+    .bind(&node.forward_auth_proxy)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A live node, locked until the transaction ends (for read-modify-write).
+pub async fn lock_live(conn: &mut PgConnection, id: Uuid) -> Result<Option<Node>, StoreError> {
+    Ok(sqlx::query_as::<_, Node>(
+        r#"select * from nodes where id = $1 and retired_at is null for update"#,
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Writes back what an operator may change of a node.
+pub async fn save(conn: &mut PgConnection, node: &Node) -> Result<Node, StoreError> {
+    Ok(sqlx::query_as::<_, Node>(
+        r#"update nodes set description = $2, forward_auth_proxy = $3 where id = $1 returning *"#,
+    )
+    .bind(node.id)
+    .bind(&node.description)
+    .bind(&node.forward_auth_proxy)
     .fetch_one(conn)
     .await?)
 }

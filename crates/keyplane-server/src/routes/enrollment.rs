@@ -429,6 +429,8 @@ pub async fn enroll(
             created_at: now,
             updated_at: now,
             decommissioned_at: None,
+            // An enrolled instance is one that looks after its own key.
+            self_rotation: true,
         },
     )
     .await?;
@@ -453,6 +455,8 @@ pub async fn enroll(
             rotated_from: None,
             rotated_to: None,
             grace_until: None,
+            rotated_at: None,
+            rotated_by: None,
             last_used_at: None,
             rotate_after_seconds: spent.rotate_after_seconds,
             status: String::new(),

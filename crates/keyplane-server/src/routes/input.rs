@@ -112,3 +112,14 @@ pub fn cidrs(texts: &[String]) -> Result<Vec<String>, ApiError> {
         })
         .collect()
 }
+
+/// Deserializes a field that may be absent (`None`, with `#[serde(default)]`),
+/// null (`Some(None)`) or a value (`Some(Some(_))`), for changes where null
+/// means "back to the default".
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}

@@ -66,6 +66,8 @@ pub struct InstanceResponse {
     pub allowed_cidrs: Vec<String>,
     /// `active`, `suspended` or `decommissioned`.
     pub status: InstanceStatus,
+    /// Whether its keys may rotate themselves (`POST /v1/self/rotate`).
+    pub self_rotation: bool,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -86,6 +88,7 @@ impl From<instances::Instance> for InstanceResponse {
                 "decommissioned" => InstanceStatus::Decommissioned,
                 _ => InstanceStatus::Active,
             },
+            self_rotation: row.self_rotation,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -106,6 +109,9 @@ pub struct CreateInstanceRequest {
     pub allowed_scopes: Option<Vec<String>>,
     /// Networks its keys may be used from (default: anywhere).
     pub allowed_cidrs: Option<Vec<String>>,
+    /// Whether its keys may rotate themselves with `POST /v1/self/rotate`
+    /// (default true).
+    pub self_rotation: Option<bool>,
 }
 
 /// Changes an instance; absent fields stay as they are.
@@ -124,6 +130,8 @@ pub struct UpdateInstanceRequest {
     pub allowed_cidrs: Option<Vec<String>>,
     /// `active` or `suspended` (decommission with DELETE).
     pub status: Option<InstanceStatus>,
+    /// Whether its keys may rotate themselves.
+    pub self_rotation: Option<bool>,
 }
 
 /// Filters for listing instances.
@@ -187,6 +195,7 @@ pub async fn create_instance(
             created_at: now,
             updated_at: now,
             decommissioned_at: None,
+            self_rotation: body.self_rotation.unwrap_or(true),
         },
     )
     .await?;
@@ -330,6 +339,9 @@ pub async fn update_instance(
     if let Some(status) = body.status {
         after.status = status.as_str().to_owned();
     }
+    if let Some(self_rotation) = body.self_rotation {
+        after.self_rotation = self_rotation;
+    }
     after.updated_at = now;
     let after = instances::save(&mut tx, &after).await?;
     let mut events = vec![Event::Instance { id }];
@@ -421,5 +433,6 @@ fn summary(row: &instances::Instance) -> serde_json::Value {
         "allowed_scopes": row.allowed_scopes,
         "allowed_cidrs": row.allowed_cidrs,
         "labels": row.labels.0,
+        "self_rotation": row.self_rotation,
     })
 }

@@ -475,6 +475,8 @@ pub async fn create_key(
             rotated_from: None,
             rotated_to: None,
             grace_until: None,
+            rotated_at: None,
+            rotated_by: None,
             last_used_at: None,
             rotate_after_seconds: rotate_after,
             status: String::new(),
@@ -671,7 +673,8 @@ pub async fn rotate_key(
         }
         other => return Err(ApiError::Conflict(format!("the key is {}", other.as_str()))),
     }
-    let (successor, secret) = rotate(&mut tx, &state, &old, grace, now).await?;
+    let (successor, secret) =
+        rotate(&mut tx, &state, &old, grace, RotatedBy::Operator, now).await?;
     audit::append(
         &mut tx,
         &audit.entry(
@@ -728,13 +731,35 @@ pub async fn finish_rotation(
     Ok(())
 }
 
-/// Issues `old`'s successor and marks `old` as rotated, inside the caller's
-/// transaction (which holds `old`'s row lock).
+/// Who rotated a key. Its holder may ask again for a rotation whose answer
+/// it lost (see `self_service`); an operator's rotation is final for the old
+/// key, since operators rotate keys that may be in the wrong hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotatedBy {
+    /// The key itself, through `POST /v1/self/rotate`.
+    Holder,
+    /// An operator, through `POST /v1/keys/{id}/rotate`.
+    Operator,
+}
+
+impl RotatedBy {
+    /// As stored in `api_keys.rotated_by`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotatedBy::Holder => "holder",
+            RotatedBy::Operator => "operator",
+        }
+    }
+}
+
+/// Issues `old`'s successor and marks `old` as rotated by `by`, inside the
+/// caller's transaction (which holds `old`'s row lock).
 pub async fn rotate(
     tx: &mut PgConnection,
     state: &AppState,
     old: &keys::ApiKey,
     grace_seconds: i64,
+    by: RotatedBy,
     now: DateTime<Utc>,
 ) -> Result<(keys::ApiKey, KeySecret), ApiError> {
     let lifetime = (old.expires_at - old.created_at).min(Duration::seconds(
@@ -753,6 +778,8 @@ pub async fn rotate(
             rotated_from: Some(old.id),
             rotated_to: None,
             grace_until: None,
+            rotated_at: None,
+            rotated_by: None,
             revoked_at: None,
             revoked_reason: None,
             last_used_at: None,
@@ -765,6 +792,8 @@ pub async fn rotate(
     let mut retired = old.clone();
     retired.rotated_to = Some(successor.id);
     retired.grace_until = Some((now + Duration::seconds(grace_seconds)).min(old.expires_at));
+    retired.rotated_at = Some(now);
+    retired.rotated_by = Some(by.as_str().to_owned());
     keys::save(&mut *tx, &retired, now).await?;
     Ok((successor, secret))
 }

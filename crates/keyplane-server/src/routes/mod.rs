@@ -46,6 +46,7 @@ use crate::state::AppState;
         (name = "self-service", description = "A key holder's own key: read it, rotate it"),
         (name = "webhooks", description = "Event deliveries to operators' endpoints (Standard Webhooks)"),
     ),
+    paths(node_api::check_access_envoy),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
 )]
@@ -90,7 +91,11 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(roles::list_roles))
         .routes(routes!(roles::put_role, roles::delete_role))
         .routes(routes!(nodes::create_node, nodes::list_nodes))
-        .routes(routes!(nodes::get_node, nodes::retire_node))
+        .routes(routes!(
+            nodes::get_node,
+            nodes::update_node,
+            nodes::retire_node
+        ))
         .routes(routes!(nodes::heartbeat))
         .routes(routes!(
             admin_keys::create_admin_key,
@@ -110,6 +115,12 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::list_webhook_deliveries))
         .routes(routes!(node_api::introspect))
         .routes(routes!(node_api::check_access, node_api::check_access_post))
+        // Envoy's path goes on past the prefix: a catch-all route, for any
+        // method, documented (in `ApiDoc`) with one `path` parameter.
+        .route(
+            node_api::ENVOY_CHECK_ROUTE,
+            axum::routing::any(node_api::check_access_envoy),
+        )
         .routes(routes!(node_api::stream_revocations))
         .routes(routes!(node_api::jwks))
         .routes(routes!(signing_keys::rotate_signing_key))
@@ -142,9 +153,18 @@ pub fn documented_routes() -> Vec<(axum::http::Method, String)> {
                 .into_iter()
                 .flat_map(|operations| operations.keys())
                 .filter_map(|method| method.to_uppercase().parse().ok())
-                .map(move |method| (method, path.clone()))
+                .map(move |method| (method, axum_template(path)))
         })
         .collect()
+}
+
+/// The template axum matches for a documented path: the same, but for the
+/// catch-all route that OpenAPI can only spell with a plain parameter.
+fn axum_template(path: &str) -> String {
+    match path {
+        "/v1/authz/check/{path}" => node_api::ENVOY_CHECK_ROUTE.to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// Every route, with the API documentation routes, bound to `state`.

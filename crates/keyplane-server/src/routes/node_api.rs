@@ -11,14 +11,14 @@ use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use keyplane_domain::Access;
+use keyplane_domain::{Access, Call, ENVOY_PATH_PREFIX, ForwardAuthProxy, ForwardedError};
 use keyplane_store::revocations;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -379,49 +379,37 @@ pub async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(state.signer.jwks())
 }
 
-/// The method and path the proxy is asking about.
-fn original_route(headers: &HeaderMap) -> Option<(String, String)> {
-    let get = |names: [&str; 2]| {
-        names.iter().find_map(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-    };
-    let method = get(["x-original-method", "x-forwarded-method"])?;
-    let uri = get(["x-original-uri", "x-forwarded-uri"])?;
-    Some((method, uri))
-}
-
-/// The client's address as the proxy saw it: `X-Real-IP`, else the last
-/// `X-Forwarded-For` entry (the one the proxy itself appended; earlier ones
-/// are the client's to forge).
-fn forwarded_client_ip(headers: &HeaderMap) -> Option<IpAddr> {
-    if let Some(ip) = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
+/// One value of a header: None when absent, an error when repeated or not text.
+fn one_header<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, keyplane_domain::Unreadable> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| keyplane_domain::Unreadable),
+        (Some(_), Some(_)) => Err(keyplane_domain::Unreadable),
     }
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse().ok())
 }
 
-/// Forward auth for nginx `auth_request`, Traefik ForwardAuth, Envoy
-/// ext_authz and Caddy `forward_auth`: 200 with the identity in headers, 401
-/// for a bad key, 403 for a good key short of the route's scope (or a route
-/// no rule maps).
+/// Forward auth for nginx `auth_request`, Traefik ForwardAuth and Caddy
+/// `forward_auth`: 200 with the identity in headers, 401 for a bad key, 403
+/// for a good key short of the route's scope, a route no rule maps, or a
+/// call whose headers do not describe the request the way the node's proxy
+/// does (see `forward_auth_proxy` on the node).
 #[utoipa::path(
     get, path = "/v1/authz/check", operation_id = "check_access", tag = "nodes",
     params(
         ("X-Keyplane-Node-Key" = String, Header, description = "The node's own key"),
-        ("X-Original-Method" = Option<String>, Header, description = "The client's method (or X-Forwarded-Method)"),
-        ("X-Original-URI" = Option<String>, Header, description = "The client's path (or X-Forwarded-Uri)"),
+        ("X-Original-Method" = Option<String>, Header, description = "nginx: the client's method"),
+        ("X-Original-URI" = Option<String>, Header, description = "nginx: the client's path and query"),
+        ("X-Real-IP" = Option<String>, Header, description = "nginx: the client's address"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "Traefik, Caddy: the client's method"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "Traefik, Caddy: the client's path and query"),
+        ("X-Forwarded-For" = Option<String>, Header, description = "Traefik, Caddy: the client's address, last"),
     ),
     responses(
         (status = 200, description = "Allowed; X-Keyplane-Instance, X-Keyplane-Key-Id and X-Keyplane-Scopes name the caller"),
@@ -431,10 +419,20 @@ fn forwarded_client_ip(headers: &HeaderMap) -> Option<IpAddr> {
 )]
 pub async fn check_access(
     State(state): State<AppState>,
-    node: NodeAuth,
+    NodeAuth(node): NodeAuth,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &node.0, &headers).await
+    authorize(
+        &state,
+        &node,
+        &headers,
+        Call {
+            method: method.as_str(),
+            path: None,
+        },
+    )
+    .await
 }
 
 /// [`check_access`], for proxies that forward the request's method.
@@ -448,24 +446,84 @@ pub async fn check_access(
 )]
 pub async fn check_access_post(
     State(state): State<AppState>,
-    node: NodeAuth,
+    NodeAuth(node): NodeAuth,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &node.0, &headers).await
+    authorize(
+        &state,
+        &node,
+        &headers,
+        Call {
+            method: method.as_str(),
+            path: None,
+        },
+    )
+    .await
+}
+
+/// The route Envoy's ext_authz calls: `/v1/authz/check` followed by the
+/// client's path, with the client's method (any).
+pub const ENVOY_CHECK_ROUTE: &str = "/v1/authz/check/{*path}";
+
+/// Forward auth for Envoy's HTTP ext_authz (`path_prefix: /v1/authz/check`),
+/// which calls with the client's own method and its path after the prefix.
+/// Answers as [`check_access`] does.
+#[utoipa::path(
+    method(get, post, put, patch, delete), path = "/v1/authz/check/{path}",
+    operation_id = "check_access_envoy", tag = "nodes",
+    params(
+        ("path" = String, Path, description = "The client's path (and query), after the prefix"),
+        ("X-Keyplane-Node-Key" = String, Header, description = "The node's own key"),
+        ("X-Real-IP" = String, Header, description = "The client's address (headers_to_add)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; X-Keyplane-Instance, X-Keyplane-Key-Id and X-Keyplane-Scopes name the caller"),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn check_access_envoy(
+    State(state): State<AppState>,
+    NodeAuth(node): NodeAuth,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // The path as sent, not as decoded: the route rules decode it themselves
+    // and refuse what decodes ambiguously.
+    let sent = uri.path_and_query().map_or("", |p| p.as_str());
+    let path = sent
+        .strip_prefix(ENVOY_PATH_PREFIX)
+        .filter(|p| p.starts_with('/'));
+    let call = Call {
+        method: method.as_str(),
+        path: Some(path.unwrap_or("/")),
+    };
+    authorize(&state, &node, &headers, call).await
 }
 
 async fn authorize(
     state: &AppState,
     node: &CachedNode,
     headers: &HeaderMap,
+    call: Call<'_>,
 ) -> Result<Response, ApiError> {
-    let access = match original_route(headers) {
-        Some((method, uri)) => state.routes.access(&method, &uri),
-        None => Access::Unmapped,
+    let proxy = node
+        .forward_auth_proxy
+        .unwrap_or(state.settings.forward_auth_proxy);
+    // Only the node's proxy describes the request; a call it could not
+    // have made (its headers missing, others' headers disagreeing) is refused
+    // before the client's key is even looked at.
+    let original = proxy
+        .original(|name| one_header(headers, name), call)
+        .map_err(|err| refuse_forwarded(state, node, proxy, err))?;
+    let scope = match state.routes.access(original.method, original.uri) {
+        Access::Public => return Ok(allowed(None)),
+        Access::Scope(scope) => Some(scope),
+        Access::Unmapped => None,
+        Access::BadPath(err) => return Err(ApiError::Forbidden(err.to_string())),
     };
-    if access == Access::Public {
-        return Ok(StatusCode::OK.into_response());
-    }
     let bad_key = || ApiError::Unauthorized {
         code: "invalid_credentials",
         detail: "send a live API key as Authorization: Bearer kpi_…",
@@ -475,37 +533,96 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned())
+        .map(|(_, token)| token.trim())
         .ok_or_else(bad_key)?;
     let now = state.clock.now();
     let verdict = state
         .introspector
-        .introspect(&token, node.id, "", forwarded_client_ip(headers), now)
+        .introspect(token, node.id, "", Some(original.client_ip), now)
         .await?
         .ok_or_else(bad_key)?;
     record_identity(Some(node.id), Some((verdict.instance_id, verdict.key_id)));
-    let allowed = match &access {
-        Access::Scope(scope) => verdict.scopes.contains(scope),
-        _ => false,
-    };
-    if !allowed {
-        return Err(ApiError::Forbidden(match access {
-            Access::Scope(scope) => format!("the key lacks the scope {scope}"),
-            _ => "no route rule allows this request".to_owned(),
-        }));
+    match scope {
+        Some(scope) if verdict.scopes.contains(&scope) => {}
+        Some(scope) => {
+            return Err(ApiError::Forbidden(format!(
+                "the key lacks the scope {scope}"
+            )));
+        }
+        None => {
+            return Err(ApiError::Forbidden(
+                "no route rule allows this request".to_owned(),
+            ));
+        }
     }
+    Ok(allowed(Some(&verdict)))
+}
+
+/// 200 (exactly: Envoy takes any other status as a refusal) with the
+/// caller's identity. The identity headers are always there, empty for a
+/// public route: a proxy copying them upstream then overwrites any copy the
+/// client sent (Caddy 2.10 to 2.11.1 and Envoy pass a client's copy on when
+/// the answer lacks the header).
+fn allowed(caller: Option<&Verdict>) -> Response {
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
+    let (instance, key, scopes) = match caller {
+        Some(verdict) => (
+            verdict.instance_id.to_string(),
+            verdict.key_id.to_string(),
+            verdict.scope_text.clone(),
+        ),
+        None => Default::default(),
+    };
     for (name, value) in [
-        ("x-keyplane-instance", verdict.instance_id.to_string()),
-        ("x-keyplane-key-id", verdict.key_id.to_string()),
-        ("x-keyplane-scopes", verdict.scope_text.clone()),
+        ("x-keyplane-instance", instance),
+        ("x-keyplane-key-id", key),
+        ("x-keyplane-scopes", scopes),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             out.insert(name, value);
         }
     }
-    Ok(response)
+    response
+}
+
+/// A forward-auth call that does not describe a request the node's proxy
+/// way: 403, audited (once per node per minute, so a flood cannot flood the
+/// log) with what was wrong, never with the headers' values.
+fn refuse_forwarded(
+    state: &AppState,
+    node: &CachedNode,
+    proxy: ForwardAuthProxy,
+    err: ForwardedError,
+) -> ApiError {
+    let now = state.clock.now();
+    if state.forward_auth_refusals.count(node.id, now).is_some() {
+        tracing::warn!(node = %node.id, %proxy, reason = %err, "forward auth refused a call its proxy could not have made");
+        let entry = keyplane_store::audit::NewEntry {
+            at: now,
+            actor: format!("node:{}", node.id),
+            action: "forward_auth.refused",
+            target_type: "node",
+            target_id: Some(node.id.to_string()),
+            outcome: "denied",
+            request_id: None,
+            client_ip: None,
+            details: serde_json::json!({
+                "node": node.name,
+                "forward_auth_proxy": proxy.as_str(),
+                "reason": err.to_string(),
+            }),
+        };
+        let pool = state.db.pool().clone();
+        tokio::spawn(async move {
+            if let Err(err) = keyplane_store::audit::append_alone(&pool, &entry).await {
+                tracing::warn!(error = %err, "could not audit a refused forward-auth call");
+            }
+        });
+    }
+    ApiError::Forbidden(format!(
+        "forward auth refused: {err} (this node's proxy is {proxy})"
+    ))
 }
 
 /// One revocation, as streamed.
@@ -520,6 +637,51 @@ pub struct RevocationEvent {
 }
 
 const REPLAY_BATCH: i64 = 500;
+
+/// The most revocation streams one node may hold open at once (a gate needs
+/// one; a few more cover reconnects whose old connection has not closed yet).
+pub const MAX_STREAMS_PER_NODE: usize = 8;
+/// Seconds a node over its stream bound is told to wait.
+const STREAM_RETRY_AFTER: u64 = 5;
+
+/// How many revocation streams each node holds open.
+#[derive(Debug, Default)]
+pub struct StreamSlots(std::sync::Mutex<std::collections::HashMap<Uuid, usize>>);
+
+/// One node's open stream; gives its slot back when dropped.
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    node: Uuid,
+}
+
+impl StreamSlots {
+    /// A slot for one more stream of `node`, unless it holds the most already.
+    pub fn take(self: &Arc<Self>, node: Uuid) -> Option<StreamSlot> {
+        let mut open = self.0.lock().ok()?;
+        let count = open.entry(node).or_default();
+        if *count >= MAX_STREAMS_PER_NODE {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            slots: self.clone(),
+            node,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.slots.0.lock()
+            && let Some(count) = open.get_mut(&self.node)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.node);
+            }
+        }
+    }
+}
 
 /// Server-Sent Events: one `revocation` event per key that stopped working,
 /// with ids; reconnect with `Last-Event-ID` to get what was missed. Without
@@ -551,6 +713,12 @@ pub async fn stream_revocations(
             })?,
         None => revocations::latest(state.db.pool()).await?,
     };
+    let slot = state
+        .streams
+        .take(node.id)
+        .ok_or(ApiError::TooManyRequests {
+            retry_after: STREAM_RETRY_AFTER,
+        })?;
     tracing::info!(node = %node.id, after = last, "revocation stream opened");
     let node_id = node.id;
     let pool = state.db.pool().clone();
@@ -581,8 +749,14 @@ pub async fn stream_revocations(
                     if !catch_up {
                         match receiver.recv().await {
                             Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
-                            // A retired node's stream ends with its key.
-                            Ok(Event::Node { id }) if id == node_id => return None,
+                            // A retired node's stream ends with its key; a
+                            // node that was only changed keeps its stream.
+                            Ok(Event::Node { id }) if id == node_id => {
+                                match keyplane_store::nodes::get(&pool, id).await {
+                                    Ok(Some(node)) if node.retired_at.is_none() => continue,
+                                    _ => return None,
+                                }
+                            }
                             Ok(_) => continue,
                             Err(RecvError::Closed) => return None,
                         }
@@ -601,7 +775,20 @@ pub async fn stream_revocations(
             }
         },
     );
-    // Nodes reconnect (to another replica) with Last-Event-ID; shutdown need not wait for them.
-    let stream = futures_util::StreamExt::take_until(stream, state.stopped());
+    // Nodes reconnect (to another replica) with Last-Event-ID; shutdown need
+    // not wait for them. A stream ends when its node key does, and gives
+    // its slot back when it ends.
+    let key_ends = (node.expires_at - state.clock.now())
+        .to_std()
+        .unwrap_or_default();
+    let ends = futures_util::future::select(
+        Box::pin(state.stopped()),
+        Box::pin(tokio::time::sleep(key_ends)),
+    );
+    let stream = futures_util::StreamExt::take_until(stream, ends);
+    let stream = futures_util::StreamExt::map(stream, move |event| {
+        let _held = &slot;
+        event
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
-use keyplane_domain::{KeyKind, KeySecret, Mode, Permission, RouteMap};
+use keyplane_domain::{ForwardAuthProxy, KeyKind, KeySecret, Mode, Permission, RouteMap};
 use keyplane_store::{audit, nodes};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{Audit, Operator, RequestMeta};
+use crate::config::Settings;
 use crate::error::{ApiError, Problem};
 use crate::events::Event;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -49,6 +50,13 @@ pub struct NodeResponse {
     /// Whether it reported a mode weaker than keyplane's own (e.g. a `dev`
     /// gate in front of a `prod` keyplane).
     pub mode_weaker: bool,
+    /// The reverse proxy that calls forward auth for it (`nginx`, `traefik`,
+    /// `caddy` or `envoy`): only that proxy's headers describe a request.
+    #[schema(example = "nginx")]
+    pub forward_auth_proxy: String,
+    /// True when `forward_auth_proxy` is the deployment's default
+    /// (`KEYPLANE_FORWARD_AUTH_PROXY`) rather than the node's own setting.
+    pub forward_auth_proxy_is_default: bool,
 }
 
 /// What a node says about itself.
@@ -66,8 +74,13 @@ pub struct NodeReport {
 }
 
 impl NodeResponse {
-    /// The node as operators see it from a keyplane running in `mode`.
-    pub fn new(row: nodes::Node, mode: Mode) -> Self {
+    /// The node as operators see it from a keyplane running with `settings`.
+    pub fn new(row: nodes::Node, settings: &Settings) -> Self {
+        let mode = settings.mode;
+        let own_proxy = row
+            .forward_auth_proxy
+            .as_deref()
+            .and_then(|p| p.parse::<ForwardAuthProxy>().ok());
         let reported = match (row.reported_mode, row.reported_at) {
             (Some(reported), Some(at)) => reported.parse().ok().map(|reported| NodeReport {
                 mode: reported,
@@ -88,6 +101,11 @@ impl NodeResponse {
             last_seen_at: row.last_seen_at,
             mode_weaker: reported.as_ref().is_some_and(|r| r.mode < mode),
             reported,
+            forward_auth_proxy: own_proxy
+                .unwrap_or(settings.forward_auth_proxy)
+                .as_str()
+                .to_owned(),
+            forward_auth_proxy_is_default: own_proxy.is_none(),
         }
     }
 }
@@ -110,6 +128,33 @@ pub struct CreateNodeRequest {
     pub name: String,
     /// Free text.
     pub description: Option<String>,
+    /// The reverse proxy that calls forward auth for it: `nginx`, `traefik`,
+    /// `caddy` or `envoy` (default: `KEYPLANE_FORWARD_AUTH_PROXY`).
+    pub forward_auth_proxy: Option<String>,
+}
+
+/// Changes a node; absent fields stay as they are. Its id, and so every
+/// key whose audience names it, never changes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNodeRequest {
+    /// New free text.
+    pub description: Option<String>,
+    /// `nginx`, `traefik`, `caddy` or `envoy`; null follows the
+    /// deployment's default again.
+    #[serde(default, deserialize_with = "input::present")]
+    #[schema(value_type = Option<String>)]
+    pub forward_auth_proxy: Option<Option<String>>,
+}
+
+/// A proxy name from a request, or None for the deployment's default.
+fn proxy_setting(text: Option<&str>) -> Result<Option<String>, ApiError> {
+    text.map(|text| {
+        text.parse::<ForwardAuthProxy>()
+            .map(|proxy| proxy.as_str().to_owned())
+            .map_err(|err| ApiError::invalid("forward_auth_proxy", err.to_string()))
+    })
+    .transpose()
 }
 
 /// Filters for listing nodes.
@@ -149,6 +194,7 @@ pub async fn create_node(
     operator.require(Permission::NodesWrite)?;
     let name = input::name("name", &body.name)?;
     let description = input::description(body.description)?;
+    let forward_auth_proxy = proxy_setting(body.forward_auth_proxy.as_deref())?;
     let now = state.clock.now();
     let lifetime = Duration::seconds(
         i64::try_from(state.settings.max_key_lifetime.as_secs()).unwrap_or(i64::MAX),
@@ -173,6 +219,7 @@ pub async fn create_node(
             reported_version: None,
             reported_public_routes: Vec::new(),
             reported_at: None,
+            forward_auth_proxy,
         },
     )
     .await?;
@@ -182,13 +229,17 @@ pub async fn create_node(
             "node.create",
             "node",
             row.id,
-            json!({ "name": row.name, "masked": row.masked }),
+            json!({
+                "name": row.name,
+                "masked": row.masked,
+                "forward_auth_proxy": row.forward_auth_proxy,
+            }),
         ),
     )
     .await?;
     tx.commit().await?;
     Ok(created(CreatedNodeResponse {
-        node: NodeResponse::new(row, state.settings.mode),
+        node: NodeResponse::new(row, &state.settings),
         secret: secret.expose().to_owned(),
     }))
 }
@@ -224,7 +275,7 @@ pub async fn list_nodes(
     Ok(Json(NodePage {
         items: rows
             .into_iter()
-            .map(|row| NodeResponse::new(row, state.settings.mode))
+            .map(|row| NodeResponse::new(row, &state.settings))
             .collect(),
         next_cursor: next.map(|after| state.cursors.encode(LIST, after)),
     }))
@@ -249,7 +300,64 @@ pub async fn get_node(
     let row = nodes::get(state.db.pool(), id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(NodeResponse::new(row, state.settings.mode)))
+    Ok(Json(NodeResponse::new(row, &state.settings)))
+}
+
+/// Change a node's description or the proxy whose headers forward auth
+/// believes for it. Cached answers about the node are dropped at once.
+#[utoipa::path(
+    patch, path = "/v1/nodes/{id}", operation_id = "update_node", tag = "nodes",
+    params(("id" = Uuid, Path, description = "The node's id")),
+    request_body = UpdateNodeRequest,
+    responses(
+        (status = 200, description = "The changed node", body = NodeResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn update_node(
+    State(state): State<AppState>,
+    operator: Operator,
+    meta: RequestMeta,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateNodeRequest>,
+) -> Result<Json<NodeResponse>, ApiError> {
+    operator.require(Permission::NodesWrite)?;
+    let description = body
+        .description
+        .map(|d| input::description(Some(d)))
+        .transpose()?;
+    let proxy = body
+        .forward_auth_proxy
+        .map(|p| proxy_setting(p.as_deref()))
+        .transpose()?;
+    let now = state.clock.now();
+    let audit = Audit::new(&operator, meta, now);
+    let mut tx = state.db.pool().begin().await?;
+    let before = nodes::lock_live(&mut tx, id).await?.ok_or_else(not_found)?;
+    let mut after = before.clone();
+    if let Some(description) = description {
+        after.description = description;
+    }
+    if let Some(proxy) = proxy {
+        after.forward_auth_proxy = proxy;
+    }
+    let after = nodes::save(&mut tx, &after).await?;
+    audit::append(
+        &mut tx,
+        &audit.entry(
+            "node.update",
+            "node",
+            id,
+            json!({
+                "before": { "description": before.description, "forward_auth_proxy": before.forward_auth_proxy },
+                "after": { "description": after.description, "forward_auth_proxy": after.forward_auth_proxy },
+            }),
+        ),
+    )
+    .await?;
+    state.events.commit(tx, &[Event::Node { id }]).await?;
+    Ok(Json(NodeResponse::new(after, &state.settings)))
 }
 
 /// Retire a node: its node key stops working at once.

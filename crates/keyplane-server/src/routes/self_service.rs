@@ -15,7 +15,7 @@ use crate::auth::{Audit, RequestMeta, instance_bearer};
 use crate::error::{ApiError, Problem};
 use crate::extract::OptionalJson;
 use crate::routes::keys::{
-    CreatedKeyResponse, KeyResponse, created, finish_rotation, rotate, view_one,
+    CreatedKeyResponse, KeyResponse, RotatedBy, created, finish_rotation, rotate, view_one,
 };
 use crate::state::AppState;
 
@@ -23,6 +23,8 @@ use crate::state::AppState;
 const DEFAULT_GRACE_SECONDS: i64 = 3600;
 /// The longest grace window a holder may give its old key.
 const MAX_GRACE_SECONDS: i64 = 86_400;
+/// How long after its own rotation a holder that lost the answer may ask again.
+const RETRY_SECONDS: i64 = 600;
 
 /// The calling key's own metadata.
 #[derive(Debug, Serialize, ToSchema)]
@@ -110,6 +112,9 @@ async fn live_key(
         }
         bad_key()
     })?;
+    // One runaway key holder cannot flood keys, audit entries, webhooks and
+    // stream events: self-service is budgeted per instance.
+    state.limits.check_self_service(instance.id)?;
     // The holder has shown it has this key: a rotation retried with its
     // predecessor must not take it away (see `retry_rotation`).
     keyplane_store::introspection::touch_keys(&mut *conn, &[key.id], &[now]).await?;
@@ -117,9 +122,12 @@ async fn live_key(
 }
 
 /// A holder asking to rotate a key it already rotated lost the answer (a
-/// dropped connection, a failed write): its successor, if never used, is
-/// revoked and the rotation made again, so the holder is never left without
-/// a key it knows. A successor already in use means the holder has it: 409.
+/// dropped connection, a failed write): if that rotation was its own, made
+/// through this route within the last [`RETRY_SECONDS`], and the successor
+/// was never used, the successor is revoked and the rotation made again, so
+/// the holder is never left without a key it knows. Anything else is final
+/// (409): an operator's rotation, often made because the old key leaked, must
+/// not be undone by whoever else holds the old key.
 async fn retry_rotation(
     tx: &mut sqlx::PgConnection,
     old: &keys::ApiKey,
@@ -127,6 +135,13 @@ async fn retry_rotation(
 ) -> Result<keys::ApiKey, ApiError> {
     let rotated =
         || ApiError::Conflict("this key has already been rotated: use its successor".to_owned());
+    let own_and_recent = old.rotated_by.as_deref() == Some(RotatedBy::Holder.as_str())
+        && old
+            .rotated_at
+            .is_some_and(|at| now - at <= chrono::Duration::seconds(RETRY_SECONDS));
+    if !own_and_recent {
+        return Err(rotated());
+    }
     let successor_id = old.rotated_to.ok_or_else(rotated)?;
     let mut successor = keys::lock(&mut *tx, successor_id, now)
         .await?
@@ -139,7 +154,31 @@ async fn retry_rotation(
     let mut old = old.clone();
     old.rotated_to = None;
     old.grace_until = None;
+    old.rotated_at = None;
+    old.rotated_by = None;
     Ok(keys::save(&mut *tx, &old, now).await?)
+}
+
+/// Audits a refused self-rotation (the transaction that found it is rolled
+/// back first) and answers the refusal.
+async fn refused(
+    state: &AppState,
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    audit: &Audit,
+    key: &keys::ApiKey,
+    refusal: ApiError,
+) -> ApiError {
+    drop(tx);
+    let entry = audit.denied(
+        "key.rotate",
+        "api_key",
+        key.id,
+        json!({ "masked": key.masked, "by": "holder", "refused": refusal.to_string() }),
+    );
+    if let Err(err) = audit::append_alone(state.db.pool(), &entry).await {
+        tracing::warn!(error = %err, "could not audit a refused self-rotation");
+    }
+    refusal
 }
 
 /// The calling key's metadata: its instance, scopes, expiry and when it
@@ -196,17 +235,31 @@ pub async fn rotate_self(
     }
     let now = state.clock.now();
     let mut tx = state.db.pool().begin().await?;
-    let (mut old, _) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    let (mut old, instance) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    // Audited with the caller's address, refused or not.
+    let audit = Audit::by(format!("api_key:{}", old.id), meta, now);
+    if !instance.self_rotation {
+        let refusal = ApiError::Forbidden(
+            "this instance's keys may not rotate themselves (self_rotation is off): ask an operator"
+                .to_owned(),
+        );
+        return Err(refused(&state, tx, &audit, &old, refusal).await);
+    }
+    if let Err(limited) = state.limits.check_self_rotation(instance.id) {
+        return Err(refused(&state, tx, &audit, &old, limited).await);
+    }
     let replaced = match old.status.as_str() {
         "active" => None,
         _ => {
             let replaced = old.rotated_to;
-            old = retry_rotation(&mut tx, &old, now).await?;
+            old = match retry_rotation(&mut tx, &old, now).await {
+                Ok(old) => old,
+                Err(refusal) => return Err(refused(&state, tx, &audit, &old, refusal).await),
+            };
             replaced
         }
     };
-    let (successor, secret) = rotate(&mut tx, &state, &old, grace, now).await?;
-    let audit = Audit::by(format!("api_key:{}", old.id), meta, now);
+    let (successor, secret) = rotate(&mut tx, &state, &old, grace, RotatedBy::Holder, now).await?;
     audit::append(
         &mut tx,
         &audit.entry(
