@@ -888,3 +888,70 @@ async fn a_heartbeat_is_shown_on_the_node_and_a_weaker_mode_is_flagged() {
     .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_load_that_raced_a_revocation_is_not_cached() {
+    let url = fresh_database().await;
+    let f = Fixture::on(TestServer::start_with(admin_settings_for(&url)).await).await;
+    // A second introspection cache, whose database replies can be held: a
+    // load that has read the key as live and has not yet stored it.
+    let link = crate::support::FlakyLink::to(&url).await;
+    // No ping as the connection is taken: the held reply is the query's own.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(&link.url_through(&url))
+        .await
+        .unwrap();
+    let cache = keyplane_server::introspection::Introspector::new(pool, 1000);
+    let node: uuid::Uuid = f.node_id.parse().unwrap();
+    let key_id: uuid::Uuid = f.key["id"].as_str().unwrap().parse().unwrap();
+    let now = || Utc::now() + chrono::Duration::seconds(1);
+    // The connection is open before the race begins.
+    let unknown = keyplane_domain::KeySecret::generate(keyplane_domain::KeyKind::Instance).unwrap();
+    assert!(
+        cache
+            .introspect(unknown.expose(), node, "", None, now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // sqlx settles the previous query (a Sync and its reply) before it
+    // sends the next: that reply passes, the query's own is held.
+    link.stall_replies_after(1);
+    let load = tokio::spawn({
+        let cache = cache.clone();
+        let token = f.secret().to_owned();
+        async move { cache.introspect(&token, node, "", None, now()).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the load to read the key",
+        || async { (link.held() > 0).then_some(()) },
+    )
+    .await;
+    // The key is revoked while the load holds what it read, and the
+    // revocation's event reaches the cache before the load's answer does.
+    let (status, _) = f
+        .server
+        .admin(Method::POST, &format!("{}/revoke", f.key_path()), None)
+        .await;
+    assert_eq!(status, 200);
+    cache.apply(&keyplane_server::events::Event::Key { id: key_id });
+    link.set(crate::support::Link::Up);
+    // The racing load read the key as live (its answer was held past the
+    // revocation): told of the change while it read, it reads again rather
+    // than answer or keep what it read.
+    let raced = load.await.unwrap().unwrap();
+    assert!(
+        raced.is_none(),
+        "the racing request was answered from a stale read"
+    );
+    let after = cache
+        .introspect(f.secret(), node, "", None, now())
+        .await
+        .unwrap();
+    assert!(after.is_none(), "a revoked key was served from the cache");
+    f.server.stop().await.unwrap();
+}

@@ -173,6 +173,10 @@ pub enum Link {
     Up,
     /// Bytes are read but held until the link is up again.
     Stalled,
+    /// Queries reach the database, its replies are held until the link is
+    /// up again (a query that has read, and not yet answered); see
+    /// [`FlakyLink::stall_replies_after`].
+    RepliesStalled,
     /// Every connection is cut and new ones are refused.
     Down,
 }
@@ -184,6 +188,8 @@ pub struct FlakyLink {
     pub addr: SocketAddr,
     state: watch::Sender<Link>,
     held: Arc<AtomicUsize>,
+    /// Replies still let through once replies are stalled.
+    replies_passing: Arc<AtomicUsize>,
 }
 
 impl FlakyLink {
@@ -195,10 +201,12 @@ impl FlakyLink {
         let addr = listener.local_addr().expect("link addr");
         let (state, _) = watch::channel(Link::Up);
         let held = Arc::new(AtomicUsize::new(0));
+        let replies_passing = Arc::new(AtomicUsize::new(0));
         let link = FlakyLink {
             addr,
             state: state.clone(),
             held: held.clone(),
+            replies_passing: replies_passing.clone(),
         };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -215,12 +223,14 @@ impl FlakyLink {
                     server_write,
                     state.subscribe(),
                     held.clone(),
+                    None,
                 ));
                 tokio::spawn(pump(
                     server_read,
                     client_write,
                     state.subscribe(),
                     held.clone(),
+                    Some(replies_passing.clone()),
                 ));
             }
         });
@@ -239,6 +249,14 @@ impl FlakyLink {
         self.state.send_replace(link);
     }
 
+    /// Lets `passing` more replies through, then holds the rest until the
+    /// link is up again: a query that the database has answered, whose
+    /// answer has not arrived.
+    pub fn stall_replies_after(&self, passing: usize) {
+        self.replies_passing.store(passing, Ordering::SeqCst);
+        self.set(Link::RepliesStalled);
+    }
+
     /// How many chunks have been held back while stalled.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
@@ -250,7 +268,11 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<Link>,
     held: Arc<AtomicUsize>,
+    replies_passing: Option<Arc<AtomicUsize>>,
 ) {
+    let replies = replies_passing.is_some();
+    let stalled =
+        move |link: &Link| *link == Link::Stalled || (replies && *link == Link::RepliesStalled);
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let read = tokio::select! {
@@ -258,12 +280,20 @@ async fn pump(
             _ = state.wait_for(|s| *s == Link::Down) => return,
         };
         let Ok(n @ 1..) = read else { return };
-        if *state.borrow() == Link::Stalled {
-            held.fetch_add(1, Ordering::SeqCst);
-        }
-        match state.wait_for(|s| *s != Link::Stalled).await.map(|s| *s) {
-            Ok(Link::Up) => {}
-            _ => return,
+        let passes = *state.borrow() == Link::RepliesStalled
+            && replies_passing.as_ref().is_some_and(|passing| {
+                passing
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            });
+        if !passes {
+            if stalled(&state.borrow()) {
+                held.fetch_add(1, Ordering::SeqCst);
+            }
+            match state.wait_for(|s| !stalled(s)).await.map(|s| *s) {
+                Ok(Link::Up | Link::RepliesStalled) => {}
+                _ => return,
+            }
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;
