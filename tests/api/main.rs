@@ -9,6 +9,7 @@ mod abuse;
 mod access;
 mod agent;
 mod audit;
+mod audit_anchors;
 mod bad_input;
 mod cli;
 mod client;

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod audit_trail;
 pub mod auth;
 pub mod burst;
 pub mod clock;

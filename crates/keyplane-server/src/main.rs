@@ -7,10 +7,8 @@ use keyplane_domain::{ManagementRole, Name, format_duration, parse_duration};
 use keyplane_server::auth::Actor;
 use keyplane_server::config::describe_location;
 use keyplane_server::routes::admin_keys;
-use keyplane_server::routes::audit::AuditEntry;
 use keyplane_server::{App, Settings, SettingsArgs, routes, telemetry};
 use keyplane_store::Database;
-use keyplane_store::audit::ChainWalk;
 
 /// Small allocations dominate a request's life (headers, ids, bodies);
 /// mimalloc serves them from thread-local pages instead of glibc's arenas.
@@ -49,10 +47,22 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check an NDJSON export (GET /v1/audit/export) offline: every entry
-    /// intact, in order, and linked to the one before.
+    /// intact, in order, and linked to the one before; with --trust, also
+    /// every signed checkpoint and the export's signed trailer (so a file cut
+    /// at either end, or a chain rewritten since a checkpoint, is caught).
     Verify {
         /// The export file.
         file: std::path::PathBuf,
+        /// Keys to believe: a JWKS file (e.g. a saved /.well-known/jwks.json),
+        /// or a pinned fingerprint `sha256:<hex>` of a key the export carries.
+        /// May be given more than once.
+        #[arg(long)]
+        trust: Vec<String>,
+        /// Checkpoints kept outside keyplane (a saved GET /v1/audit/checkpoints
+        /// answer): the export must agree with each, and reach those older
+        /// than itself when it runs to the head.
+        #[arg(long)]
+        checkpoints: Option<std::path::PathBuf>,
     },
 }
 
@@ -76,7 +86,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Openapi => return print_openapi(),
-        Command::Audit(AuditCommand::Verify { file }) => return verify_export(file),
+        Command::Audit(AuditCommand::Verify {
+            file,
+            trust,
+            checkpoints,
+        }) => return verify_export(file, trust, checkpoints.as_deref()),
         Command::Agent(args) => return agent(args.clone(), cli.settings.mode.as_deref()),
         _ => {}
     }
@@ -225,50 +239,26 @@ async fn create_admin_key(
     Ok(())
 }
 
-/// Exits 0 when the export's chain holds, 1 when it does not, 2 when the
-/// file cannot be read.
-fn verify_export(path: &std::path::Path) -> ExitCode {
-    use std::io::BufRead;
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
+/// Prints the verdict; exits 0 when the export holds, 1 when it does not,
+/// 2 when the file (or the trusted keys) cannot be read.
+fn verify_export(
+    path: &std::path::Path,
+    trust: &[String],
+    checkpoints: Option<&std::path::Path>,
+) -> ExitCode {
+    match keyplane_server::audit_trail::verify_file(path, trust, checkpoints) {
+        Ok(verdict) => {
+            println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
+            if verdict.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(err) => {
-            eprintln!("keyplane: cannot read {}: {err}", path.display());
-            return ExitCode::from(2);
+            eprintln!("keyplane: {err}");
+            ExitCode::from(2)
         }
-    };
-    let mut walk = ChainWalk::new(false);
-    for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = match line {
-            Ok(line) if line.trim().is_empty() => continue,
-            Ok(line) => line,
-            Err(err) => {
-                eprintln!("keyplane: cannot read {}: {err}", path.display());
-                return ExitCode::from(2);
-            }
-        };
-        match serde_json::from_str::<AuditEntry>(&line)
-            .ok()
-            .and_then(AuditEntry::into_stored)
-        {
-            Some(entry) => walk.step(&entry),
-            None => {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "entries": walk.verdict().entries, "first_bad": null, "bad_line": number + 1})
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let verdict = walk.verdict();
-    println!(
-        "{}",
-        serde_json::json!({"valid": verdict.valid, "entries": verdict.entries, "first_bad": verdict.first_bad})
-    );
-    if verdict.valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 

@@ -1,8 +1,15 @@
-//! Signed introspection answers (RFC 9701): Ed25519 keys whose private
-//! halves are sealed at rest with the master key, served as a JWKS that
-//! carries the current key and the previous one, so a rotation never breaks
-//! a node that fetched the JWKS a moment ago.
+//! Signed introspection answers (RFC 9701) and audit checkpoints: Ed25519
+//! keys whose private halves are sealed at rest with the master key, served
+//! as a JWKS that carries the current key and the previous one, so a
+//! rotation never breaks a node that fetched the JWKS a moment ago.
+//!
+//! A key is trusted only if this keyplane's master key opens its sealed
+//! half and that half is the private key of the public one stored beside it:
+//! a public key written into the table by anyone else (who can write to the
+//! database but does not hold the master key) is neither published nor
+//! believed.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
@@ -11,9 +18,10 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keyplane_store::signing_keys;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use zeroize::Zeroizing;
@@ -96,11 +104,131 @@ impl MasterKey {
     }
 }
 
-/// The key that signs now, and the JWKS to verify with.
+/// Public keys whose signatures are believed, by key id.
+#[derive(Clone, Default)]
+pub struct TrustedKeys(HashMap<String, TrustedKey>);
+
+#[derive(Clone)]
+struct TrustedKey {
+    public: [u8; 32],
+    decoding: DecodingKey,
+}
+
+/// A signature no trusted key made (or a token that does not read).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Untrusted(String);
+
+impl TrustedKeys {
+    /// Trusts the raw Ed25519 public key `public` under `kid`.
+    pub fn insert(&mut self, kid: &str, public: [u8; 32]) -> anyhow::Result<()> {
+        let decoding = DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(public))?;
+        self.0
+            .insert(kid.to_owned(), TrustedKey { public, decoding });
+        Ok(())
+    }
+
+    /// Trusts every Ed25519 key of a JWKS (`{"keys": [...]}`) or of one JWK.
+    pub fn from_jwks(jwks: &Value) -> anyhow::Result<TrustedKeys> {
+        let keys = match jwks.get("keys") {
+            Some(keys) => keys
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("`keys` is not a list"))?
+                .clone(),
+            None => vec![jwks.clone()],
+        };
+        let mut trusted = TrustedKeys::default();
+        for key in &keys {
+            let (Some(kid), Some(x)) = (key["kid"].as_str(), key["x"].as_str()) else {
+                anyhow::bail!("a key without `kid` and `x`");
+            };
+            anyhow::ensure!(
+                key["crv"].as_str().is_none_or(|crv| crv == "Ed25519"),
+                "key {kid} is not an Ed25519 key"
+            );
+            let public: [u8; 32] = URL_SAFE_NO_PAD
+                .decode(x)
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| anyhow::anyhow!("key {kid}: `x` is not a 32-byte key"))?;
+            trusted.insert(kid, public)?;
+        }
+        Ok(trusted)
+    }
+
+    /// Trusts `other`'s keys too.
+    pub fn extend(&mut self, other: TrustedKeys) {
+        self.0.extend(other.0);
+    }
+
+    /// Whether no key is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The trusted keys as JWKs (with their fingerprints), sorted by key id.
+    pub fn jwks(&self) -> Vec<Value> {
+        let mut keys: Vec<(&String, &TrustedKey)> = self.0.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        keys.into_iter()
+            .map(|(kid, key)| jwk(kid, &key.public))
+            .collect()
+    }
+
+    /// The claims of `token`, a JWS of type `typ` signed by a trusted key.
+    pub fn verify<T: DeserializeOwned>(&self, token: &str, typ: &str) -> Result<T, Untrusted> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Untrusted("the signature does not read".to_owned()))?;
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(typ) {
+            return Err(Untrusted(format!("not an EdDSA signature of type {typ}")));
+        }
+        let kid = header.kid.unwrap_or_default();
+        let key = self
+            .0
+            .get(&kid)
+            .ok_or_else(|| Untrusted(format!("signed by key {kid:?}, which is not trusted")))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        jsonwebtoken::decode::<T>(token, &key.decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| Untrusted(format!("the signature by key {kid} does not verify")))
+    }
+}
+
+/// The fingerprint operators pin: `sha256:` and the hex SHA-256 of the raw
+/// Ed25519 public key.
+pub fn fingerprint(public: &[u8]) -> String {
+    let digest = sha2_digest(public);
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in digest {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+/// A public key as a JWK, with its fingerprint.
+fn jwk(kid: &str, public: &[u8]) -> Value {
+    json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": URL_SAFE_NO_PAD.encode(public),
+        "kid": kid,
+        "use": "sig",
+        "alg": "EdDSA",
+        "fingerprint": fingerprint(public),
+    })
+}
+
+/// The key that signs now, the JWKS to verify with, and every key this
+/// keyplane sealed (older checkpoints were signed by older keys).
 struct Current {
     kid: String,
     encoding: EncodingKey,
     jwks: Value,
+    trusted: Arc<TrustedKeys>,
 }
 
 /// Signs answers with the current key; cheap to clone.
@@ -125,14 +253,14 @@ impl Signer {
         rotate_after: chrono::Duration,
     ) -> anyhow::Result<Signer> {
         let master = Arc::new(master);
-        let newest = signing_keys::newest(pool, 1).await?;
-        let stale = newest
-            .first()
-            .is_none_or(|key| Utc::now() - key.created_at > rotate_after);
-        if stale {
-            add_key(pool, &master, Utc::now()).await?;
-        }
-        let current = load_current(pool, &master).await?;
+        let current = match load_current(pool, &master).await {
+            Ok((current, created_at)) if Utc::now() - created_at <= rotate_after => current,
+            Ok(_) | Err(LoadError::NoKey) => {
+                add_key(pool, &master, Utc::now()).await?;
+                load_current(pool, &master).await?.0
+            }
+            Err(err) => return Err(err.into()),
+        };
         Ok(Signer {
             current: Arc::new(RwLock::new(Arc::new(current))),
             master,
@@ -147,7 +275,7 @@ impl Signer {
 
     /// Picks up the newest key (after another replica rotated).
     pub async fn reload(&self, pool: &PgPool) -> anyhow::Result<String> {
-        let current = load_current(pool, &self.master).await?;
+        let (current, _) = load_current(pool, &self.master).await?;
         let kid = current.kid.clone();
         if let Ok(mut slot) = self.current.write() {
             *slot = Arc::new(current);
@@ -164,6 +292,13 @@ impl Signer {
         self.current()
             .map(|c| c.jwks.clone())
             .unwrap_or_else(|| json!({"keys": []}))
+    }
+
+    /// Every key this keyplane sealed: the keys whose signatures it believes.
+    pub fn trusted(&self) -> Arc<TrustedKeys> {
+        self.current()
+            .map(|c| c.trusted.clone())
+            .unwrap_or_default()
     }
 
     /// Signs `claims` as a JWT of type `typ` with the current key.
@@ -199,6 +334,7 @@ async fn add_key(
         },
     )
     .await?;
+    tracing::info!(%kid, fingerprint = %fingerprint(&public), "signing key made");
     Ok(kid)
 }
 
@@ -207,41 +343,83 @@ fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
-async fn load_current(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Current> {
-    let keys = signing_keys::newest(pool, 2).await?;
-    let newest = keys
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("no signing key stored"))?;
-    let seed = master
-        .open(&newest.sealed_private_key, newest.kid.as_bytes())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "signing key {} cannot be unsealed: KEYPLANE_MASTER_KEY is not the key it was sealed with",
-                newest.kid
-            )
-        })?;
-    let seed: [u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("signing key {} is corrupt", newest.kid))?;
-    let der = ed25519_dalek::SigningKey::from_bytes(&seed)
+/// Why no current key could be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("no signing key stored")]
+    NoKey,
+    #[error(
+        "signing key {0} cannot be unsealed: KEYPLANE_MASTER_KEY is not the key it was sealed with"
+    )]
+    NotOurs(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<keyplane_store::StoreError> for LoadError {
+    fn from(err: keyplane_store::StoreError) -> Self {
+        LoadError::Other(err.into())
+    }
+}
+
+/// The newest key this keyplane sealed (and when it was made), with the
+/// JWKS of it and the one before and every sealed key as trusted. A stored
+/// key the master key does not open, or whose sealed half does not belong
+/// to its public half, is refused: logged, never published or believed.
+async fn load_current(
+    pool: &PgPool,
+    master: &MasterKey,
+) -> Result<(Current, DateTime<Utc>), LoadError> {
+    let keys = signing_keys::newest(pool, i64::MAX).await?;
+    let mut sealed = Vec::with_capacity(keys.len());
+    for key in &keys {
+        match open_key(master, key) {
+            Some(seed) => sealed.push((key, seed)),
+            None => {
+                tracing::error!(kid = %key.kid, "a stored signing key was not sealed by this keyplane's master key: refused")
+            }
+        }
+    }
+    let Some((newest, seed)) = sealed.first() else {
+        return Err(match keys.first() {
+            Some(key) => LoadError::NotOurs(key.kid.clone()),
+            None => LoadError::NoKey,
+        });
+    };
+    let der = ed25519_dalek::SigningKey::from_bytes(seed)
         .to_pkcs8_der()
         .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+    let mut trusted = TrustedKeys::default();
+    for (key, seed) in &sealed {
+        let public = ed25519_dalek::SigningKey::from_bytes(seed)
+            .verifying_key()
+            .to_bytes();
+        trusted.insert(&key.kid, public)?;
+    }
     let jwks = json!({
-        "keys": keys.iter().map(|key| json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(&key.public_key),
-            "kid": key.kid,
-            "use": "sig",
-            "alg": "EdDSA",
-        })).collect::<Vec<_>>()
+        "keys": sealed.iter().take(2).map(|(key, _)| jwk(&key.kid, &key.public_key)).collect::<Vec<_>>()
     });
-    Ok(Current {
-        kid: newest.kid.clone(),
-        encoding: EncodingKey::from_ed_der(der.as_bytes()),
-        jwks,
-    })
+    Ok((
+        Current {
+            kid: newest.kid.clone(),
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            jwks,
+            trusted: Arc::new(trusted),
+        },
+        newest.created_at,
+    ))
+}
+
+/// The private seed of `key`, if this master key sealed it for this key id
+/// and it is the private half of the stored public key.
+fn open_key(master: &MasterKey, key: &signing_keys::SigningKey) -> Option<Zeroizing<[u8; 32]>> {
+    let opened = master.open(&key.sealed_private_key, key.kid.as_bytes())?;
+    let seed: [u8; 32] = opened.as_slice().try_into().ok()?;
+    let seed = Zeroizing::new(seed);
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
+    (public.as_slice() == key.public_key.as_slice()).then_some(seed)
 }
 
 #[cfg(test)]

@@ -262,23 +262,35 @@ pub fn stream_range(
 /// What a walk along the chain found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// Whether every entry is where and what its hash says.
+    /// Whether every entry is where and what its hash says, and every
+    /// anchor (a signed checkpoint) matches the entry it names.
     pub valid: bool,
     /// How many entries were checked.
     pub entries: u64,
     /// The id of the first bad entry.
     pub first_bad: Option<i64>,
+    /// How many anchors the walk matched.
+    pub checkpoints: u64,
+    /// What is wrong, for people, when something is.
+    pub problem: Option<String>,
 }
 
-/// Walks a sequence of entries, checking order, links and hashes. The first
-/// entry's `prev_hash` is trusted when `from_genesis` is false (an export of
-/// a time range starts mid-chain).
+/// Walks a sequence of entries, checking order, links and hashes, and that
+/// each anchor (the head hash a verified checkpoint signed at a `seq`) is
+/// the hash of the entry at that `seq`. The first entry's `prev_hash` is
+/// trusted when `from_genesis` is false (an export of a time range starts
+/// mid-chain).
 #[derive(Debug)]
 pub struct ChainWalk {
     expected_seq: Option<i64>,
     prev: Vec<u8>,
     entries: u64,
     first_bad: Option<i64>,
+    problem: Option<String>,
+    anchors: std::collections::BTreeMap<i64, Vec<u8>>,
+    matched: u64,
+    first_seq: Option<i64>,
+    last_seq: Option<i64>,
 }
 
 impl ChainWalk {
@@ -289,7 +301,26 @@ impl ChainWalk {
             prev: GENESIS.to_vec(),
             entries: 0,
             first_bad: None,
+            problem: None,
+            anchors: std::collections::BTreeMap::new(),
+            matched: 0,
+            first_seq: None,
+            last_seq: None,
         }
+    }
+
+    /// The same walk, also holding the chain to `anchors`: `(seq, hash)`
+    /// pairs from checkpoints whose signatures the caller verified. An
+    /// anchor past the last entry walked means entries were cut from the
+    /// head; one the chain disagrees with means it was rewritten.
+    pub fn anchored(mut self, anchors: impl IntoIterator<Item = (i64, Vec<u8>)>) -> ChainWalk {
+        self.anchors.extend(anchors);
+        self
+    }
+
+    fn fail(&mut self, id: i64, problem: String) {
+        self.first_bad = Some(id);
+        self.problem = Some(problem);
     }
 
     /// Checks the next entry.
@@ -308,27 +339,76 @@ impl ChainWalk {
             && entry.prev_hash.as_deref() == Some(self.prev.as_slice())
             && entry.hash.as_deref() == Some(entry.expected_hash(&self.prev).as_slice());
         if !good {
-            self.first_bad = Some(entry.id);
+            let problem = match expected_seq {
+                Some(1) if self.entries == 1 && entry.seq != Some(1) => format!(
+                    "the chain does not start at its first entry: entries were removed from its start (entry {})",
+                    entry.id
+                ),
+                _ => format!(
+                    "entry {} is not the one the chain holds at its place: edited, removed or moved",
+                    entry.id
+                ),
+            };
+            self.fail(entry.id, problem);
             return;
         }
-        self.expected_seq = entry.seq.map(|s| s + 1);
+        let seq = entry.seq.unwrap_or_default();
+        if let Some(anchor) = self.anchors.get(&seq) {
+            if entry.hash.as_deref() != Some(anchor.as_slice()) {
+                self.fail(
+                    entry.id,
+                    format!(
+                        "the entry at seq {seq} is not the one a signed checkpoint names: the chain was rewritten"
+                    ),
+                );
+                return;
+            }
+            self.matched += 1;
+        }
+        self.first_seq.get_or_insert(seq);
+        self.last_seq = Some(seq);
+        self.expected_seq = Some(seq + 1);
         self.prev = entry.hash.clone().unwrap_or_default();
     }
 
-    /// The verdict so far.
+    /// The verdict so far: an anchor past the last entry walked is a
+    /// chain cut short at its head.
     pub fn verdict(&self) -> Verdict {
+        let cut = match (self.first_bad, self.last_seq) {
+            (Some(_), _) => None,
+            (None, last) => self
+                .anchors
+                .keys()
+                .find(|seq| last.is_none_or(|last| **seq > last))
+                .map(|seq| {
+                    format!(
+                        "a signed checkpoint names seq {seq}, past the last entry ({}): entries were removed from the head",
+                        last.map_or("none".to_owned(), |l| l.to_string())
+                    )
+                }),
+        };
         Verdict {
-            valid: self.first_bad.is_none(),
+            valid: self.first_bad.is_none() && cut.is_none(),
             entries: self.entries,
             first_bad: self.first_bad,
+            checkpoints: self.matched,
+            problem: self.problem.clone().or(cut),
         }
+    }
+
+    /// The first and last `seq` walked, and the hash the walk ended on.
+    pub fn span(&self) -> (Option<i64>, Option<i64>, &[u8]) {
+        (self.first_seq, self.last_seq, &self.prev)
     }
 }
 
-/// Checks the whole chain, streaming it.
-pub async fn verify(pool: &PgPool) -> Result<Verdict, StoreError> {
+/// Checks the whole chain against `anchors` (verified checkpoints), streaming it.
+pub async fn verify(
+    pool: &PgPool,
+    anchors: impl IntoIterator<Item = (i64, Vec<u8>)>,
+) -> Result<Verdict, StoreError> {
     use futures_util::TryStreamExt;
-    let mut walk = ChainWalk::new(true);
+    let mut walk = ChainWalk::new(true).anchored(anchors);
     let mut rows = stream_all(pool);
     while let Some(entry) = rows.try_next().await? {
         walk.step(&entry);
@@ -374,6 +454,21 @@ pub async fn insert_checkpoint(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Every checkpoint whose `seq` is between `from` and `to` (inclusive), oldest first.
+pub async fn checkpoints_between(
+    db: impl PgExecutor<'_>,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Checkpoint>, StoreError> {
+    Ok(sqlx::query_as::<_, Checkpoint>(
+        r#"select * from audit_checkpoints where seq between $1 and $2 order by seq"#,
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
+    .await?)
 }
 
 /// The newest checkpoints, newest first.

@@ -12,6 +12,10 @@ use keyplane_store::audit;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::audit_trail::{
+    CHECKPOINT_TYPE, CheckpointClaims, CheckpointResponse, EXPORT_TYPE, ExportClaims, ExportLine,
+    Trailer, anchors, hex, refuted, unhex,
+};
 use crate::auth::Operator;
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiQuery;
@@ -48,22 +52,6 @@ pub struct AuditEntry {
     pub prev_hash: Option<String>,
     /// This entry's hash (hex).
     pub hash: Option<String>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    text.len()
-        .is_multiple_of(2)
-        .then(|| {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
 }
 
 impl From<audit::Entry> for AuditEntry {
@@ -140,12 +128,18 @@ pub struct AuditParams {
 /// The result of re-checking the chain.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditVerification {
-    /// Whether every entry is intact, in order and linked.
+    /// Whether every entry is intact, in order and linked, and every signed
+    /// checkpoint verifies and matches the entry it names (none past the
+    /// chain's head).
     pub valid: bool,
     /// How many entries were checked.
     pub entries: u64,
     /// The id of the first entry that is not, if any.
     pub first_bad: Option<i64>,
+    /// How many signed checkpoints verified and matched the chain.
+    pub checkpoints: u64,
+    /// What is wrong, when something is.
+    pub problem: Option<String>,
 }
 
 const LIST: &str = "audit";
@@ -199,8 +193,10 @@ pub async fn list_audit_entries(
     }))
 }
 
-/// Re-check the whole chain (streamed, constant memory) and name the first
-/// entry that was edited, removed or moved.
+/// Re-check the whole chain (streamed) against every signed checkpoint, and
+/// name the first entry that was edited, removed or moved, a chain
+/// rewritten (its checkpoints disagree), cut short at either end, or a
+/// checkpoint signed by a key this keyplane did not seal.
 #[utoipa::path(
     get, path = "/v1/audit/verify", operation_id = "verify_audit_log", tag = "audit",
     responses(
@@ -214,11 +210,20 @@ pub async fn verify_audit_log(
     operator: Operator,
 ) -> Result<Json<AuditVerification>, ApiError> {
     operator.require(Permission::AuditRead)?;
-    let verdict = audit::verify(state.db.pool()).await?;
+    let checkpoints: Vec<CheckpointResponse> =
+        audit::checkpoints_between(state.db.pool(), i64::MIN, i64::MAX)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect();
+    let (anchors, problem) = anchors(&state.signer.trusted(), &checkpoints);
+    let verdict = refuted(audit::verify(state.db.pool(), anchors).await?, problem);
     Ok(Json(AuditVerification {
         valid: verdict.valid,
         entries: verdict.entries,
         first_bad: verdict.first_bad,
+        checkpoints: verdict.checkpoints,
+        problem: verdict.problem,
     }))
 }
 
@@ -232,8 +237,11 @@ pub struct ExportParams {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Export entries as NDJSON with their chain fields, streamed; check the file
-/// offline with `keyplane audit verify FILE`.
+/// Export entries as NDJSON with their chain fields, streamed, followed by
+/// the checkpoints of the range (`{"checkpoint": …}`), the keys that signed
+/// them (`{"signing_key": …}`) and a signed trailer (`{"export": …}`)
+/// stating where the export starts and ends; check the file offline with
+/// `keyplane audit verify FILE --trust KEYS`.
 #[utoipa::path(
     get, path = "/v1/audit/export", operation_id = "export_audit_log", tag = "audit",
     params(ExportParams),
@@ -249,8 +257,7 @@ pub async fn export_audit_log(
     ApiQuery(params): ApiQuery<ExportParams>,
 ) -> Result<Response, ApiError> {
     operator.require(Permission::AuditRead)?;
-    let pool = state.db.pool().clone();
-    let lines = export_lines(pool, params.since, params.until);
+    let lines = export_lines(state, params.since, params.until);
     Ok((
         [(CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
@@ -261,20 +268,39 @@ pub async fn export_audit_log(
 /// The export's lines, produced by a task that streams the query into a
 /// small channel: constant memory, and it stops when the client goes away.
 fn export_lines(
-    pool: sqlx::PgPool,
+    state: AppState,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     tokio::spawn(async move {
+        let pool = state.db.pool().clone();
+        let mut claims = ExportClaims {
+            since,
+            until,
+            iat: state.clock.now().timestamp(),
+            iss: state.issuer.to_string(),
+            ..ExportClaims::default()
+        };
         let mut rows = audit::stream_range(&pool, since, until);
         while let Some(row) = rows.next().await {
             let line = row.map_err(std::io::Error::other).and_then(|row| {
-                let mut line =
-                    serde_json::to_string(&AuditEntry::from(row)).map_err(std::io::Error::other)?;
-                line.push('\n');
-                Ok(line)
+                if claims.first_seq.is_none() {
+                    claims.first_seq = row.seq;
+                    claims.first_prev_hash = row.prev_hash.as_deref().map(hex);
+                }
+                claims.last_seq = row.seq;
+                claims.last_hash = row.hash.as_deref().map(hex);
+                claims.entries += 1;
+                json_line(&AuditEntry::from(row))
             });
+            let failed = line.is_err();
+            if sender.send(line).await.is_err() || failed {
+                return;
+            }
+        }
+        drop(rows);
+        for line in export_trailer(&state, claims).await {
             let failed = line.is_err();
             if sender.send(line).await.is_err() || failed {
                 return;
@@ -286,31 +312,45 @@ fn export_lines(
     })
 }
 
-/// A signed statement of the chain's head.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CheckpointResponse {
-    /// The head's `seq` when signed.
-    pub seq: i64,
-    /// The head's hash (hex).
-    pub head_hash: String,
-    /// When it was signed.
-    pub at: DateTime<Utc>,
-    /// A compact JWS (EdDSA, verifiable with `/.well-known/jwks.json`) whose
-    /// claims are `seq`, `head_hash` and `iat`.
-    pub signature: String,
+/// One NDJSON line.
+fn json_line<T: Serialize>(value: &T) -> Result<String, std::io::Error> {
+    let mut line = serde_json::to_string(value).map_err(std::io::Error::other)?;
+    line.push('\n');
+    Ok(line)
 }
 
-/// The claims of a checkpoint's signature.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CheckpointClaims {
-    /// The head's `seq`.
-    pub seq: i64,
-    /// The head's hash (hex).
-    pub head_hash: String,
-    /// When it was signed (Unix seconds).
-    pub iat: i64,
-    /// Who signed it.
-    pub iss: String,
+/// What follows an export's entries: the checkpoints within it, the keys
+/// that signed them, and the signed trailer.
+async fn export_trailer(
+    state: &AppState,
+    claims: ExportClaims,
+) -> Vec<Result<String, std::io::Error>> {
+    let mut lines = Vec::new();
+    if let (Some(first), Some(last)) = (claims.first_seq, claims.last_seq) {
+        match audit::checkpoints_between(state.db.pool(), first, last).await {
+            Ok(rows) => lines.extend(
+                rows.into_iter()
+                    .map(|row| json_line(&ExportLine::Checkpoint(row.into()))),
+            ),
+            Err(err) => return vec![Err(std::io::Error::other(err))],
+        }
+    }
+    lines.extend(
+        state
+            .signer
+            .trusted()
+            .jwks()
+            .into_iter()
+            .map(|key| json_line(&ExportLine::SigningKey(key))),
+    );
+    lines.push(
+        state
+            .signer
+            .sign(EXPORT_TYPE, &claims)
+            .map_err(std::io::Error::other)
+            .and_then(|signature| json_line(&ExportLine::Export(Trailer { claims, signature }))),
+    );
+    lines
 }
 
 /// The newest checkpoints.
@@ -348,11 +388,16 @@ pub async fn checkpoint_now(state: &AppState) -> Result<Option<audit::Checkpoint
         seq,
         head_hash,
         at,
-        signature: state
-            .signer
-            .sign("keyplane-audit-checkpoint+jwt", &claims)?,
+        signature: state.signer.sign(CHECKPOINT_TYPE, &claims)?,
     };
     audit::insert_checkpoint(state.db.pool(), &checkpoint).await?;
+    // Out of the database too: whoever keeps the log keeps the anchor.
+    tracing::info!(
+        seq = checkpoint.seq,
+        head_hash = %hex(&checkpoint.head_hash),
+        signature = %checkpoint.signature,
+        "audit checkpoint signed"
+    );
     Ok(Some(checkpoint))
 }
 
