@@ -112,7 +112,10 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 
     let url = crate::support::fresh_database().await;
     let server = TestServer::start_with(keyplane_server::Settings {
-        header_timeout: std::time::Duration::from_secs(1),
+        connections: keyplane_tls::ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(1),
+            ..keyplane_tls::ConnectionLimits::default()
+        },
         ..crate::support::settings_for(&url)
     })
     .await;

@@ -13,6 +13,7 @@ mod audit_anchors;
 mod bad_input;
 mod cli;
 mod client;
+mod connections;
 mod embedded;
 mod errors;
 mod forward_auth;

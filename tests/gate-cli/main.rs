@@ -58,10 +58,34 @@ fn insecure_settings_are_refused_with_a_line_naming_them() {
         (
             &[
                 ("KEYPLANE_MODE", "mixed"),
+                ("KEYPLANE_TLS_CERT", "/etc/gate.pem"),
+                ("KEYPLANE_TLS_KEY", "/etc/gate-key.pem"),
                 ("KEYPLANE_URL", "http://keyplane.internal:8080"),
                 ("KEYPLANE_NODE_KEY", NODE_KEY),
             ],
             "KEYPLANE_URL: mixed mode talks to keyplane over HTTPS only",
+        ),
+        (
+            &[
+                ("KEYPLANE_MODE", "mixed"),
+                ("KEYPLANE_URL", "https://keyplane.internal:8080"),
+                ("KEYPLANE_NODE_KEY", NODE_KEY),
+            ],
+            "KEYPLANE_TLS_CERT: mixed serves HTTPS only",
+        ),
+        (
+            &[
+                ("KEYPLANE_AUTH", "disabled"),
+                ("KEYPLANE_GATE_IDLE_TIMEOUT", "0s"),
+            ],
+            "KEYPLANE_GATE_IDLE_TIMEOUT",
+        ),
+        (
+            &[
+                ("KEYPLANE_AUTH", "disabled"),
+                ("KEYPLANE_GATE_MAX_IN_FLIGHT", "0"),
+            ],
+            "KEYPLANE_GATE_MAX_IN_FLIGHT",
         ),
         (
             &[

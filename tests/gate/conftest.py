@@ -528,8 +528,9 @@ def _launch_gate(
     settings: dict[str, str] | None = None,
     certificate: Certificate | None = None,
 ) -> Gate:
-    if mode == "prod" and certificate is None:
-        # prod serves HTTPS only (the contract's TLS rule).
+    if mode != "dev" and certificate is None:
+        # prod serves HTTPS only (the contract's TLS rule), and so does mixed
+        # on its keyed routes.
         certificate = make_certificate(workdir / "tls")
     gate = Gate(
         binary("KEYPLANE_GATE_BIN", "target/debug/keyplane-gate"),

@@ -107,6 +107,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         upstream: settings.upstream.clone(),
         upstream_key: settings.upstream_key.clone(),
         max_body: settings.max_body,
+        request_timeout: settings.request_timeout,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         forwarded: Default::default(),
         refused: Default::default(),
     });
@@ -168,15 +170,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "keyplane-gate serving"
     );
-    // A client that has not sent its request headers by then is cut off.
-    let header_timeout = Duration::from_secs(10);
-    match tls {
-        Some(certificates) => {
-            let listener = keyplane_tls::TlsListener::new(listener, certificates)?;
-            keyplane_tls::serve(listener, app, header_timeout, shutdown()).await;
-        }
-        None => keyplane_tls::serve(listener, app, header_timeout, shutdown()).await,
-    }
+    keyplane_tls::serve(listener, tls, app, settings.connections, shutdown()).await;
     tracing::info!("stopped");
     Ok(())
 }

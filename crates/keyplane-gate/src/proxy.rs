@@ -25,6 +25,11 @@ pub struct Gate {
     pub upstream_key: Option<SecretString>,
     /// The body cap.
     pub max_body: u64,
+    /// The longest the upstream may take to start answering.
+    pub request_timeout: std::time::Duration,
+    /// Places for requests passed upstream; a streamed answer holds its
+    /// place until it ends.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Requests passed upstream and refused here.
     pub forwarded: AtomicU64,
     /// Requests refused here.
@@ -98,8 +103,48 @@ pub async fn forward(
     response
 }
 
+/// Whether `host` (a Host header) names this machine's loopback: with auth
+/// disabled, a page elsewhere must not reach the gate through a DNS name
+/// rebound to 127.0.0.1.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) -> Response<Body> {
     let (parts, body) = request.into_parts();
+    let Ok(place) = gate.in_flight.clone().try_acquire_owned() else {
+        let mut busy = openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "gate_busy",
+            "This gate is serving as many requests as it may; try again shortly.",
+        );
+        busy.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return busy;
+    };
+    if gate.guard.is_none() {
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .or(parts.uri.authority().map(|a| a.as_str()));
+        if !host.is_some_and(is_loopback_host) {
+            return openai_error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "invalid_request_error",
+                "host_not_allowed",
+                "With auth disabled, this gate answers only requests for localhost.",
+            );
+        }
+    }
     let caller = match &gate.guard {
         Some(guard) => {
             let decision = guard
@@ -198,12 +243,20 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
         .request(parts.method, format!("{}{path}", gate.upstream))
         .headers(headers)
         .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await;
-    let upstream = match upstream {
-        Ok(upstream) => upstream,
-        Err(_) if over_cap.load(Ordering::Relaxed) => return too_large(gate.max_body),
-        Err(err) => {
+        .send();
+    let upstream = match tokio::time::timeout(gate.request_timeout, upstream).await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(_)) if over_cap.load(Ordering::Relaxed) => return too_large(gate.max_body),
+        Err(_) => {
+            tracing::warn!("the upstream did not start answering in time");
+            return openai_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                "upstream_timeout",
+                "The inference server behind this gate did not answer in time.",
+            );
+        }
+        Ok(Err(err)) => {
             tracing::warn!(error = %err.without_url(), "the upstream cannot be reached");
             return openai_error(
                 StatusCode::BAD_GATEWAY,
@@ -218,8 +271,42 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
     // The answer streams back chunk by chunk as the upstream sends it (SSE).
     let status = upstream.status();
     let headers = forwardable(upstream.headers(), &[]);
-    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    // The answer holds its place until its last chunk has gone.
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        let _place = &place;
+        chunk
+    });
+    let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for host in [
+            "localhost",
+            "localhost:8090",
+            "127.0.0.1:8090",
+            "[::1]:8090",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8090",
+            "10.0.0.1",
+            "[2001:db8::1]:80",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

@@ -54,6 +54,23 @@ pub struct Args {
     /// How often the gate reports itself to keyplane.
     #[arg(long, env = "KEYPLANE_GATE_HEARTBEAT", default_value = "30s")]
     pub heartbeat: String,
+    /// How long a client has to send its request headers; also how long a
+    /// new connection has to ask for anything at all.
+    #[arg(long, env = "KEYPLANE_GATE_HEADER_TIMEOUT", default_value = "10s")]
+    pub header_timeout: String,
+    /// How long a connection with no request in flight stays open.
+    #[arg(long, env = "KEYPLANE_GATE_IDLE_TIMEOUT", default_value = "2m")]
+    pub idle_timeout: String,
+    /// The most client connections open at once; past it, new ones wait.
+    #[arg(long, env = "KEYPLANE_GATE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// The longest the upstream may take to start answering a request.
+    #[arg(long, env = "KEYPLANE_GATE_REQUEST_TIMEOUT", default_value = "10m")]
+    pub request_timeout: String,
+    /// The most requests passed upstream at once (a streamed answer counts
+    /// until it ends); past it, 503 with Retry-After.
+    #[arg(long, env = "KEYPLANE_GATE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
     /// PEM certificate chain for HTTPS.
     #[arg(long, env = "KEYPLANE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -106,6 +123,12 @@ pub struct Settings {
     pub max_body: u64,
     /// The heartbeat period.
     pub heartbeat: Duration,
+    /// Deadlines and the bound on client connections.
+    pub connections: keyplane_tls::ConnectionLimits,
+    /// The longest the upstream may take to start answering.
+    pub request_timeout: Duration,
+    /// The most requests passed upstream at once.
+    pub max_in_flight: usize,
     /// Certificate and key, for HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Extra CAs for keyplane's certificate.
@@ -121,6 +144,13 @@ pub fn refuse(setting: &str, expected: impl std::fmt::Display) -> anyhow::Error 
 
 fn duration(setting: &str, text: &str) -> anyhow::Result<Duration> {
     parse_duration(text).map_err(|err| refuse(setting, err))
+}
+
+fn positive(setting: &str, duration: Duration) -> anyhow::Result<Duration> {
+    match duration.is_zero() {
+        true => Err(refuse(setting, "expected more than 0s")),
+        false => Ok(duration),
+    }
 }
 
 /// Outside `dev`, keyplane is reached over HTTPS (keys travel in those
@@ -184,10 +214,12 @@ impl Settings {
                 ));
             }
         };
-        if mode == Mode::Prod && tls.is_none() {
+        // mixed serves its keyed routes as prod does: keys never cross in
+        // clear. (Auth disabled outside dev is refused below, by name.)
+        if mode != Mode::Dev && tls.is_none() && args.auth == AuthSwitch::Enabled {
             return Err(refuse(
                 "KEYPLANE_TLS_CERT",
-                "prod serves HTTPS only: set KEYPLANE_TLS_CERT and KEYPLANE_TLS_KEY",
+                format!("{mode} serves HTTPS only: set KEYPLANE_TLS_CERT and KEYPLANE_TLS_KEY"),
             ));
         }
         let env = |err: keyplane_client::EnvError| refuse(&err.variable, err.reason);
@@ -230,6 +262,33 @@ impl Settings {
             max_body: args.max_body,
             heartbeat: duration("KEYPLANE_GATE_HEARTBEAT", &args.heartbeat)?
                 .max(Duration::from_secs(1)),
+            connections: keyplane_tls::ConnectionLimits {
+                header_timeout: positive(
+                    "KEYPLANE_GATE_HEADER_TIMEOUT",
+                    duration("KEYPLANE_GATE_HEADER_TIMEOUT", &args.header_timeout)?,
+                )?,
+                idle_timeout: positive(
+                    "KEYPLANE_GATE_IDLE_TIMEOUT",
+                    duration("KEYPLANE_GATE_IDLE_TIMEOUT", &args.idle_timeout)?,
+                )?,
+                max_connections: match args.max_connections {
+                    0 => {
+                        return Err(refuse(
+                            "KEYPLANE_GATE_MAX_CONNECTIONS",
+                            "expected at least 1",
+                        ));
+                    }
+                    n => n,
+                },
+            },
+            request_timeout: positive(
+                "KEYPLANE_GATE_REQUEST_TIMEOUT",
+                duration("KEYPLANE_GATE_REQUEST_TIMEOUT", &args.request_timeout)?,
+            )?,
+            max_in_flight: match args.max_in_flight {
+                0 => return Err(refuse("KEYPLANE_GATE_MAX_IN_FLIGHT", "expected at least 1")),
+                n => n,
+            },
             tls,
             ca_bundle: args.ca_bundle,
             client_identity,

@@ -244,26 +244,17 @@ impl App {
             }
         };
         let grace = self.state.settings.shutdown_grace;
-        let header_timeout = self.state.settings.header_timeout;
-        let serve: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
-            match &self.state.settings.tls {
-                Some(tls) => {
-                    let listener =
-                        keyplane_tls::TlsListener::new(self.listener, tls.certificates.clone())?;
-                    Box::pin(keyplane_tls::serve(
-                        listener,
-                        self.router,
-                        header_timeout,
-                        signal,
-                    ))
-                }
-                None => Box::pin(keyplane_tls::serve(
-                    self.listener,
-                    self.router,
-                    header_timeout,
-                    signal,
-                )),
-            };
+        let serve = keyplane_tls::serve(
+            self.listener,
+            self.state
+                .settings
+                .tls
+                .as_ref()
+                .map(|tls| tls.certificates.clone()),
+            self.router,
+            self.state.settings.connections,
+            signal,
+        );
         let served: anyhow::Result<()> = tokio::select! {
             () = serve => Ok(()),
             () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {

@@ -86,9 +86,16 @@ pub struct SettingsArgs {
     /// How long a graceful shutdown waits for in-flight requests (e.g. 30s).
     #[arg(long, env = "KEYPLANE_SHUTDOWN_GRACE", global = true)]
     pub shutdown_grace: Option<String>,
-    /// How long a client has to send its request headers (e.g. 10s).
+    /// How long a client has to send its request headers (e.g. 10s); also
+    /// how long a new connection has to ask for anything at all.
     #[arg(long, env = "KEYPLANE_HEADER_TIMEOUT", global = true)]
     pub header_timeout: Option<String>,
+    /// How long a connection with no request in flight stays open (e.g. 60s).
+    #[arg(long, env = "KEYPLANE_IDLE_TIMEOUT", global = true)]
+    pub idle_timeout: Option<String>,
+    /// The most connections open at once; past it, new ones wait.
+    #[arg(long, env = "KEYPLANE_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<String>,
     /// How often the scheduler runs (expiry warnings, ends of keys, webhook
     /// deliveries), e.g. 5s.
     #[arg(long, env = "KEYPLANE_SCHEDULER_INTERVAL", global = true)]
@@ -154,6 +161,8 @@ struct FileSettings {
     request_timeout: Option<toml::Value>,
     shutdown_grace: Option<toml::Value>,
     header_timeout: Option<toml::Value>,
+    idle_timeout: Option<toml::Value>,
+    max_connections: Option<toml::Value>,
     scheduler_interval: Option<toml::Value>,
     webhook_retry_base: Option<toml::Value>,
     log_format: Option<String>,
@@ -208,8 +217,9 @@ pub struct Settings {
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// How long a client has to send its request headers before the
-    /// connection is closed.
-    pub header_timeout: Duration,
+    /// connection is closed, how long connections may sit idle, and how
+    /// many may be open.
+    pub connections: keyplane_tls::ConnectionLimits,
     /// How often the scheduler runs.
     pub scheduler_interval: Duration,
     /// The first retry delay of a failed webhook delivery.
@@ -255,7 +265,7 @@ impl Default for Settings {
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
+            connections: keyplane_tls::ConnectionLimits::default(),
             scheduler_interval: Duration::from_secs(5),
             webhook_retry_base: Duration::from_secs(10),
             log_format: LogFormat::Text,
@@ -371,7 +381,29 @@ impl Settings {
             &file.header_timeout,
         )?
         .filter(|t| !t.is_zero())
-        .unwrap_or(defaults.header_timeout);
+        .unwrap_or(defaults.connections.header_timeout);
+        let idle_timeout = duration_setting(
+            "KEYPLANE_IDLE_TIMEOUT",
+            &args.idle_timeout,
+            &file.idle_timeout,
+        )?
+        .filter(|t| !t.is_zero())
+        .unwrap_or(defaults.connections.idle_timeout);
+        let open_connections = number_setting(
+            "KEYPLANE_MAX_CONNECTIONS",
+            &args.max_connections,
+            &file.max_connections,
+        )?
+        .map(|n| {
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new("KEYPLANE_MAX_CONNECTIONS", "expected 1 to 1000000")
+                })
+        })
+        .transpose()?
+        .unwrap_or(defaults.connections.max_connections);
         let scheduler_interval = duration_setting(
             "KEYPLANE_SCHEDULER_INTERVAL",
             &args.scheduler_interval,
@@ -551,7 +583,11 @@ impl Settings {
             body_limit,
             request_timeout,
             shutdown_grace,
-            header_timeout,
+            connections: keyplane_tls::ConnectionLimits {
+                header_timeout,
+                idle_timeout,
+                max_connections: open_connections,
+            },
             scheduler_interval,
             webhook_retry_base,
             log_format,

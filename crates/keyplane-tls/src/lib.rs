@@ -1,8 +1,9 @@
-//! HTTPS listeners for keyplane and the gate: rustls, TLS 1.2 and 1.3 only,
-//! with each handshake off the accept path so one slow client cannot stall
-//! the rest. Plain HTTP sent to the port fails its handshake and is dropped.
+//! Serving keyplane and the gate: HTTPS with rustls (TLS 1.2 and 1.3 only,
+//! each handshake off the accept path so one slow client cannot stall the
+//! rest; plain HTTP sent to the port fails its handshake and is dropped),
+//! certificates renewed on disk picked up, and connections bounded in number
+//! and in how long they may ask for nothing (see [`serve`]).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -10,18 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-
 mod serve;
 
 pub use rustls::ServerConfig;
-pub use serve::serve;
-
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use serve::{ConnectionLimits, serve};
 
 /// Reads a PEM certificate chain and its private key, and checks they match.
 /// With `client_ca`, clients may present a certificate, which must then chain
@@ -146,32 +139,6 @@ impl ClientCertificate {
     }
 }
 
-/// A connection that may carry a verified client certificate.
-pub trait PeerIdentity {
-    /// The client's certificate, when it presented one.
-    fn client_certificate(&self) -> Option<Arc<ClientCertificate>>;
-}
-
-impl PeerIdentity for TcpStream {
-    fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
-        None
-    }
-}
-
-impl PeerIdentity for TlsStream<TcpStream> {
-    fn client_certificate(&self) -> Option<Arc<ClientCertificate>> {
-        let (_, session) = self.get_ref();
-        let end_entity = session.peer_certificates()?.first()?;
-        ClientCertificate::from_der(end_entity).map(Arc::new)
-    }
-}
-
-/// Accepts TLS connections, for `axum::serve`.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
 /// A certificate and key that can be renewed on disk while serving: each new
 /// connection gets the current pair; connections already open keep theirs.
 #[derive(Debug)]
@@ -267,66 +234,5 @@ impl Certificates {
                 }
             }
         })
-    }
-}
-
-impl TlsListener {
-    /// Serves TLS with the current `certificates` on `listener`.
-    pub fn new(
-        listener: TcpListener,
-        certificates: Arc<Certificates>,
-    ) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (sender, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    // The listener was dropped: stop accepting, close the socket.
-                    () = sender.closed() => return,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %err, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = TlsAcceptor::from(certificates.current());
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        // Plain HTTP on the TLS port, scanners, timeouts: drop quietly.
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { local, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop only ends when this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
