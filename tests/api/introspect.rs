@@ -778,7 +778,15 @@ async fn a_burst_of_inactive_answers_is_audited_once_as_a_probe() {
 
 #[tokio::test]
 async fn metrics_count_outcomes_and_cache_hits() {
-    let f = Fixture::start().await;
+    let url = fresh_database().await;
+    let f = Fixture::on(
+        TestServer::start_with(keyplane_server::Settings {
+            metrics_refresh: Duration::from_millis(200),
+            ..admin_settings_for(&url)
+        })
+        .await,
+    )
+    .await;
     for _ in 0..3 {
         f.introspect(&[("token", f.secret())]).await;
     }
@@ -809,10 +817,13 @@ async fn metrics_count_outcomes_and_cache_hits() {
         text.contains("keyplane_introspection_cache_lookups_total{result=\"miss\"} 1"),
         "{text}"
     );
-    assert!(
-        text.contains("keyplane_keys{status=\"active\"} 1"),
-        "{text}"
-    );
+    // The database's figures are read in the background, not at scrape time.
+    let text = eventually(Duration::from_secs(30), "the key counted", || async {
+        let text = f.server.get("/metrics").await.text().await.ok()?;
+        text.contains("keyplane_keys{status=\"active\"} 1")
+            .then_some(text)
+    })
+    .await;
     assert!(text.contains("keyplane_keys_expiring_7d 0"), "{text}");
     assert!(text.contains("keyplane_audit_chain_length 3"), "{text}");
     assert!(!text.contains(f.secret()) && !text.contains(&f.node_key));
@@ -904,6 +915,9 @@ async fn a_load_that_raced_a_revocation_is_not_cached() {
         .await
         .unwrap();
     let cache = keyplane_server::introspection::Introspector::new(pool, 1000);
+    let limits = std::sync::Arc::new(keyplane_server::limits::Limits::new(
+        keyplane_server::limits::LimitSettings::default(),
+    ));
     let node: uuid::Uuid = f.node_id.parse().unwrap();
     let key_id: uuid::Uuid = f.key["id"].as_str().unwrap().parse().unwrap();
     let now = || Utc::now() + chrono::Duration::seconds(1);
@@ -911,7 +925,7 @@ async fn a_load_that_raced_a_revocation_is_not_cached() {
     let unknown = keyplane_domain::KeySecret::generate(keyplane_domain::KeyKind::Instance).unwrap();
     assert!(
         cache
-            .introspect(unknown.expose(), node, "", None, now())
+            .introspect(unknown.expose(), node, "", None, now(), &limits)
             .await
             .unwrap()
             .is_none()
@@ -923,7 +937,12 @@ async fn a_load_that_raced_a_revocation_is_not_cached() {
     let load = tokio::spawn({
         let cache = cache.clone();
         let token = f.secret().to_owned();
-        async move { cache.introspect(&token, node, "", None, now()).await }
+        let limits = limits.clone();
+        async move {
+            cache
+                .introspect(&token, node, "", None, now(), &limits)
+                .await
+        }
     });
     eventually(
         Duration::from_secs(10),
@@ -949,7 +968,7 @@ async fn a_load_that_raced_a_revocation_is_not_cached() {
         "the racing request was answered from a stale read"
     );
     let after = cache
-        .introspect(f.secret(), node, "", None, now())
+        .introspect(f.secret(), node, "", None, now(), &limits)
         .await
         .unwrap();
     assert!(after.is_none(), "a revoked key was served from the cache");

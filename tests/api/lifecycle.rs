@@ -115,3 +115,44 @@ async fn startup_gives_up_on_an_unreachable_database_with_a_clear_message() {
         "the password leaked: {message}"
     );
 }
+
+#[tokio::test]
+async fn metrics_scrapes_read_no_database_and_survive_its_absence() {
+    let url = fresh_database().await;
+    let link = FlakyLink::to(&url).await;
+    let server = TestServer::start_with(keyplane_server::Settings {
+        metrics_refresh: Duration::from_millis(200),
+        bootstrap_token: Some(secrecy::SecretString::from(crate::support::BOOTSTRAP)),
+        ..settings_for(&link.url_through(&url))
+    })
+    .await;
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    server
+        .key(
+            &instance,
+            serde_json::json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let gauge = "keyplane_keys{status=\"active\"} 1";
+    eventually(
+        Duration::from_secs(30),
+        "the background read to see the key",
+        || async {
+            let text = server.get("/metrics").await.text().await.ok()?;
+            text.contains(gauge).then_some(())
+        },
+    )
+    .await;
+    // The database goes away: scrapes are still answered, with the figures
+    // last read, because a scrape never queries it.
+    link.set(Link::Down);
+    for _ in 0..20 {
+        let response = server.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(text.contains(gauge), "{text}");
+        assert!(text.contains("keyplane_gauges_age_seconds"));
+    }
+    link.set(Link::Up);
+    server.stop().await.unwrap();
+}

@@ -70,6 +70,9 @@ pub fn settings_for(database_url: &str) -> Settings {
         // purpose; the rate limits have their own test (abuse.rs).
         limits: keyplane_server::limits::LimitSettings {
             auth_failures_per_minute: 1_000_000,
+            credential_failures_per_minute: 1_000_000,
+            misses_per_node_per_second: 1_000_000,
+            misses_per_address_per_second: 1_000_000,
             operator_per_minute: 1_000_000,
             node_per_second: 1_000_000,
             self_service_per_minute: 1_000_000,

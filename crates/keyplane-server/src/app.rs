@@ -89,6 +89,22 @@ fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     Ok(MasterKey::parse(&generated)?)
 }
 
+/// Reads `/metrics`' database-backed figures every `metrics_refresh`.
+fn refresh_gauges(state: &AppState) -> JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(state.settings.metrics_refresh);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            state
+                .metrics
+                .refresh_gauges(state.db.pool(), state.clock.now())
+                .await;
+        }
+    })
+}
+
 /// Reloads the signing key when another replica rotates it.
 fn follow_signing_keys(signer: &Signer, events: &Events, pool: sqlx::PgPool) -> JoinHandle<()> {
     let mut receiver = events.subscribe();
@@ -164,8 +180,14 @@ impl App {
         let events = Events::new(!db.is_embedded());
         let introspector =
             Introspector::new(db.pool().clone(), settings.introspection_cache_capacity);
+        let credentials = crate::credentials::KnownCredentials::default();
+        credentials
+            .refresh(db.pool())
+            .await
+            .context("reading the live admin and node keys")?;
         let mut tasks = vec![
             introspector.follow(&events),
+            credentials.follow(&events, db.pool().clone()),
             introspector.flush_every(USAGE_FLUSH_EVERY),
             follow_signing_keys(&signer, &events, db.pool().clone()),
         ];
@@ -193,6 +215,7 @@ impl App {
             policy_refusals: BurstWatch::new(1, Duration::from_secs(60)),
             forward_auth_refusals: BurstWatch::new(1, Duration::from_secs(60)),
             limits,
+            credentials,
             metrics: Arc::new(Metrics::for_routes(routes::documented_routes())),
             stopping: tokio::sync::watch::Sender::new(false),
             master,
@@ -205,6 +228,7 @@ impl App {
             chrono::Duration::minutes(CHECKPOINT_EVERY_MINUTES),
         ));
         tasks.push(crate::scheduler::spawn(state.clone()));
+        tasks.push(refresh_gauges(&state));
         Ok(App {
             router: http_service(state.clone()),
             listener,

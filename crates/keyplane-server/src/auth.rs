@@ -89,17 +89,21 @@ impl FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let address = peer(parts);
-        // An address that keeps failing gets no further guesses for a while.
-        if let Some(address) = address {
-            state.limits.check_address(address)?;
-        }
         let token = bearer(parts).ok_or(MISSING)?;
-        let operator = authenticate(token, state).await;
+        let admin_key = KeySecret::parse_as(KeyKind::Admin, token).ok();
+        // A live admin key is checked whatever its address did before; any
+        // other credential (the bootstrap token, a guess) is refused unseen
+        // once it, or its address, keeps failing.
+        let known = admin_key
+            .as_ref()
+            .is_some_and(|key| state.credentials.admin(key.digest().as_bytes()));
+        if !known {
+            state.limits.check_unknown(address, token)?;
+        }
+        let operator = authenticate(token, admin_key, state).await;
         match &operator {
             Err(ApiError::Unauthorized { .. }) => {
-                if let Some(address) = address {
-                    state.limits.note_failure(address);
-                }
+                state.limits.note_failure(address, Some(token));
                 note_failure(parts, state);
             }
             Ok(operator) => {
@@ -115,30 +119,31 @@ impl FromRequestParts<AppState> for Operator {
 }
 
 /// The bearer credential of `kind` an instance presents (an enrollment
-/// token, its API key), after the per-address limit on failed attempts. A
-/// missing or malformed one counts as a failure and is refused.
-pub fn instance_bearer(
+/// token, its API key). A malformed one is a failure; a well-formed one that
+/// is not known to be live is refused unseen once it, or its address, keeps
+/// failing (the handler counts the failure when it turns out not to be good).
+pub async fn instance_bearer(
     parts: &Parts,
     state: &AppState,
     kind: KeyKind,
     refusal: fn() -> ApiError,
 ) -> Result<KeySecret, ApiError> {
     let address = peer(parts);
-    if let Some(address) = address {
+    let token = bearer(parts);
+    let key = token.and_then(|token| KeySecret::parse_as(kind, token).ok());
+    let Some(key) = key else {
         state.limits.check_address(address)?;
+        state.limits.note_failure(address, token);
+        return Err(refusal());
+    };
+    if !state.introspector.knows_key(key.digest().as_bytes()).await {
+        state.limits.check_unknown(address, key.expose())?;
     }
-    bearer(parts)
-        .and_then(|token| KeySecret::parse_as(kind, token).ok())
-        .ok_or_else(|| {
-            if let Some(address) = address {
-                state.limits.note_failure(address);
-            }
-            refusal()
-        })
+    Ok(key)
 }
 
 /// The address a request came from.
-fn peer(parts: &Parts) -> Option<IpAddr> {
+pub fn peer(parts: &Parts) -> Option<IpAddr> {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -194,8 +199,13 @@ fn note_failure(parts: &Parts, state: &AppState) {
     });
 }
 
-/// The operator a bearer token stands for.
-async fn authenticate(token: &str, state: &AppState) -> Result<Operator, ApiError> {
+/// The operator a bearer token stands for: the bootstrap token, or a live
+/// admin key (`admin_key`, the token parsed as one, if it is).
+async fn authenticate(
+    token: &str,
+    admin_key: Option<KeySecret>,
+    state: &AppState,
+) -> Result<Operator, ApiError> {
     if let Some(bootstrap) = &state.settings.bootstrap_token {
         // Digests have a fixed length, so comparing them in constant time
         // leaks neither the token's bytes nor its length.
@@ -206,7 +216,7 @@ async fn authenticate(token: &str, state: &AppState) -> Result<Operator, ApiErro
             });
         }
     }
-    let key = KeySecret::parse_as(KeyKind::Admin, token).map_err(|_| invalid())?;
+    let key = admin_key.ok_or_else(invalid)?;
     let stored = admin_keys::find_by_digest(state.db.pool(), key.digest().as_bytes())
         .await?
         .ok_or_else(invalid)?;

@@ -123,9 +123,20 @@ pub struct SettingsArgs {
     /// The window for KEYPLANE_PROBE_THRESHOLD (e.g. 60s).
     #[arg(long, env = "KEYPLANE_PROBE_WINDOW", global = true)]
     pub probe_window: Option<String>,
-    /// Failed operator authentications tolerated per address per minute; past them, 429.
+    /// Failed authentications tolerated per address per minute; past them,
+    /// unknown credentials from there get 429.
     #[arg(long, env = "KEYPLANE_RATE_AUTH_FAILURES", global = true)]
     pub rate_auth_failures: Option<String>,
+    /// Failures tolerated per credential per minute (one client retrying one
+    /// wrong or stale credential).
+    #[arg(long, env = "KEYPLANE_RATE_CREDENTIAL_FAILURES", global = true)]
+    pub rate_credential_failures: Option<String>,
+    /// Lookups of keys no cache knows, per node per second.
+    #[arg(long, env = "KEYPLANE_RATE_MISSES_NODE", global = true)]
+    pub rate_misses_node: Option<String>,
+    /// Lookups of keys no cache knows, per client address per second.
+    #[arg(long, env = "KEYPLANE_RATE_MISSES_ADDRESS", global = true)]
+    pub rate_misses_address: Option<String>,
     /// Management requests per admin key per minute.
     #[arg(long, env = "KEYPLANE_RATE_OPERATOR", global = true)]
     pub rate_operator: Option<String>,
@@ -172,6 +183,9 @@ struct FileSettings {
     probe_threshold: Option<toml::Value>,
     probe_window: Option<toml::Value>,
     rate_auth_failures: Option<toml::Value>,
+    rate_credential_failures: Option<toml::Value>,
+    rate_misses_node: Option<toml::Value>,
+    rate_misses_address: Option<toml::Value>,
     rate_operator: Option<toml::Value>,
     rate_node: Option<toml::Value>,
     route_scopes: Option<String>,
@@ -222,6 +236,9 @@ pub struct Settings {
     pub connections: keyplane_tls::ConnectionLimits,
     /// How often the scheduler runs.
     pub scheduler_interval: Duration,
+    /// How often `/metrics`' database-backed figures are read (never at
+    /// scrape time).
+    pub metrics_refresh: Duration,
     /// The first retry delay of a failed webhook delivery.
     pub webhook_retry_base: Duration,
     /// How log lines are written.
@@ -267,6 +284,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             connections: keyplane_tls::ConnectionLimits::default(),
             scheduler_interval: Duration::from_secs(5),
+            metrics_refresh: Duration::from_secs(15),
             webhook_retry_base: Duration::from_secs(10),
             log_format: LogFormat::Text,
             bootstrap_token: None,
@@ -507,6 +525,24 @@ impl Settings {
                 &file.rate_node,
                 defaults.limits.node_per_second,
             )?,
+            credential_failures_per_minute: rate(
+                "KEYPLANE_RATE_CREDENTIAL_FAILURES",
+                &args.rate_credential_failures,
+                &file.rate_credential_failures,
+                defaults.limits.credential_failures_per_minute,
+            )?,
+            misses_per_node_per_second: rate(
+                "KEYPLANE_RATE_MISSES_NODE",
+                &args.rate_misses_node,
+                &file.rate_misses_node,
+                defaults.limits.misses_per_node_per_second,
+            )?,
+            misses_per_address_per_second: rate(
+                "KEYPLANE_RATE_MISSES_ADDRESS",
+                &args.rate_misses_address,
+                &file.rate_misses_address,
+                defaults.limits.misses_per_address_per_second,
+            )?,
             ..defaults.limits
         };
         let routes = match pick(&args.route_scopes, &file.route_scopes) {
@@ -589,6 +625,7 @@ impl Settings {
                 max_connections: open_connections,
             },
             scheduler_interval,
+            metrics_refresh: defaults.metrics_refresh,
             webhook_retry_base,
             log_format,
             bootstrap_token,

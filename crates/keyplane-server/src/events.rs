@@ -36,7 +36,9 @@ pub enum Event {
     },
     /// A role changed: any key may carry it.
     Roles,
-    /// A node was retired.
+    /// An admin key was made, rotated or revoked.
+    AdminKeys,
+    /// A node was registered, changed or retired.
     Node {
         /// The node.
         id: Uuid,

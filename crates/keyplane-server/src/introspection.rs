@@ -230,7 +230,9 @@ impl Introspector {
     }
 
     /// Judges `token` for `node`: None for anything but a good key that
-    /// passes every check. Errors only when the database is needed and fails.
+    /// passes every check. Errors only when the database is needed and
+    /// fails, or when a key no cache knows would be looked up past the
+    /// node's or the client's budget of such lookups (`limits`).
     pub async fn introspect(
         &self,
         token: &str,
@@ -238,7 +240,8 @@ impl Introspector {
         wanted: &str,
         client_ip: Option<IpAddr>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Verdict>, Unavailable> {
+        limits: &crate::limits::Limits,
+    ) -> Result<Option<Verdict>, Lookup> {
         // Garbage and mistyped keys are refused without a lookup.
         let Ok(key) = KeySecret::parse_as(KeyKind::Instance, token) else {
             return Ok(None);
@@ -252,7 +255,12 @@ impl Introspector {
         };
         let cached = match hit {
             Some(cached) => cached,
-            None => self.load_key(digest).await?,
+            None => {
+                // Made-up keys (their checksum is public) cost a lookup
+                // each: budgeted, so a flood cannot take the pool.
+                limits.spend_miss(node, client_ip).map_err(Lookup::Busy)?;
+                self.load_key(digest).await?
+            }
         };
         let verdict = cached.filter(|key| key.admits(node, wanted, client_ip, now));
         if let Some(key) = &verdict
@@ -314,6 +322,11 @@ impl Introspector {
             .await
             .map(|facts| facts.map(|f| Arc::new(CachedKey::from_facts(f))))
             .map_err(|err| unavailable(Arc::new(err)))
+    }
+
+    /// Whether `digest` is a key the cache holds as live (a cheap look, no load).
+    pub async fn knows_key(&self, digest: &[u8; 32]) -> bool {
+        matches!(self.keys.get(digest).await, Some(Some(_)))
     }
 
     /// Key lookups so far, and how many of them missed the cache.
@@ -423,7 +436,7 @@ impl Introspector {
                 self.certified.invalidate_all();
                 Ok(())
             }
-            Event::Revocations | Event::SigningKeys => Ok(()),
+            Event::Revocations | Event::SigningKeys | Event::AdminKeys => Ok(()),
         };
         if registered.is_err() {
             // Predicates could not be registered: be safe, drop everything.
@@ -480,6 +493,21 @@ impl Introspector {
                 this.flush_usage().await;
             }
         })
+    }
+}
+
+/// Why an introspection could not be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The database was needed and did not answer.
+    Unavailable,
+    /// A lookup past the budget of lookups of unknown keys; try again after this.
+    Busy(Duration),
+}
+
+impl From<Unavailable> for Lookup {
+    fn from(_: Unavailable) -> Self {
+        Lookup::Unavailable
     }
 }
 

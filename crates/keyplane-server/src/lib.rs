@@ -11,6 +11,7 @@ pub mod auth;
 pub mod burst;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -26,6 +27,7 @@ pub mod signing;
 pub mod state;
 pub mod telemetry;
 pub mod webhooks;
+pub mod window;
 
 pub use app::App;
 pub use config::{ConfigError, Settings, SettingsArgs};

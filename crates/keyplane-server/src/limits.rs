@@ -1,37 +1,54 @@
 //! Rate limits that hold up under abuse without locking out the healthy:
 //!
-//! - an address that keeps failing operator authentication is refused (429)
-//!   before its next credential is even checked, so guessing stays slow;
-//! - each admin key, and each node, has its own budget, so one busy or
-//!   runaway client cannot starve the others. A node's budget is keyed by its
-//!   authenticated id: nobody without its key can spend it, and failures from
-//!   a node's address never block its (good) key.
+//! - a credential keyplane knows (a live admin or node key) is checked
+//!   whatever its address did: one bad client behind a NAT, a bastion or
+//!   Docker's proxy cannot lock out every operator and node there;
+//! - failures are counted per credential (a client retrying one stale key
+//!   spends its own budget, not its address's) and per address (guessing
+//!   many credentials from one place); past either budget, an unknown
+//!   credential from there gets 429 without being looked at, so guessing
+//!   stays slow (the bootstrap token above all) and costs no database work;
+//! - lookups of keys no cache knows are budgeted per node and per client
+//!   address, so a flood of made-up keys (their checksum is public) leaves
+//!   the database to everyone else;
+//! - each admin key, node and instance has its own request budget.
+//!
+//! Failure and miss counts live in fixed-size tables ([`WindowCounter`]):
+//! their cost is the same however many addresses are seen.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::window::{WindowCounter, source_of};
 
-/// The most addresses remembered as blocked; past it, expired ones are dropped.
-const MAX_BLOCKED: usize = 100_000;
+/// The most authenticated clients remembered by a request budget before
+/// those whose budget has refilled are forgotten.
+const MAX_REMEMBERED: usize = 100_000;
 
 /// How much each client may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSettings {
-    /// Failed operator authentications tolerated per address per minute; the
-    /// one past them gets the address refused until the budget refills.
+    /// Failed authentications tolerated per address per minute; once one
+    /// more fails, an unknown credential from there gets 429 until the
+    /// minute ends.
     pub auth_failures_per_minute: u32,
+    /// Failures tolerated per credential per minute (a client retrying the
+    /// same stale or wrong credential).
+    pub credential_failures_per_minute: u32,
     /// Management requests per admin key per minute.
     pub operator_per_minute: u32,
     /// Node requests (introspection, forward auth) per node per second.
     pub node_per_second: u32,
+    /// Lookups of keys no cache knows, per node per second.
+    pub misses_per_node_per_second: u32,
+    /// Lookups of keys no cache knows, per client address per second.
+    pub misses_per_address_per_second: u32,
     /// Self-service requests (`/v1/self`, `/v1/self/rotate`) per instance per minute.
     pub self_service_per_minute: u32,
     /// Self-rotations per instance per hour: a holder rotating in a loop
@@ -43,8 +60,11 @@ impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {
             auth_failures_per_minute: 30,
+            credential_failures_per_minute: 10,
             operator_per_minute: 1_200,
             node_per_second: 50_000,
+            misses_per_node_per_second: 500,
+            misses_per_address_per_second: 20,
             self_service_per_minute: 60,
             self_rotations_per_hour: 12,
         }
@@ -54,8 +74,10 @@ impl Default for LimitSettings {
 /// The limiters one keyplane process keeps.
 #[derive(Debug)]
 pub struct Limits {
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    failures_by_address: WindowCounter,
+    failures_by_credential: WindowCounter,
+    misses_by_node: WindowCounter,
+    misses_by_address: WindowCounter,
     operators: DefaultKeyedRateLimiter<String>,
     nodes: DefaultKeyedRateLimiter<Uuid>,
     self_service: DefaultKeyedRateLimiter<Uuid>,
@@ -72,14 +94,31 @@ fn too_many(wait: Duration) -> ApiError {
     }
 }
 
+/// What identifies a credential to the failure count: its first characters
+/// (a whole stale key and its retries share them; they are hashed into the
+/// table and never stored).
+fn credential_source(credential: &str) -> &str {
+    let end = credential
+        .char_indices()
+        .nth(12)
+        .map_or(credential.len(), |(i, _)| i);
+    &credential[..end]
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const SECOND: Duration = Duration::from_secs(1);
+
 impl Limits {
     /// Limiters with these budgets.
     pub fn new(settings: LimitSettings) -> Limits {
         Limits {
-            failures: RateLimiter::keyed(Quota::per_minute(at_least_one(
-                settings.auth_failures_per_minute,
-            ))),
-            blocked: Mutex::default(),
+            failures_by_address: WindowCounter::new(settings.auth_failures_per_minute, MINUTE),
+            failures_by_credential: WindowCounter::new(
+                settings.credential_failures_per_minute,
+                MINUTE,
+            ),
+            misses_by_node: WindowCounter::new(settings.misses_per_node_per_second, SECOND),
+            misses_by_address: WindowCounter::new(settings.misses_per_address_per_second, SECOND),
             operators: RateLimiter::keyed(Quota::per_minute(at_least_one(
                 settings.operator_per_minute,
             ))),
@@ -93,38 +132,49 @@ impl Limits {
         }
     }
 
-    /// Refuses an address that failed too often, before its credential is checked.
-    pub fn check_address(&self, address: IpAddr) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let Ok(blocked) = self.blocked.lock() else {
-            return Ok(());
-        };
-        match blocked.get(&address) {
-            Some(until) if *until > now => Err(too_many(*until - now)),
-            _ => Ok(()),
+    /// Refuses (429) an unknown `credential` that keeps failing, or that
+    /// comes from an address that does, before it is looked at.
+    pub fn check_unknown(&self, address: Option<IpAddr>, credential: &str) -> Result<(), ApiError> {
+        if let Some(wait) = self
+            .failures_by_credential
+            .over(credential_source(credential))
+        {
+            return Err(too_many(wait));
+        }
+        self.check_address(address)
+    }
+
+    /// Refuses (429) anything unknown from an address that keeps failing.
+    pub fn check_address(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
+        match address.and_then(|a| self.failures_by_address.over(source_of(a))) {
+            Some(wait) => Err(too_many(wait)),
+            None => Ok(()),
         }
     }
 
-    /// Counts a failed authentication from `address`; past the budget, the
-    /// address is refused until the budget refills.
-    pub fn note_failure(&self, address: IpAddr) {
-        // Addresses whose budget has refilled need no memory: forget them
-        // once many are held, so a flood of addresses cannot grow it.
-        if self.failures.len() >= MAX_BLOCKED {
-            self.failures.retain_recent();
-            self.failures.shrink_to_fit();
-        }
-        let Err(not_until) = self.failures.check_key(&address) else {
-            return;
-        };
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        if let Ok(mut blocked) = self.blocked.lock() {
-            let now = Instant::now();
-            if blocked.len() >= MAX_BLOCKED {
-                blocked.retain(|_, until| *until > now);
+    /// Counts a failed authentication with `credential` (if any) from
+    /// `address`. A credential past its own budget no longer counts against
+    /// its address: one client retrying one stale key locks out only itself.
+    pub fn note_failure(&self, address: Option<IpAddr>, credential: Option<&str>) {
+        if let Some(credential) = credential {
+            let counter = &self.failures_by_credential;
+            if counter.count_one(credential_source(credential)) > counter.budget() {
+                return;
             }
-            blocked.insert(address, now + wait);
         }
+        if let Some(address) = address {
+            self.failures_by_address.count_one(source_of(address));
+        }
+    }
+
+    /// Spends one lookup of a key no cache knows, for `node` and the client
+    /// at `address`; past either budget, how long to wait.
+    pub fn spend_miss(&self, node: Uuid, address: Option<IpAddr>) -> Result<(), Duration> {
+        // The client's budget first: a client past it spends none of its node's.
+        if let Some(address) = address {
+            self.misses_by_address.spend(source_of(address))?;
+        }
+        self.misses_by_node.spend(node)
     }
 
     /// Spends one of an admin key's (or the bootstrap token's) requests.
@@ -149,16 +199,91 @@ impl Limits {
 }
 
 /// Spends one request of `key`'s budget in `limiter`; a budget spent is a
-/// 429 saying when the next request may come.
+/// 429 saying when the next request may come. Keys are authenticated
+/// clients, so their number is bounded; those whose budget has refilled are
+/// forgotten once many are held.
 fn spend<K: std::hash::Hash + Eq + Clone>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
 ) -> Result<(), ApiError> {
-    // Keys whose budget has refilled need no memory (see `note_failure`).
-    if limiter.len() >= MAX_BLOCKED {
+    if limiter.len() >= MAX_REMEMBERED {
         limiter.retain_recent();
     }
     limiter
         .check_key(key)
         .map_err(|not_until| too_many(not_until.wait_time_from(DefaultClock::default().now())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(address: u32, credential: u32) -> Limits {
+        Limits::new(LimitSettings {
+            auth_failures_per_minute: address,
+            credential_failures_per_minute: credential,
+            ..LimitSettings::default()
+        })
+    }
+
+    #[test]
+    fn one_client_retrying_a_stale_key_locks_out_only_itself() {
+        let limits = limits(5, 3);
+        let office = Some("10.0.0.1".parse().unwrap());
+        let stale = "kpa_StaleStaleStaleStaleStaleStaleSt000000";
+        for _ in 0..20 {
+            limits.note_failure(office, Some(stale));
+        }
+        assert!(
+            limits.check_unknown(office, stale).is_err(),
+            "the stale key waits"
+        );
+        assert!(
+            limits
+                .check_unknown(office, "kpa_SomebodyElse0000000000000000000000")
+                .is_ok(),
+            "the office does not"
+        );
+    }
+
+    #[test]
+    fn guessing_many_credentials_from_one_address_is_cut_off_there_only() {
+        let limits = limits(5, 3);
+        let attacker = Some("192.0.2.1".parse().unwrap());
+        // Five failures tolerated; the sixth spends past the budget.
+        for guess in 0..6 {
+            limits.note_failure(attacker, Some(&format!("{guess}-guess")));
+        }
+        assert!(limits.check_unknown(attacker, "guess-next").is_err());
+        assert!(limits.check_address(attacker).is_err());
+        assert!(
+            limits
+                .check_address(Some("192.0.2.2".parse().unwrap()))
+                .is_ok()
+        );
+        assert!(limits.check_address(None).is_ok());
+    }
+
+    #[test]
+    fn misses_are_budgeted_per_node_and_per_address() {
+        let limits = Limits::new(LimitSettings {
+            misses_per_node_per_second: 3,
+            misses_per_address_per_second: 2,
+            ..LimitSettings::default()
+        });
+        let (node, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        assert!(limits.spend_miss(node, a).is_ok());
+        assert!(limits.spend_miss(node, a).is_ok());
+        assert!(limits.spend_miss(node, a).is_err(), "the address's budget");
+        assert!(limits.spend_miss(node, b).is_ok());
+        assert!(limits.spend_miss(node, b).is_err(), "the node's budget");
+        assert!(
+            limits.spend_miss(other, None).is_ok(),
+            "another node has its own"
+        );
+    }
 }

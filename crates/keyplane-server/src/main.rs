@@ -225,7 +225,10 @@ async fn create_admin_key(
         let (row, secret) = admin_keys::issue(&mut tx, &name, role, expires_at, entry)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-        tx.commit().await?;
+        // A running keyplane hears of the new key (PostgreSQL NOTIFY).
+        keyplane_server::events::Events::new(!db.is_embedded())
+            .commit(tx, &[keyplane_server::events::Event::AdminKeys])
+            .await?;
         anyhow::Ok((row, secret))
     }
     .await;

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use std::time::Duration;
 
@@ -25,6 +25,18 @@ pub struct Metrics {
     /// Requests by route template, then method: a fixed table, so counting
     /// takes no lock and allocates nothing.
     routes: HashMap<String, Vec<(Method, RouteStats)>>,
+    /// Figures read from the database in the background, never at scrape
+    /// time: an unauthenticated scrape costs no query.
+    gauges: RwLock<Option<Gauges>>,
+}
+
+/// What the database says, as last read.
+#[derive(Debug, Clone)]
+struct Gauges {
+    keys_by_status: Vec<(String, i64)>,
+    keys_expiring_7d: i64,
+    audit_length: i64,
+    read_at: std::time::Instant,
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -140,6 +152,31 @@ impl Metrics {
 
 impl Metrics {
     /// Counts one introspection answer to `node`.
+    /// Reads the database-backed figures again (keeping the last ones when
+    /// the database does not answer).
+    pub async fn refresh_gauges(&self, pool: &sqlx::PgPool, now: chrono::DateTime<chrono::Utc>) {
+        let read = async {
+            Ok::<_, keyplane_store::StoreError>(Gauges {
+                keys_by_status: stats::keys_by_status(pool, now).await?,
+                keys_expiring_7d: stats::keys_expiring(pool, now, chrono::Duration::days(7))
+                    .await?,
+                audit_length: stats::audit_length(pool).await?,
+                read_at: std::time::Instant::now(),
+            })
+        };
+        match read.await {
+            Ok(gauges) => {
+                if let Ok(mut slot) = self.gauges.write() {
+                    *slot = Some(gauges);
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "metrics: could not read the database's figures")
+            }
+        }
+    }
+
+    /// Counts one introspection answer for `node`.
     pub fn introspected(&self, node: Uuid, active: bool) {
         if active {
             self.introspections_active.fetch_add(1, Ordering::Relaxed);
@@ -220,31 +257,37 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         u8::from(state.scheduler_leader.load(Ordering::Relaxed))
     );
     let pool = state.db.pool();
-    let now = state.clock.now();
-    // Database-backed figures are left out when the database does not answer:
-    // the metrics endpoint itself stays up.
-    if let Ok(counts) = stats::keys_by_status(pool, now).await {
+    // Database-backed figures come from the last background read; they are
+    // left out until there is one.
+    let gauges = m.gauges.read().ok().and_then(|g| g.clone());
+    if let Some(gauges) = gauges {
         let _ = writeln!(out, "# HELP keyplane_keys Instance keys, by status.");
         let _ = writeln!(out, "# TYPE keyplane_keys gauge");
-        for (status, count) in counts {
+        for (status, count) in &gauges.keys_by_status {
             let _ = writeln!(out, "keyplane_keys{{status=\"{status}\"}} {count}");
         }
-    }
-    if let Ok(expiring) = stats::keys_expiring(pool, now, chrono::Duration::days(7)).await {
         let _ = writeln!(
             out,
             "# HELP keyplane_keys_expiring_7d Working keys that expire within 7 days."
         );
         let _ = writeln!(out, "# TYPE keyplane_keys_expiring_7d gauge");
-        let _ = writeln!(out, "keyplane_keys_expiring_7d {expiring}");
-    }
-    if let Ok(length) = stats::audit_length(pool).await {
+        let _ = writeln!(out, "keyplane_keys_expiring_7d {}", gauges.keys_expiring_7d);
         let _ = writeln!(
             out,
             "# HELP keyplane_audit_chain_length Entries in the audit chain."
         );
         let _ = writeln!(out, "# TYPE keyplane_audit_chain_length gauge");
-        let _ = writeln!(out, "keyplane_audit_chain_length {length}");
+        let _ = writeln!(out, "keyplane_audit_chain_length {}", gauges.audit_length);
+        let _ = writeln!(
+            out,
+            "# HELP keyplane_gauges_age_seconds How old the database-backed figures above are."
+        );
+        let _ = writeln!(out, "# TYPE keyplane_gauges_age_seconds gauge");
+        let _ = writeln!(
+            out,
+            "keyplane_gauges_age_seconds {:.1}",
+            gauges.read_at.elapsed().as_secs_f64()
+        );
     }
     let _ = writeln!(
         out,

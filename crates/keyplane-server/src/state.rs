@@ -60,8 +60,10 @@ pub struct Shared {
     pub probes: BurstWatch<uuid::Uuid>,
     /// Flags bursts of failed operator authentications per address.
     pub auth_failures: BurstWatch<std::net::IpAddr>,
-    /// Rate limits per address, admin key and node.
+    /// Rate limits per address, credential, admin key, node and instance.
     pub limits: crate::limits::Limits,
+    /// The digests of every live admin and node key.
+    pub credentials: crate::credentials::KnownCredentials,
     /// Lets the first refusal per operator per minute into the audit log.
     pub policy_refusals: BurstWatch<String>,
     /// Lets the first refused forward-auth call per node per minute into the audit log.

@@ -7,6 +7,7 @@
 
 pub mod admin_keys;
 pub mod audit;
+pub mod credentials;
 mod database;
 #[cfg(feature = "embedded")]
 mod embedded;

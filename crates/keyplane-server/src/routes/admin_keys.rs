@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
+use crate::events::Event;
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
@@ -169,7 +170,10 @@ pub async fn create_admin_key(
 
     let mut tx = state.db.pool().begin().await?;
     let (row, secret) = issue(&mut tx, &name, role, expires_at, audit).await?;
-    tx.commit().await?;
+    state.events.commit(tx, &[Event::AdminKeys]).await?;
+    state
+        .credentials
+        .set_admin(secret.digest().as_bytes(), true);
     Ok(created(CreatedAdminKeyResponse {
         key: row.into(),
         secret: secret.expose().to_owned(),
@@ -241,6 +245,7 @@ pub async fn revoke_admin_key(
         ),
     )
     .await?;
-    tx.commit().await?;
+    state.events.commit(tx, &[Event::AdminKeys]).await?;
+    state.credentials.set_admin(&row.digest, false);
     Ok(Json(row.into()))
 }

@@ -360,7 +360,9 @@ impl FromRequestParts<AppState> for EnrollmentBearer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        instance_bearer(parts, state, KeyKind::Enrollment, bad_token).map(EnrollmentBearer)
+        instance_bearer(parts, state, KeyKind::Enrollment, bad_token)
+            .await
+            .map(EnrollmentBearer)
     }
 }
 
@@ -392,9 +394,9 @@ pub async fn enroll(
     // One use spent under the row lock; if anything below fails, the
     // transaction rolls back and the use is not lost.
     let Some(spent) = enrollment::spend(&mut tx, token.digest().as_bytes(), now).await? else {
-        if let Some(address) = meta.client_ip {
-            state.limits.note_failure(address);
-        }
+        state
+            .limits
+            .note_failure(meta.client_ip, Some(token.expose()));
         return Err(bad_token());
     };
     // The instance's own labels are added; the operator's (the token's) win

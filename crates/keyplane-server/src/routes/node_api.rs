@@ -18,7 +18,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use keyplane_domain::{Access, Call, ENVOY_PATH_PREFIX, ForwardAuthProxy, ForwardedError};
+use keyplane_domain::{
+    Access, Call, ENVOY_PATH_PREFIX, ForwardAuthProxy, ForwardedError, KeyKind, KeySecret,
+};
 use keyplane_store::revocations;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -29,7 +31,7 @@ use crate::auth::bearer;
 use crate::error::{ApiError, Problem};
 use crate::events::Event;
 use crate::extract::FormOrJson;
-use crate::introspection::{CachedNode, Unavailable, Verdict};
+use crate::introspection::{CachedNode, Lookup, Unavailable, Verdict};
 use crate::request::record_identity;
 use crate::state::AppState;
 
@@ -60,6 +62,17 @@ impl From<Unavailable> for ApiError {
     }
 }
 
+impl From<Lookup> for ApiError {
+    fn from(err: Lookup) -> Self {
+        match err {
+            Lookup::Unavailable => Unavailable.into(),
+            Lookup::Busy(wait) => ApiError::TooManyRequests {
+                retry_after: wait.as_secs().max(1),
+            },
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for NodeAuth {
     type Rejection = ApiError;
 
@@ -72,13 +85,28 @@ impl FromRequestParts<AppState> for NodeAuth {
             .get::<Arc<keyplane_tls::ClientCertificate>>()
             .cloned();
         let now = state.clock.now();
+        let address = crate::auth::peer(parts);
         let node = match (node_credential(parts), certificate) {
-            (Some((token, claimed_id)), certificate) => state
-                .introspector
-                .node(&token, now)
-                .await?
-                .filter(|node| claimed_id.is_none_or(|id| id == node.id))
-                .filter(|node| certificate.is_none_or(|c| c.names(&node.name))),
+            (Some((token, claimed_id)), certificate) => {
+                // A live node key is checked whatever its address did
+                // before; an unknown one is refused unseen once it, or its
+                // address, keeps failing.
+                let known = KeySecret::parse_as(KeyKind::Node, &token)
+                    .is_ok_and(|key| state.credentials.node(key.digest().as_bytes()));
+                if !known {
+                    state.limits.check_unknown(address, &token)?;
+                }
+                let node = state
+                    .introspector
+                    .node(&token, now)
+                    .await?
+                    .filter(|node| claimed_id.is_none_or(|id| id == node.id))
+                    .filter(|node| certificate.is_none_or(|c| c.names(&node.name)));
+                if node.is_none() {
+                    state.limits.note_failure(address, Some(&token));
+                }
+                node
+            }
             (None, Some(certificate)) => {
                 state.introspector.certified_node(&certificate, now).await?
             }
@@ -307,7 +335,14 @@ pub async fn introspect(
         false => {
             state
                 .introspector
-                .introspect(&request.token, node.id, wanted, client_ip, now)
+                .introspect(
+                    &request.token,
+                    node.id,
+                    wanted,
+                    client_ip,
+                    now,
+                    &state.limits,
+                )
                 .await?
         }
         true => None,
@@ -538,7 +573,14 @@ async fn authorize(
     let now = state.clock.now();
     let verdict = state
         .introspector
-        .introspect(token, node.id, "", Some(original.client_ip), now)
+        .introspect(
+            token,
+            node.id,
+            "",
+            Some(original.client_ip),
+            now,
+            &state.limits,
+        )
         .await?
         .ok_or_else(bad_key)?;
     record_identity(Some(node.id), Some((verdict.instance_id, verdict.key_id)));

@@ -237,7 +237,11 @@ pub async fn create_node(
         ),
     )
     .await?;
-    tx.commit().await?;
+    state
+        .events
+        .commit(tx, &[Event::Node { id: row.id }])
+        .await?;
+    state.credentials.set_node(secret.digest().as_bytes(), true);
     Ok(created(CreatedNodeResponse {
         node: NodeResponse::new(row, &state.settings),
         secret: secret.expose().to_owned(),
@@ -389,6 +393,7 @@ pub async fn retire_node(
     )
     .await?;
     state.events.commit(tx, &[Event::Node { id }]).await?;
+    state.credentials.set_node(&node.digest, false);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,7 +5,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use keyplane_domain::KeyKind;
+use keyplane_domain::{KeyKind, KeySecret};
 use keyplane_store::{audit, instances, keys, revocations};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -56,7 +56,7 @@ fn bad_key() -> ApiError {
 
 /// A live instance key presented by its holder, with its instance's name.
 pub struct InstanceKey {
-    digest: [u8; 32],
+    key: KeySecret,
 }
 
 impl FromRequestParts<AppState> for InstanceKey {
@@ -66,10 +66,8 @@ impl FromRequestParts<AppState> for InstanceKey {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = instance_bearer(parts, state, KeyKind::Instance, bad_key)?;
-        Ok(InstanceKey {
-            digest: *key.digest().as_bytes(),
-        })
+        let key = instance_bearer(parts, state, KeyKind::Instance, bad_key).await?;
+        Ok(InstanceKey { key })
     }
 }
 
@@ -93,10 +91,11 @@ async fn live_key(
     conn: &mut sqlx::PgConnection,
     state: &AppState,
     meta: &RequestMeta,
-    digest: &[u8],
+    caller: &KeySecret,
     now: DateTime<Utc>,
 ) -> Result<(keys::ApiKey, instances::Instance), ApiError> {
-    let found = match keys::lock_by_digest(&mut *conn, digest, now).await? {
+    let digest = caller.digest();
+    let found = match keys::lock_by_digest(&mut *conn, digest.as_bytes(), now).await? {
         Some(key) if matches!(key.status.as_str(), "active" | "rotating") => {
             instances::lock(&mut *conn, key.instance_id)
                 .await?
@@ -107,9 +106,9 @@ async fn live_key(
         _ => None,
     };
     let (key, instance) = found.ok_or_else(|| {
-        if let Some(address) = meta.client_ip {
-            state.limits.note_failure(address);
-        }
+        state
+            .limits
+            .note_failure(meta.client_ip, Some(caller.expose()));
         bad_key()
     })?;
     // One runaway key holder cannot flood keys, audit entries, webhooks and
@@ -198,7 +197,7 @@ pub async fn get_self(
 ) -> Result<Json<SelfResponse>, ApiError> {
     let now = state.clock.now();
     let mut tx = state.db.pool().begin().await?;
-    let (key, instance) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    let (key, instance) = live_key(&mut tx, &state, &meta, &caller.key, now).await?;
     let key = view_one(&mut tx, key).await?;
     tx.commit().await?;
     Ok(Json(SelfResponse {
@@ -235,7 +234,7 @@ pub async fn rotate_self(
     }
     let now = state.clock.now();
     let mut tx = state.db.pool().begin().await?;
-    let (mut old, instance) = live_key(&mut tx, &state, &meta, &caller.digest, now).await?;
+    let (mut old, instance) = live_key(&mut tx, &state, &meta, &caller.key, now).await?;
     // Audited with the caller's address, refused or not.
     let audit = Audit::by(format!("api_key:{}", old.id), meta, now);
     if !instance.self_rotation {
