@@ -171,3 +171,41 @@ async fn dev_mode_without_a_database_url_keeps_its_data_across_a_restart() {
     assert_eq!(keys["items"][0]["status"], "revoked");
     assert!(second.terminate().success());
 }
+
+#[tokio::test]
+async fn the_embedded_database_answers_only_to_keyplanes_own_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(data_dir.path());
+    serve.ready().await;
+    // PGlite asks for no password: it listens on a Unix socket in a
+    // directory only keyplane's user may enter, and on no TCP port.
+    let data = data_dir.path();
+    let socket_dir = data.join("socket");
+    let socket = socket_dir.join(".s.PGSQL.5432");
+    assert!(socket.exists(), "the server's socket");
+    for private in [data, socket_dir.as_path()] {
+        let mode = std::fs::metadata(private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is mode {mode:o}", private.display());
+    }
+    // Another local user is refused at the door (root passes any door, so
+    // this is only asked as root, of the unprivileged user `nobody`).
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if root {
+        let other = Command::new("runuser")
+            .args(["-u", "nobody", "--", "python3", "-c"])
+            .arg(format!(
+                "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({:?})\nexcept PermissionError:\n    raise SystemExit(13)\n",
+                socket.display().to_string()
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            other.status.code(),
+            Some(13),
+            "another user reached the embedded database: {}",
+            String::from_utf8_lossy(&other.stderr)
+        );
+    }
+    assert!(serve.terminate().success());
+}

@@ -58,8 +58,31 @@ async fn docs_page_serves_interactive_api_documentation() {
             .unwrap()
             .starts_with("text/html")
     );
+    // Only keyplane's own script runs, from keyplane's origin.
+    let policy = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(policy.contains("default-src 'none'"), "{policy}");
     let page = response.text().await.unwrap();
     assert!(page.contains("api-reference") && page.contains("/readyz"));
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "nothing from another origin: {page:.300}"
+    );
+    let script = server.get("/docs/scalar.js").await;
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        script.bytes().await.unwrap().len() > 100_000,
+        "the whole of Scalar"
+    );
     server.stop().await.unwrap();
 }
 

@@ -618,8 +618,22 @@ async fn forward_auth_allows_denies_and_names_the_caller() {
 
 #[tokio::test]
 async fn use_is_recorded_in_batches_not_per_request() {
-    let f = Fixture::start().await;
-    for _ in 0..3 {
+    let url = fresh_database().await;
+    let f = Fixture::on(TestServer::start_with(admin_settings_for(&url)).await).await;
+    // Count every write of last_used_at as PostgreSQL sees it.
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "create table used_writes (n bigint not null);
+         create function count_used_write() returns trigger language plpgsql as $$
+         begin insert into used_writes values (1); return new; end $$;
+         create trigger count_used_writes after update of last_used_at on api_keys
+           for each row when (old.last_used_at is distinct from new.last_used_at)
+           execute function count_used_write();",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    for _ in 0..200 {
         assert_eq!(
             f.introspect(&[("token", f.secret())]).await.1["active"],
             true
@@ -635,6 +649,13 @@ async fn use_is_recorded_in_batches_not_per_request() {
         },
     )
     .await;
+    // Two hundred uses within a few seconds: a write per second they span
+    // at most (the flush runs every 5 s and writes the newest use once).
+    let writes: i64 = sqlx::query_scalar("select count(*) from used_writes")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!((1..=3).contains(&writes), "{writes} writes for 200 uses");
     let (_, node) = f
         .server
         .admin(Method::GET, &format!("/v1/nodes/{}", f.node_id), None)
@@ -973,4 +994,70 @@ async fn a_load_that_raced_a_revocation_is_not_cached() {
         .unwrap();
     assert!(after.is_none(), "a revoked key was served from the cache");
     f.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_holds_few_revocation_streams_and_each_ends_with_its_key() {
+    let url = fresh_database().await;
+    let clock = ManualClock::at(Utc::now());
+    let app = App::build_with_clock(admin_settings_for(&url), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let f = Fixture::on(TestServer::from_app(app)).await;
+    let open = || {
+        f.server
+            .client
+            .get(f.server.url("/v1/revocations/stream"))
+            .bearer_auth(&f.node_key)
+            .send()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..keyplane_server::routes::node_api::MAX_STREAMS_PER_NODE {
+        let stream = open().await.unwrap();
+        assert_eq!(stream.status(), 200);
+        streams.push(stream);
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), 429, "one stream past the bound");
+    assert!(refused.headers().contains_key("retry-after"));
+    // A stream that ends gives its place back.
+    streams.pop();
+    let again = eventually(Duration::from_secs(30), "a freed place", || async {
+        let stream = open().await.ok()?;
+        (stream.status() == 200).then_some(stream)
+    })
+    .await;
+    drop(again);
+    drop(streams);
+
+    // Two seconds before the node key expires, a stream opened now ends
+    // when the key does.
+    let (_, node) = f
+        .server
+        .admin(Method::GET, &format!("/v1/nodes/{}", f.node_id), None)
+        .await;
+    let expires: chrono::DateTime<Utc> =
+        serde_json::from_value(node["expires_at"].clone()).unwrap();
+    clock.advance(expires - clock_now(&clock) - chrono::Duration::seconds(2));
+    let last = eventually(
+        Duration::from_secs(30),
+        "a place for the last stream",
+        || async {
+            let stream = open().await.ok()?;
+            (stream.status() == 200).then_some(stream)
+        },
+    )
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async move {
+        let mut last = last;
+        while let Ok(Some(_)) = last.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its node key");
+    f.server.stop().await.unwrap();
+}
+
+fn clock_now(clock: &ManualClock) -> chrono::DateTime<Utc> {
+    use keyplane_server::clock::Clock;
+    clock.now()
 }

@@ -25,3 +25,4 @@ mod leaks;
 mod lifecycle;
 mod self_service;
 mod tls;
+mod webhooks;

@@ -312,8 +312,30 @@ impl ClientCa {
 
     /// A client certificate and key for `name`, written under `dir`.
     fn issue(&self, dir: &std::path::Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        self.sign(dir, file, params)
+    }
+
+    /// A client certificate bound to a node's id (URI SAN), naming no DNS name.
+    fn issue_for_id(&self, dir: &std::path::Path, file: &str, id: &str) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from(format!("urn:keyplane:node:{id}")).unwrap(),
+        )];
+        self.sign(dir, file, params)
+    }
+
+    /// Signs `params` for a day's client authentication.
+    fn sign(
+        &self,
+        dir: &std::path::Path,
+        file: &str,
+        mut params: rcgen::CertificateParams,
+    ) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(1);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (cert_path, key_path) = (
@@ -480,7 +502,46 @@ async fn a_node_may_authenticate_with_a_client_certificate_bound_to_its_name() {
     .await;
     assert_eq!(status, 204);
     assert_eq!(introspect(&edge_1_client, None).await.0, 401);
-    assert_eq!(node_2["name"], "edge-2");
+    // Its name is not given to a new node while that certificate is valid:
+    // the certificate would pass for the newcomer.
+    let (status, refused) = admin(Method::POST, "/v1/nodes", json!({"name": "edge-1"})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("urn:keyplane:node:")
+    );
+
+    // A certificate bound to a node's id (URI SAN) authenticates that node
+    // and no other, whatever its name.
+    let by_id = ca.issue_for_id(dir.path(), "edge-2-id", node_2["id"].as_str().unwrap());
+    let by_id_client = client(Some(&by_id));
+    let (status, answer) = introspect(&by_id_client, None).await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"active": false})),
+        "edge-2, not meant"
+    );
+    let heartbeat = by_id_client
+        .post(format!("{base}/v1/heartbeat"))
+        .json(&json!({"mode": "prod", "version": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(heartbeat.status(), 200);
+    let (_, seen) = admin(
+        Method::GET,
+        &format!("/v1/nodes/{}", node_2["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        seen["reported"]["version"], "test",
+        "the heartbeat was edge-2's"
+    );
+    let stranger = ca.issue_for_id(dir.path(), "nobody-id", &uuid::Uuid::new_v4().to_string());
+    assert_eq!(introspect(&client(Some(&stranger)), None).await.0, 401);
     server.stop().await.unwrap();
 }
 

@@ -14,6 +14,10 @@ import uuid
 from datetime import datetime
 from typing import Callable
 
+import json
+import urllib.error
+import urllib.request
+
 import openai
 import pytest
 
@@ -254,6 +258,26 @@ def test_route_no_rule_maps_is_refused_with_403(keyplane: Keyplane, gate: Gate, 
     denied(
         openai.PermissionDeniedError, 403, lambda: client.get(f"/chat/completions?probe={model}", cast_to=object)
     )
+    assert upstream.requests_with(model) == []
+
+
+def test_a_path_that_decodes_into_another_route_is_refused_with_400(
+    keyplane: Keyplane, gate: Gate, upstream: Upstream
+):
+    # A models:read key, and paths that read as a models route here but as a
+    # chat route to a server that normalises after decoding.
+    key = keyplane.new_key(["models:read"], ceiling=ALL_SCOPES)
+    model = marker()
+    for path in (
+        f"/v1/models/%2e%2e/chat/completions?m={model}",
+        f"/v1/models/..%2Fchat%2Fcompletions?m={model}",
+        f"/v1/models/%2E%2e%5Cchat?m={model}",
+    ):
+        request = urllib.request.Request(gate.url + path, headers={"Authorization": f"Bearer {key.secret}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400, path
+        assert json.loads(refused.value.read())["error"]["code"] == "invalid_path", path
     assert upstream.requests_with(model) == []
 
 

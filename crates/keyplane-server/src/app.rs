@@ -200,6 +200,10 @@ impl App {
         let probes = BurstWatch::new(settings.probe_threshold, settings.probe_window);
         let auth_failures = BurstWatch::new(AUTH_FAILURES_AUDITED_AFTER, Duration::from_secs(60));
         let limits = crate::limits::Limits::new(settings.limits);
+        let destinations = crate::destinations::Destinations::new(
+            settings.webhook_allow_networks.clone(),
+            settings.mode == keyplane_domain::Mode::Dev,
+        );
         let state = AppState::new(Shared {
             routes: Arc::new(settings.routes.clone()),
             db,
@@ -216,6 +220,7 @@ impl App {
             forward_auth_refusals: BurstWatch::new(1, Duration::from_secs(60)),
             limits,
             credentials,
+            destinations,
             metrics: Arc::new(Metrics::for_routes(routes::documented_routes())),
             stopping: tokio::sync::watch::Sender::new(false),
             master,

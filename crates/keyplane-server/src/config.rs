@@ -104,6 +104,11 @@ pub struct SettingsArgs {
     /// twice as long as the one before (at most an hour).
     #[arg(long, env = "KEYPLANE_WEBHOOK_RETRY_BASE", global = true)]
     pub webhook_retry_base: Option<String>,
+    /// Internal networks webhook deliveries may reach (comma-separated CIDRs,
+    /// e.g. 10.20.0.0/16): private, link-local and loopback addresses are
+    /// refused otherwise (loopback is allowed in dev).
+    #[arg(long, env = "KEYPLANE_WEBHOOK_ALLOW_NETWORKS", global = true)]
+    pub webhook_allow_networks: Option<String>,
     /// text or json (the default in prod).
     #[arg(long, env = "KEYPLANE_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -176,6 +181,7 @@ struct FileSettings {
     max_connections: Option<toml::Value>,
     scheduler_interval: Option<toml::Value>,
     webhook_retry_base: Option<toml::Value>,
+    webhook_allow_networks: Option<String>,
     log_format: Option<String>,
     max_key_lifetime: Option<toml::Value>,
     introspection_cache_ttl: Option<toml::Value>,
@@ -241,6 +247,8 @@ pub struct Settings {
     pub metrics_refresh: Duration,
     /// The first retry delay of a failed webhook delivery.
     pub webhook_retry_base: Duration,
+    /// Internal networks webhook deliveries may reach.
+    pub webhook_allow_networks: Vec<ipnet::IpNet>,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// The token that authenticates as the built-in `admin` operator, if set.
@@ -286,6 +294,7 @@ impl Default for Settings {
             scheduler_interval: Duration::from_secs(5),
             metrics_refresh: Duration::from_secs(15),
             webhook_retry_base: Duration::from_secs(10),
+            webhook_allow_networks: Vec::new(),
             log_format: LogFormat::Text,
             bootstrap_token: None,
             max_key_lifetime: Duration::from_secs(90 * 86_400),
@@ -436,6 +445,22 @@ impl Settings {
         )?
         .filter(|t| !t.is_zero())
         .unwrap_or(defaults.webhook_retry_base);
+        let webhook_allow_networks =
+            pick(&args.webhook_allow_networks, &file.webhook_allow_networks)
+                .map(|text| {
+                    text.split(',')
+                        .map(str::trim)
+                        .filter(|net| !net.is_empty())
+                        .map(|net| {
+                            parse_with("KEYPLANE_WEBHOOK_ALLOW_NETWORKS", net, |n| {
+                                n.parse::<ipnet::IpNet>()
+                                    .map_err(|_| "expected CIDR networks, e.g. 10.20.0.0/16")
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
         let log_format = pick(&args.log_format, &file.log_format)
             .map(|v| {
                 parse_with("KEYPLANE_LOG_FORMAT", &v, |s| match s {
@@ -627,6 +652,7 @@ impl Settings {
             scheduler_interval,
             metrics_refresh: defaults.metrics_refresh,
             webhook_retry_base,
+            webhook_allow_networks,
             log_format,
             bootstrap_token,
             max_key_lifetime,

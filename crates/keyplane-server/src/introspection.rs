@@ -132,7 +132,32 @@ pub struct CachedNode {
     retired: bool,
     /// Its own forward-auth proxy setting; None follows the deployment's.
     pub forward_auth_proxy: Option<ForwardAuthProxy>,
+    /// Until when (Unix seconds) a client certificate naming it by DNS name
+    /// stays valid, of those seen.
+    certified_until: AtomicI64,
     used_second: AtomicI64,
+}
+
+impl CachedNode {
+    /// Whether a verified client certificate identifies this node: bound to
+    /// its id (a URI SAN `urn:keyplane:node:<id>`), or naming it by DNS name.
+    pub fn identified_by(&self, certificate: &keyplane_tls::ClientCertificate) -> bool {
+        match certificate.node_id() {
+            Some(id) => id.parse::<Uuid>().is_ok_and(|id| id == self.id),
+            None => certificate.names(&self.name),
+        }
+    }
+
+    /// Notes that `certificate` authenticated this node; answers whether it
+    /// stays valid longer than any seen before (keyplane then records it:
+    /// the node's name is not given to another node until it expires).
+    pub fn note_certificate(&self, certificate: &keyplane_tls::ClientCertificate) -> bool {
+        certificate.node_id().is_none()
+            && self
+                .certified_until
+                .fetch_max(certificate.not_after, Ordering::Relaxed)
+                < certificate.not_after
+    }
 }
 
 impl From<NodeFacts> for CachedNode {
@@ -146,6 +171,11 @@ impl From<NodeFacts> for CachedNode {
             forward_auth_proxy: facts
                 .forward_auth_proxy
                 .and_then(|proxy| proxy.parse().ok()),
+            certified_until: AtomicI64::new(
+                facts
+                    .certificate_valid_until
+                    .map_or(0, |until| until.timestamp()),
+            ),
             used_second: AtomicI64::new(0),
         }
     }
@@ -379,25 +409,39 @@ impl Introspector {
         node
     }
 
-    /// The live node a verified client certificate names (by a DNS name
-    /// equal to the node's name), if exactly one does.
+    /// The live node a verified client certificate identifies (see
+    /// [`CachedNode::identified_by`]): the node of its id, or the one node
+    /// its DNS names name.
     pub async fn certified_node(
         &self,
         certificate: &keyplane_tls::ClientCertificate,
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<CachedNode>>, Unavailable> {
-        if certificate.dns_names.is_empty() {
-            return Ok(None);
-        }
+        let bound_id = match certificate.node_id() {
+            Some(id) => match id.parse::<Uuid>() {
+                Ok(id) => Some(id),
+                Err(_) => return Ok(None),
+            },
+            None if certificate.dns_names.is_empty() => return Ok(None),
+            None => None,
+        };
         let cached = self
             .certified
             .try_get_with(certificate.fingerprint, {
                 let pool = self.pool.clone();
-                let names = certificate.dns_names.clone();
+                let certificate = certificate.clone();
                 async move {
-                    let facts = introspection::node_facts_by_names(&pool, &names).await?;
+                    let facts = match bound_id {
+                        Some(id) => introspection::node_facts_by_id(&pool, id).await?,
+                        None => {
+                            introspection::node_facts_by_names(&pool, &certificate.dns_names)
+                                .await?
+                        }
+                    };
                     Ok::<_, keyplane_store::StoreError>(
-                        facts.map(|f| Arc::new(CachedNode::from(f))),
+                        facts
+                            .map(|f| Arc::new(CachedNode::from(f)))
+                            .filter(|node| node.identified_by(&certificate)),
                     )
                 }
             })

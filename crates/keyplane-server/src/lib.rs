@@ -12,6 +12,7 @@ pub mod burst;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod destinations;
 pub mod error;
 pub mod events;
 pub mod extract;

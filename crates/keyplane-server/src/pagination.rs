@@ -44,8 +44,9 @@ impl CursorKey {
         URL_SAFE_NO_PAD.encode(payload)
     }
 
-    /// The `len`-byte payload of a cursor [`CursorKey::seal`] made for `list`.
-    fn open(&self, list: &str, cursor: &str, len: usize) -> Result<Vec<u8>, ApiError> {
+    /// The payload of a cursor [`CursorKey::seal`] made for `list`: `len`
+    /// bytes, or any length for `None`.
+    fn open(&self, list: &str, cursor: &str, len: Option<usize>) -> Result<Vec<u8>, ApiError> {
         let bad = || ApiError::BadRequest {
             code: "invalid_cursor",
             detail: "the cursor is not one this list handed out".to_owned(),
@@ -55,6 +56,7 @@ impl CursorKey {
             return Err(bad());
         }
         let mut bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+        let len = len.unwrap_or(bytes.len().saturating_sub(TAG_LEN));
         if bytes.len() != len + TAG_LEN {
             return Err(bad());
         }
@@ -75,7 +77,7 @@ impl CursorKey {
 
     /// Reads a cursor made by [`CursorKey::encode`] for the same list.
     pub fn decode(&self, list: &str, cursor: &str) -> Result<After, ApiError> {
-        let payload = self.open(list, cursor, 8 + 16)?;
+        let payload = self.open(list, cursor, Some(8 + 16))?;
         let (micros, id) = payload.split_at(8);
         let micros = i64::from_be_bytes(micros.try_into().unwrap_or_default());
         let created_at = DateTime::from_timestamp_micros(micros).unwrap_or_default();
@@ -90,8 +92,24 @@ impl CursorKey {
 
     /// Reads a cursor made by [`CursorKey::encode_seq`] for the same list.
     pub fn decode_seq(&self, list: &str, cursor: &str) -> Result<i64, ApiError> {
-        let payload = self.open(list, cursor, 8)?;
+        let payload = self.open(list, cursor, Some(8))?;
         Ok(i64::from_be_bytes(payload.try_into().unwrap_or_default()))
+    }
+
+    /// The cursor for the page after the item named `name` of a list
+    /// ordered by name.
+    pub fn encode_name(&self, list: &str, name: &str) -> String {
+        self.seal(list, name.as_bytes().to_vec())
+    }
+
+    /// Reads a cursor made by [`CursorKey::encode_name`] for the same list.
+    pub fn decode_name(&self, list: &str, cursor: &str) -> Result<String, ApiError> {
+        let payload = self.open(list, cursor, None)?;
+        String::from_utf8(payload).map_err(|_| ApiError::BadRequest {
+            code: "invalid_cursor",
+            detail: "the cursor is not one this list handed out".to_owned(),
+            field: Some("cursor".to_owned()),
+        })
     }
 }
 

@@ -28,7 +28,7 @@ const BATCH: i64 = 500;
 /// returned task lives.
 pub fn spawn(state: AppState) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let http = match webhooks::client() {
+        let http = match webhooks::client(&state.destinations) {
             Ok(http) => http,
             Err(err) => {
                 tracing::error!(error = %err, "scheduler not started: no HTTP client");

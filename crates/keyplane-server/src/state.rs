@@ -73,6 +73,8 @@ pub struct Shared {
     /// Turns true when the server starts shutting down, so that endless
     /// answers (the revocation stream) end instead of holding shutdown up.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Where webhook deliveries may go.
+    pub destinations: crate::destinations::Destinations,
     /// Seals webhook secrets at rest.
     pub master: crate::signing::MasterKey,
     /// Revocation streams open per node, bounded.

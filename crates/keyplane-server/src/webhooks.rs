@@ -17,6 +17,7 @@ use sha2::Sha256;
 use sqlx::PgConnection;
 use zeroize::Zeroizing;
 
+use crate::destinations::Destinations;
 use crate::error::ApiError;
 use crate::signing::MasterKey;
 use crate::state::AppState;
@@ -143,7 +144,10 @@ async fn attempt(
                 None,
                 "secret cannot be opened with this master key".to_owned(),
             )),
-            Some(secret) => send(http, hook, delivery, &secret).await,
+            Some(secret) => match reachable(&state.destinations, &hook.url).await {
+                Err(refused) => Err((None, refused)),
+                Ok(()) => send(http, hook, delivery, &secret).await,
+            },
         },
     };
     let now = state.clock.now();
@@ -186,6 +190,13 @@ async fn attempt(
     Ok(())
 }
 
+/// Whether an endpoint may be reached now (its name resolved again): an
+/// address literal is checked here, as the client's resolver sees only names.
+async fn reachable(destinations: &Destinations, url: &str) -> Result<(), String> {
+    let (host, port) = host_and_port(url).ok_or_else(|| "the URL has no host".to_owned())?;
+    destinations.resolve(&host, port).await.map(drop)
+}
+
 /// Posts the signed payload; Ok with the status of a 2xx answer.
 async fn send(
     http: &reqwest::Client,
@@ -220,13 +231,41 @@ async fn send(
 }
 
 /// The HTTP client deliveries use: no redirects (an endpoint cannot bounce
-/// a signed event elsewhere), bounded connect time.
-pub fn client() -> anyhow::Result<reqwest::Client> {
+/// a signed event elsewhere), bounded connect time, and names resolved only
+/// to addresses `destinations` permits, at every connection.
+pub fn client(destinations: &Destinations) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
+        .dns_resolver(std::sync::Arc::new(destinations.clone()))
         .user_agent(concat!("keyplane-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?)
+}
+
+/// The host and port of an endpoint URL.
+pub fn host_and_port(url: &str) -> Option<(String, u16)> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Some((uri.host()?.to_owned(), port))
+}
+
+/// What operators who are not admins see of an endpoint URL: its origin.
+/// The path and query often carry the receiver's own secret (a Slack or
+/// Teams webhook, a token parameter).
+pub fn masked_url(url: &str) -> String {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return "…".to_owned();
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}/…"),
+        _ => "…".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +285,19 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(signed, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn urls_are_masked_to_their_origin() {
+        assert_eq!(
+            masked_url("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            masked_url("http://127.0.0.1:9000/h?token=x"),
+            "http://127.0.0.1:9000/…"
+        );
+        assert_eq!(masked_url("not a url"), "…");
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Database {
             #[cfg(feature = "embedded")]
             DatabaseLocation::Embedded(data_dir) => {
                 let embedded = crate::embedded::Embedded::start(data_dir.clone()).await?;
-                let options = PgConnectOptions::from_str(&embedded.database_url())?;
+                let options = embedded.connect_options();
                 // The embedded server serves one connection at a time: a second
                 // connection would wait for the first to close, forever.
                 let settings = PoolSettings {

@@ -73,6 +73,9 @@ pub struct NodeFacts {
     pub retired: bool,
     /// The proxy that calls forward auth for it; None: the deployment's default.
     pub forward_auth_proxy: Option<String>,
+    /// Until when a client certificate naming it by DNS name stays valid,
+    /// of those that authenticated it.
+    pub certificate_valid_until: Option<DateTime<Utc>>,
 }
 
 /// The facts about the node whose key has this digest.
@@ -81,7 +84,8 @@ pub async fn node_facts(
     digest: &[u8],
 ) -> Result<Option<NodeFacts>, StoreError> {
     Ok(sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, retired_at is not null as retired, forward_auth_proxy
+        r#"select id, name, expires_at, retired_at is not null as retired, forward_auth_proxy,
+                  certificate_valid_until
              from nodes where digest = $1"#,
     )
     .bind(digest)
@@ -96,13 +100,27 @@ pub async fn node_facts_by_names(
     names: &[String],
 ) -> Result<Option<NodeFacts>, StoreError> {
     let mut found = sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, false as retired, forward_auth_proxy from nodes
-           where retired_at is null and lower(name) = any($1) limit 2"#,
+        r#"select id, name, expires_at, false as retired, forward_auth_proxy, certificate_valid_until
+             from nodes where retired_at is null and lower(name) = any($1) limit 2"#,
     )
     .bind(names)
     .fetch_all(db)
     .await?;
     Ok(if found.len() == 1 { found.pop() } else { None })
+}
+
+/// The facts about the live node with this id.
+pub async fn node_facts_by_id(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<NodeFacts>, StoreError> {
+    Ok(sqlx::query_as::<_, NodeFacts>(
+        r#"select id, name, expires_at, false as retired, forward_auth_proxy, certificate_valid_until
+             from nodes where retired_at is null and id = $1"#,
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
 }
 
 /// Records when keys were last accepted, keeping the newest time.

@@ -38,6 +38,8 @@ pub struct Node {
     pub reported_at: Option<DateTime<Utc>>,
     /// The proxy that calls forward auth for it; None: the deployment's default.
     pub forward_auth_proxy: Option<String>,
+    /// Until when a client certificate naming it by DNS name stays valid.
+    pub certificate_valid_until: Option<DateTime<Utc>>,
 }
 
 /// What a node says about itself in a heartbeat.
@@ -153,6 +155,42 @@ pub async fn find_live(
     .bind(ids)
     .bind(names)
     .fetch_all(db)
+    .await?)
+}
+
+/// Records that a client certificate valid until `until` authenticated the
+/// node (keeping the latest such time).
+pub async fn note_certificate(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    until: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        r#"update nodes set certificate_valid_until = greatest(certificate_valid_until, $2)
+            where id = $1"#,
+    )
+    .bind(id)
+    .bind(until)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Until when `name` stays taken by retired nodes whose client certificates
+/// may still be valid, if it is.
+pub async fn name_held_until(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+        r#"select max(certificate_valid_until) from nodes
+            where retired_at is not null and lower(name) = lower($1)
+              and certificate_valid_until > $2"#,
+    )
+    .bind(name)
+    .bind(now)
+    .fetch_one(db)
     .await?)
 }
 

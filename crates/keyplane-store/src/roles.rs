@@ -29,6 +29,28 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Role>, StoreError> {
     )
 }
 
+/// A page of roles by name, after `after`; and the last name of the page
+/// when there is a next one.
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<Role>, Option<String>), StoreError> {
+    let mut rows = sqlx::query_as::<_, Role>(
+        r#"select * from roles where ($1::text is null or name > $1) order by name limit $2"#,
+    )
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await?;
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        rows.last().map(|r| r.name.clone())
+    });
+    Ok((rows, next.flatten()))
+}
+
 /// The roles among `names` that exist.
 pub async fn get_many(db: impl PgExecutor<'_>, names: &[String]) -> Result<Vec<Role>, StoreError> {
     Ok(

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::page::{After, paginate};
 
 /// A registered endpoint.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -74,15 +75,29 @@ pub async fn insert(conn: &mut PgConnection, hook: &Webhook) -> Result<Webhook, 
     .await?)
 }
 
-/// The endpoints not deleted, oldest first (at most `limit`).
-pub async fn list(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Webhook>, StoreError> {
-    Ok(sqlx::query_as::<_, Webhook>(
+/// A page of the endpoints not deleted, oldest first.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    after: Option<After>,
+    limit: i64,
+) -> Result<(Vec<Webhook>, Option<After>), StoreError> {
+    let rows = sqlx::query_as::<_, Webhook>(
         r#"select id, url, events, description, secret_sealed, enabled, created_at
-             from webhooks where deleted_at is null order by created_at, id limit $1"#,
+             from webhooks
+            where deleted_at is null
+              and ($1::timestamptz is null or (created_at, id) > ($1, $2))
+            order by created_at, id
+            limit $3"#,
     )
-    .bind(limit)
+    .bind(after.map(|a| a.created_at))
+    .bind(after.map(|a| a.id))
+    .bind(limit + 1)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(paginate(rows, limit, |w| After {
+        created_at: w.created_at,
+        id: w.id,
+    }))
 }
 
 /// One endpoint, if not deleted.
@@ -201,20 +216,31 @@ pub async fn record_attempt(
     Ok(())
 }
 
-/// An endpoint's latest deliveries, newest first.
+/// A page of an endpoint's deliveries, newest first (those older than
+/// `before`, when given).
 pub async fn deliveries(
     db: impl PgExecutor<'_>,
     webhook_id: Uuid,
+    before: Option<After>,
     limit: i64,
-) -> Result<Vec<Delivery>, StoreError> {
-    Ok(sqlx::query_as::<_, Delivery>(
-        r#"select * from webhook_deliveries where webhook_id = $1
-            order by created_at desc, id desc limit $2"#,
+) -> Result<(Vec<Delivery>, Option<After>), StoreError> {
+    let rows = sqlx::query_as::<_, Delivery>(
+        r#"select * from webhook_deliveries
+            where webhook_id = $1
+              and ($2::timestamptz is null or (created_at, id) < ($2, $3))
+            order by created_at desc, id desc
+            limit $4"#,
     )
     .bind(webhook_id)
-    .bind(limit)
+    .bind(before.map(|b| b.created_at))
+    .bind(before.map(|b| b.id))
+    .bind(limit + 1)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(paginate(rows, limit, |d| After {
+        created_at: d.created_at,
+        id: d.id,
+    }))
 }
 
 /// How many endpoints are registered (not deleted).

@@ -101,33 +101,43 @@ pub struct ClientCertificate {
     pub fingerprint: [u8; 32],
     /// Its DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// Its URI subject alternative names (e.g. `urn:keyplane:node:<id>`).
+    pub uris: Vec<String>,
+    /// The end of its validity (Unix seconds).
+    pub not_after: i64,
 }
 
 impl ClientCertificate {
     /// Reads what identifies the client from a verified end-entity certificate.
     pub fn from_der(der: &[u8]) -> Option<ClientCertificate> {
         use sha2::Digest;
+        use x509_parser::extensions::GeneralName;
         let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
-        let dns_names = parsed
+        let names: Vec<GeneralName<'_>> = parsed
             .subject_alternative_name()
             .ok()
             .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|name| match name {
-                        x509_parser::extensions::GeneralName::DNSName(dns) => {
-                            Some(dns.to_ascii_lowercase())
-                        }
-                        _ => None,
-                    })
-                    .collect()
-            })
+            .map(|san| san.value.general_names.clone())
             .unwrap_or_default();
+        let dns_names = names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some(dns.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        let uris = names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some((*uri).to_owned()),
+                _ => None,
+            })
+            .collect();
         Some(ClientCertificate {
             fingerprint: sha2::Sha256::digest(der).into(),
             dns_names,
+            uris,
+            not_after: parsed.validity().not_after.timestamp(),
         })
     }
 
@@ -137,7 +147,18 @@ impl ClientCertificate {
             .iter()
             .any(|dns| dns.eq_ignore_ascii_case(name))
     }
+
+    /// The node id the certificate is bound to, when it carries a URI SAN
+    /// `urn:keyplane:node:<id>` (as the text after the prefix).
+    pub fn node_id(&self) -> Option<&str> {
+        self.uris
+            .iter()
+            .find_map(|uri| uri.strip_prefix(NODE_URI_PREFIX))
+    }
 }
+
+/// The URI SAN prefix that binds a client certificate to a node id.
+pub const NODE_URI_PREFIX: &str = "urn:keyplane:node:";
 
 /// A certificate and key that can be renewed on disk while serving: each new
 /// connection gets the current pair; connections already open keep theirs.

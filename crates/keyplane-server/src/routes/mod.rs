@@ -16,6 +16,7 @@ pub mod signing_keys;
 pub mod webhooks;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -167,6 +168,50 @@ fn axum_template(path: &str) -> String {
     }
 }
 
+/// The API reference page: Scalar, its script served by keyplane itself.
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html>
+<head>
+<title>keyplane API</title>
+<meta charset="utf-8"/>
+<meta name="viewport" content="width=device-width, initial-scale=1"/>
+</head>
+<body>
+<script id="api-reference" type="application/json" data-configuration='{"withDefaultFonts": false, "telemetry": false}'>
+$spec
+</script>
+<script src="/docs/scalar.js"></script>
+</body>
+</html>
+"#;
+
+/// Where the page's script is served.
+const DOCS_SCRIPT: &str = "/docs/scalar.js";
+
+/// Scalar's API reference (`@scalar/api-reference`, MIT), vendored; see
+/// `assets/scalar/README.md`.
+static SCALAR_JS_GZ: &[u8] = include_bytes!("../../assets/scalar/standalone.js.gz");
+
+/// The page runs only keyplane's own script, talks only to keyplane, and
+/// loads nothing from anywhere else. (Scalar injects its styles at run time.)
+const DOCS_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; font-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
+/// Scalar's script, as stored: gzip, which every browser takes.
+async fn docs_script() -> axum::response::Response {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_ENCODING, "gzip"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        SCALAR_JS_GZ,
+    )
+        .into_response()
+}
+
 /// Every route, with the API documentation routes, bound to `state`.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
@@ -179,7 +224,18 @@ pub fn router(state: AppState) -> Router {
         "/openapi.json",
         get(move || async move { axum::Json(spec_json) }),
     )
-    .merge(Scalar::with_url("/docs", spec))
+    .merge(
+        Router::from(Scalar::with_url("/docs", spec).custom_html(DOCS_PAGE)).layer(
+            axum::middleware::map_response(|mut response: axum::response::Response| async {
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_SECURITY_POLICY,
+                    axum::http::HeaderValue::from_static(DOCS_POLICY),
+                );
+                response
+            }),
+        ),
+    )
+    .route(DOCS_SCRIPT, get(docs_script))
     .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
     .with_state(state)
 }

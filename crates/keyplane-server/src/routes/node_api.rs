@@ -101,7 +101,7 @@ impl FromRequestParts<AppState> for NodeAuth {
                     .node(&token, now)
                     .await?
                     .filter(|node| claimed_id.is_none_or(|id| id == node.id))
-                    .filter(|node| certificate.is_none_or(|c| c.names(&node.name)));
+                    .filter(|node| certificate.is_none_or(|c| node.identified_by(&c)));
                 if node.is_none() {
                     state.limits.note_failure(address, Some(&token));
                 }
@@ -113,9 +113,30 @@ impl FromRequestParts<AppState> for NodeAuth {
             (None, None) => None,
         }
         .ok_or_else(bad_node)?;
+        if let Some(certificate) = parts
+            .extensions
+            .get::<Arc<keyplane_tls::ClientCertificate>>()
+            && node.note_certificate(certificate)
+        {
+            note_certificate(state, node.id, certificate.not_after);
+        }
         state.limits.check_node(node.id)?;
         Ok(NodeAuth(node))
     }
+}
+
+/// Records, off the request's path, until when a certificate that
+/// authenticated `node` stays valid (see `nodes::name_held_until`).
+fn note_certificate(state: &AppState, node: Uuid, not_after: i64) {
+    let Some(until) = DateTime::from_timestamp(not_after, 0) else {
+        return;
+    };
+    let pool = state.db.pool().clone();
+    tokio::spawn(async move {
+        if let Err(err) = keyplane_store::nodes::note_certificate(&pool, node, until).await {
+            tracing::warn!(error = %err, "could not record a node's client certificate");
+        }
+    });
 }
 
 /// The node key of a request and, with HTTP Basic, the id it claims.

@@ -203,6 +203,13 @@ pub async fn create_node(
     let secret = KeySecret::generate(KeyKind::Node).map_err(|e| ApiError::Internal(e.into()))?;
 
     let mut tx = state.db.pool().begin().await?;
+    if let Some(until) = nodes::name_held_until(&mut *tx, name.as_str(), now).await? {
+        return Err(ApiError::Conflict(format!(
+            "a retired node of this name has a client certificate valid until {until}, which \
+             would pass for the new node: choose another name (certificates bound to a node's \
+             id, by a URI SAN urn:keyplane:node:<id>, never pass for another)"
+        )));
+    }
     let row = nodes::insert(
         &mut tx,
         &nodes::Node {
@@ -220,6 +227,7 @@ pub async fn create_node(
             reported_public_routes: Vec::new(),
             reported_at: None,
             forward_auth_proxy,
+            certificate_valid_until: None,
         },
     )
     .await?;

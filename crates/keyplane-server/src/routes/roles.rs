@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
 use crate::events::Event;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
 use crate::state::AppState;
 
@@ -44,12 +45,9 @@ impl From<roles::Role> for RoleResponse {
     }
 }
 
-/// Every role.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RoleList {
-    /// The roles, by name.
-    pub items: Vec<RoleResponse>,
-}
+page_type!(RolePage, RoleResponse);
+
+const LIST: &str = "roles";
 
 /// Creates or replaces a role.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,11 +63,12 @@ fn role_name(text: &str) -> Result<RoleName, ApiError> {
     RoleName::parse(text).map_err(|err| ApiError::invalid("name", err.to_string()))
 }
 
-/// List roles.
+/// List roles, by name.
 #[utoipa::path(
     get, path = "/v1/roles", operation_id = "list_roles", tag = "roles",
+    params(PageParams),
     responses(
-        (status = 200, description = "Every role", body = RoleList),
+        (status = 200, description = "A page of roles, by name", body = RolePage),
         (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -77,11 +76,19 @@ fn role_name(text: &str) -> Result<RoleName, ApiError> {
 pub async fn list_roles(
     State(state): State<AppState>,
     operator: Operator,
-) -> Result<Json<RoleList>, ApiError> {
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Json<RolePage>, ApiError> {
     operator.require(Permission::RolesRead)?;
-    let rows = roles::list(state.db.pool()).await?;
-    Ok(Json(RoleList {
+    let limit = page.limit()?;
+    let after = page
+        .cursor
+        .as_deref()
+        .map(|cursor| state.cursors.decode_name(LIST, cursor))
+        .transpose()?;
+    let (rows, next) = roles::page(state.db.pool(), after.as_deref(), limit).await?;
+    Ok(Json(RolePage {
         items: rows.into_iter().map(Into::into).collect(),
+        next_cursor: next.map(|name| state.cursors.encode_name(LIST, &name)),
     }))
 }
 

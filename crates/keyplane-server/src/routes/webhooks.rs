@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use keyplane_domain::{Mode, Permission};
+use keyplane_domain::{ManagementRole, Mode, Permission};
 use keyplane_store::{audit, webhooks};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use crate::auth::{Audit, Operator, RequestMeta};
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::pagination::{PageParams, page_type};
 use crate::routes::input;
 use crate::routes::keys::created;
 use crate::state::AppState;
@@ -23,8 +24,9 @@ use crate::webhooks::{EVENTS, new_secret};
 
 /// The most endpoints one deployment may register.
 const MAX_WEBHOOKS: i64 = 100;
-/// Deliveries listed per endpoint, newest first.
-const DELIVERIES_LISTED: i64 = 100;
+/// The cursor lists of endpoints and of their deliveries.
+const LIST: &str = "webhooks";
+const DELIVERIES: &str = "webhook-deliveries";
 /// The longest URL accepted.
 const MAX_URL: usize = 2048;
 
@@ -46,7 +48,8 @@ pub struct CreateWebhookRequest {
 pub struct WebhookResponse {
     /// Its id.
     pub id: Uuid,
-    /// Where deliveries go.
+    /// Where deliveries go; to anyone but admins, only its origin
+    /// (`https://hooks.example.com/…`).
     pub url: String,
     /// The events it receives.
     pub events: Vec<String>,
@@ -68,14 +71,7 @@ pub struct CreatedWebhookResponse {
     pub secret: String,
 }
 
-/// All endpoints (at most 100, so one page).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WebhookPage {
-    /// The endpoints.
-    pub items: Vec<WebhookResponse>,
-    /// Always null: every endpoint fits one page.
-    pub next_cursor: Option<String>,
-}
+page_type!(WebhookPage, WebhookResponse);
 
 /// One event on its way to one endpoint.
 #[derive(Debug, Serialize, ToSchema)]
@@ -100,20 +96,18 @@ pub struct DeliveryResponse {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-/// The latest deliveries of an endpoint, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryPage {
-    /// The latest 100 deliveries.
-    pub items: Vec<DeliveryResponse>,
-    /// Always null: only the latest deliveries are kept in view.
-    pub next_cursor: Option<String>,
-}
+page_type!(DeliveryPage, DeliveryResponse);
 
-impl From<webhooks::Webhook> for WebhookResponse {
-    fn from(row: webhooks::Webhook) -> Self {
+impl WebhookResponse {
+    /// The endpoint as `role` may see it: its whole URL for admins, its
+    /// origin for everyone else (the path often carries the receiver's secret).
+    fn seen_by(row: webhooks::Webhook, role: ManagementRole) -> Self {
         WebhookResponse {
             id: row.id,
-            url: row.url,
+            url: match role {
+                ManagementRole::Admin => row.url,
+                _ => crate::webhooks::masked_url(&row.url),
+            },
             events: row.events,
             description: row.description,
             enabled: row.enabled,
@@ -171,6 +165,13 @@ pub async fn create_webhook(
 ) -> Result<Response, ApiError> {
     operator.require(Permission::WebhooksWrite)?;
     let url = endpoint_url(state.settings.mode, &body.url)?;
+    let (host, port) = crate::webhooks::host_and_port(&url)
+        .ok_or_else(|| ApiError::invalid("url", "url must be an absolute http(s) URL"))?;
+    state
+        .destinations
+        .resolve(&host, port)
+        .await
+        .map_err(|refused| ApiError::policy("url", refused))?;
     input::bounded("events", &body.events)?;
     if body.events.is_empty() {
         return Err(ApiError::invalid("events", "name at least one event"));
@@ -223,7 +224,7 @@ pub async fn create_webhook(
     .await?;
     tx.commit().await?;
     Ok(created(CreatedWebhookResponse {
-        webhook: row.into(),
+        webhook: WebhookResponse::seen_by(row, operator.role),
         secret,
     }))
 }
@@ -231,8 +232,9 @@ pub async fn create_webhook(
 /// List webhook endpoints.
 #[utoipa::path(
     get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks",
+    params(PageParams),
     responses(
-        (status = 200, description = "Every endpoint", body = WebhookPage),
+        (status = 200, description = "A page of endpoints", body = WebhookPage),
         (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -240,12 +242,17 @@ pub async fn create_webhook(
 pub async fn list_webhooks(
     State(state): State<AppState>,
     operator: Operator,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<WebhookPage>, ApiError> {
     operator.require(Permission::WebhooksRead)?;
-    let rows = webhooks::list(state.db.pool(), MAX_WEBHOOKS).await?;
+    let (limit, after) = page.resolve(&state.cursors, LIST)?;
+    let (rows, next) = webhooks::list(state.db.pool(), after, limit).await?;
     Ok(Json(WebhookPage {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor: None,
+        items: rows
+            .into_iter()
+            .map(|row| WebhookResponse::seen_by(row, operator.role))
+            .collect(),
+        next_cursor: next.map(|after| state.cursors.encode(LIST, after)),
     }))
 }
 
@@ -281,12 +288,12 @@ pub async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// An endpoint's latest deliveries and how each went.
+/// An endpoint's deliveries, newest first, and how each went.
 #[utoipa::path(
     get, path = "/v1/webhooks/{id}/deliveries", operation_id = "list_webhook_deliveries", tag = "webhooks",
-    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    params(("id" = Uuid, Path, description = "The endpoint's id"), PageParams),
     responses(
-        (status = 200, description = "The latest deliveries", body = DeliveryPage),
+        (status = 200, description = "A page of deliveries, newest first", body = DeliveryPage),
         (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -295,12 +302,17 @@ pub async fn list_webhook_deliveries(
     State(state): State<AppState>,
     operator: Operator,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
     operator.require(Permission::WebhooksRead)?;
+    // One cursor list per endpoint: a cursor of another endpoint's
+    // deliveries does not read here.
+    let list = format!("{DELIVERIES}:{id}");
+    let (limit, before) = page.resolve(&state.cursors, &list)?;
     webhooks::get(state.db.pool(), id)
         .await?
         .ok_or_else(not_found)?;
-    let rows = webhooks::deliveries(state.db.pool(), id, DELIVERIES_LISTED).await?;
+    let (rows, next) = webhooks::deliveries(state.db.pool(), id, before, limit).await?;
     Ok(Json(DeliveryPage {
         items: rows
             .into_iter()
@@ -316,6 +328,6 @@ pub async fn list_webhook_deliveries(
                 delivered_at: row.delivered_at,
             })
             .collect(),
-        next_cursor: None,
+        next_cursor: next.map(|before| state.cursors.encode(&list, before)),
     }))
 }
