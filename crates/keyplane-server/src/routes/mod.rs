@@ -177,7 +177,7 @@ const DOCS_PAGE: &str = r#"<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1"/>
 </head>
 <body>
-<script id="api-reference" type="application/json" data-configuration='{"withDefaultFonts": false, "telemetry": false}'>
+<script id="api-reference" type="application/json" data-configuration='{"withDefaultFonts": false, "telemetry": false, "showDeveloperTools": "never", "agent": {"disabled": true}}'>
 $spec
 </script>
 <script src="/docs/scalar.js"></script>
