@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Config, ConfigError};
-use crate::stream::{self, StreamState};
+use crate::net::without_url;
+use crate::stream::{self, Follower, StreamState};
 
 /// Who a good key belongs to, as keyplane vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,17 +206,17 @@ pub(crate) struct Inner {
     evictions_seen: AtomicU64,
 }
 
-impl Inner {
-    pub(crate) fn set_stream_state(&self, state: StreamState) {
+impl Follower for Inner {
+    fn set_stream_state(&self, state: StreamState) {
         self.stream_state.store(state as u8, Ordering::Relaxed);
     }
 
-    pub(crate) fn stream_state(&self) -> StreamState {
+    fn stream_state(&self) -> StreamState {
         StreamState::from_u8(self.stream_state.load(Ordering::Relaxed))
     }
 
     /// Drops every answer about `key_id`, fresh or stale.
-    pub(crate) fn evict(&self, key_id: Uuid) {
+    fn evict(&self, key_id: Uuid) {
         self.evictions_seen.fetch_add(1, Ordering::SeqCst);
         let about = move |answer_key: Option<Uuid>| answer_key == Some(key_id);
         let fresh = self.fresh.invalidate_entries_if(move |_, answer| {
@@ -235,12 +236,20 @@ impl Inner {
     }
 
     /// Drops every answer: used when revocations may have been missed.
-    pub(crate) fn forget_all(&self) {
+    fn forget_all(&self) {
         self.evictions_seen.fetch_add(1, Ordering::SeqCst);
         self.fresh.invalidate_all();
         self.stale.invalidate_all();
     }
 
+    fn connected(&self) {
+        self.counters
+            .stream_connects
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
     /// Whether an answer fetched at `fetched` may still be trusted: while the
     /// revocation stream is down, only for the short floor.
     fn trusted(&self, fetched: Instant, now: Instant) -> bool {
@@ -353,7 +362,12 @@ impl Introspector {
             evictions_seen: AtomicU64::new(0),
             counters: Counters::default(),
         });
-        let follower = tokio::spawn(stream::follow(inner.clone()));
+        let source = stream::Source {
+            http: inner.http.clone(),
+            base_url: inner.base_url.clone(),
+            node_key: inner.config.node_key.clone(),
+        };
+        let follower = tokio::spawn(stream::follow(source, inner.clone()));
         Ok(Introspector {
             inner,
             _stream: Arc::new(AbortOnDrop(follower)),
@@ -586,20 +600,6 @@ async fn fetch(
         }
     };
     Ok(answer)
-}
-
-/// reqwest errors name the URL; ours carry no secret, but keep logs short.
-pub(crate) fn without_url(err: reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else if err.is_decode() {
-        "bad body"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {}", err.without_url())
 }
 
 fn unix_now() -> u64 {

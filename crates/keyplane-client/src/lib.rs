@@ -15,12 +15,15 @@ mod cache;
 mod config;
 mod env;
 mod error;
+mod files;
 mod layer;
+mod net;
 mod stream;
 
 pub use cache::{Identity, Introspector, Metrics, Refusal};
 pub use config::{Config, ConfigError, HeaderHook, require_https};
 pub use env::{EnvError, secret_from_env};
 pub use error::openai_error;
+pub use files::write_private;
 pub use layer::{Caller, KeyplaneLayer, KeyplaneService};
 pub use stream::StreamState;

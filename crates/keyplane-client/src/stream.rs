@@ -2,15 +2,39 @@
 //! Server-Sent Events): every key that stops working is evicted at once.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::cache::{Inner, without_url};
+use crate::net::without_url;
+
+/// What following the stream does to a cache of answers, and what it says
+/// of the stream's state.
+pub(crate) trait Follower: Send + Sync {
+    /// Drops every answer about `key_id`.
+    fn evict(&self, key_id: Uuid);
+    /// Drops every answer: revocations may have been missed.
+    fn forget_all(&self);
+    /// The stream's state, as last set.
+    fn stream_state(&self) -> StreamState;
+    /// Sets the stream's state.
+    fn set_stream_state(&self, state: StreamState);
+    /// Counts a connection made.
+    fn connected(&self);
+}
+
+/// Where, and with which node key, the stream is read.
+pub(crate) struct Source {
+    /// The client for keyplane.
+    pub(crate) http: reqwest::Client,
+    /// keyplane's base URL.
+    pub(crate) base_url: String,
+    /// The node's key.
+    pub(crate) node_key: SecretString,
+}
 
 /// The revocation stream's state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,21 +82,21 @@ enum Ended {
 
 /// Follows the stream for as long as the introspector lives, reconnecting
 /// with backoff and `Last-Event-ID` so nothing is missed.
-pub(crate) async fn follow(inner: Arc<Inner>) {
-    let url = format!("{}/v1/revocations/stream", inner.base_url);
+pub(crate) async fn follow(source: Source, cache: Arc<dyn Follower>) {
+    let url = format!("{}/v1/revocations/stream", source.base_url);
     let mut last_id: Option<String> = None;
     let mut backoff = BACKOFF_FIRST;
     loop {
-        match connect(&inner, &url, &mut last_id).await {
+        match connect(&source, cache.as_ref(), &url, &mut last_id).await {
             Ended::Retry => {}
             Ended::Restart => {
                 // Events may have been missed: no cached answer can be trusted.
                 last_id = None;
-                inner.forget_all();
+                cache.forget_all();
             }
         }
-        let was_up = inner.stream_state() == crate::StreamState::Up;
-        inner.set_stream_state(StreamState::Down);
+        let was_up = cache.stream_state() == StreamState::Up;
+        cache.set_stream_state(StreamState::Down);
         if was_up {
             backoff = BACKOFF_FIRST;
             tracing::warn!(
@@ -84,11 +108,16 @@ pub(crate) async fn follow(inner: Arc<Inner>) {
     }
 }
 
-async fn connect(inner: &Inner, url: &str, last_id: &mut Option<String>) -> Ended {
-    let mut request = inner
+async fn connect(
+    source: &Source,
+    cache: &dyn Follower,
+    url: &str,
+    last_id: &mut Option<String>,
+) -> Ended {
+    let mut request = source
         .http
         .get(url)
-        .bearer_auth(inner.config.node_key.expose_secret())
+        .bearer_auth(source.node_key.expose_secret())
         .header(reqwest::header::ACCEPT, "text/event-stream");
     if let Some(id) = last_id.as_deref() {
         request = request.header("last-event-id", id);
@@ -115,13 +144,10 @@ async fn connect(inner: &Inner, url: &str, last_id: &mut Option<String>) -> Ende
     if last_id.is_none() {
         // Starting from "now": whatever was cached before may predate a
         // revocation this stream will never replay.
-        inner.forget_all();
+        cache.forget_all();
     }
-    inner.set_stream_state(StreamState::Up);
-    inner
-        .counters
-        .stream_connects
-        .fetch_add(1, Ordering::Relaxed);
+    cache.set_stream_state(StreamState::Up);
+    cache.connected();
     tracing::info!(resumed = last_id.is_some(), "revocation stream connected");
 
     let mut body = response.bytes_stream();
@@ -138,9 +164,9 @@ async fn connect(inner: &Inner, url: &str, last_id: &mut Option<String>) -> Ende
         for event in events {
             if event.name == "revocation" {
                 match serde_json::from_str::<Revocation>(&event.data) {
-                    Ok(revocation) => inner.evict(revocation.key_id),
+                    Ok(revocation) => cache.evict(revocation.key_id),
                     // An event we cannot read may have been a revocation.
-                    Err(_) => inner.forget_all(),
+                    Err(_) => cache.forget_all(),
                 }
             }
             if let Some(id) = event.id {

@@ -84,7 +84,7 @@ fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     }
     let generated =
         MasterKey::generate().map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
-    crate::files::write_private(&path, generated.as_bytes())?;
+    keyplane_client::write_private(&path, generated.as_bytes())?;
     tracing::warn!(path = %path.display(), "no KEYPLANE_MASTER_KEY: generated a dev master key");
     Ok(MasterKey::parse(&generated)?)
 }

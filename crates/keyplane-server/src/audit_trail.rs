@@ -18,11 +18,93 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use keyplane_domain::GENESIS;
-use keyplane_store::audit::{ChainWalk, Verdict};
+use keyplane_store::audit::{self, ChainWalk, Verdict};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::signing::{TrustedKeys, fingerprint};
+
+/// One audit entry, with its place in the chain.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Its id.
+    pub id: i64,
+    /// Its place in the chain, from 1.
+    pub seq: Option<i64>,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Who: `bootstrap`, `admin_key:<id>`, `cli`, `node:<id>`.
+    pub actor: String,
+    /// What, e.g. `key.revoke`.
+    pub action: String,
+    /// The kind of thing acted on.
+    pub target_type: String,
+    /// Its id or name.
+    pub target_id: Option<String>,
+    /// `success` or `denied`.
+    pub outcome: String,
+    /// The request that did it.
+    pub request_id: Option<String>,
+    /// The address it came from.
+    pub client_ip: Option<String>,
+    /// A masked before/after summary (never a key).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// The previous entry's hash (hex).
+    pub prev_hash: Option<String>,
+    /// This entry's hash (hex).
+    pub hash: Option<String>,
+}
+
+impl From<audit::Entry> for AuditEntry {
+    fn from(row: audit::Entry) -> Self {
+        AuditEntry {
+            id: row.id,
+            seq: row.seq,
+            at: row.at,
+            actor: row.actor,
+            action: row.action,
+            target_type: row.target_type,
+            target_id: row.target_id,
+            outcome: row.outcome,
+            request_id: row.request_id,
+            client_ip: row.client_ip,
+            details: row.details.0,
+            prev_hash: row.prev_hash.as_deref().map(hex),
+            hash: row.hash.as_deref().map(hex),
+        }
+    }
+}
+
+impl AuditEntry {
+    /// Back to the stored form, to check an exported entry offline.
+    pub fn into_stored(self) -> Option<audit::Entry> {
+        Some(audit::Entry {
+            id: self.id,
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            target_type: self.target_type,
+            target_id: self.target_id,
+            outcome: self.outcome,
+            request_id: self.request_id,
+            client_ip: self.client_ip,
+            details: sqlx::types::Json(self.details),
+            prev_hash: self
+                .prev_hash
+                .as_deref()
+                .map(unhex)
+                .map(Option::unwrap_or_default),
+            hash: self
+                .hash
+                .as_deref()
+                .map(unhex)
+                .map(Option::unwrap_or_default),
+        })
+    }
+}
 
 /// The JWS type of a checkpoint's signature.
 pub const CHECKPOINT_TYPE: &str = "keyplane-audit-checkpoint+jwt";
@@ -338,9 +420,9 @@ pub fn verify_file(
         if line.trim().is_empty() || serde_json::from_str::<ExportLine>(&line).is_ok() {
             continue;
         }
-        match serde_json::from_str::<crate::routes::audit::AuditEntry>(&line)
+        match serde_json::from_str::<AuditEntry>(&line)
             .ok()
-            .and_then(crate::routes::audit::AuditEntry::into_stored)
+            .and_then(AuditEntry::into_stored)
         {
             Some(entry) => {
                 if first_prev.is_none() {

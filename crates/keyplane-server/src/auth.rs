@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -15,7 +14,7 @@ use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::request::RequestId;
+use crate::request::{CallerSlot, RequestId};
 use crate::state::AppState;
 
 /// Who did something, as written in the audit log.
@@ -148,22 +147,6 @@ pub fn peer(parts: &Parts) -> Option<IpAddr> {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip())
-}
-
-/// Where the operator behind a request is noted once authenticated, so that
-/// a refusal of what it asked for can be audited after the handler answers.
-#[derive(Debug, Clone, Default)]
-pub struct CallerSlot(Arc<std::sync::OnceLock<String>>);
-
-impl CallerSlot {
-    fn set(&self, actor: String) {
-        let _ = self.0.set(actor);
-    }
-
-    /// The authenticated operator, if the request had one.
-    pub fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
-    }
 }
 
 /// Counts a failed authentication; a burst from one address writes one

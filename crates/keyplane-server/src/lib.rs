@@ -4,7 +4,6 @@
 //! and the tests both start it that way, the tests on port 0 with their own
 //! shutdown signal.
 
-pub mod agent;
 pub mod app;
 pub mod audit_trail;
 pub mod auth;
@@ -16,7 +15,6 @@ pub mod destinations;
 pub mod error;
 pub mod events;
 pub mod extract;
-pub mod files;
 pub mod introspection;
 pub mod limits;
 pub mod metrics;
@@ -26,6 +24,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod signing;
 pub mod state;
+pub mod streams;
 pub mod telemetry;
 pub mod webhooks;
 pub mod window;

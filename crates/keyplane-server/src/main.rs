@@ -41,7 +41,7 @@ enum Command {
     Audit(AuditCommand),
     /// Run beside an instance: enroll on first start, keep its key in a file
     /// and rotate it when due.
-    Agent(keyplane_server::agent::AgentArgs),
+    Agent(keyplane_agent::AgentArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,7 +137,7 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
 }
 
 /// `keyplane agent`: needs none of the server's settings, only its own.
-fn agent(args: keyplane_server::agent::AgentArgs, mode: Option<&str>) -> ExitCode {
+fn agent(args: keyplane_agent::AgentArgs, mode: Option<&str>) -> ExitCode {
     let mode: keyplane_domain::Mode = match mode.unwrap_or("dev").parse() {
         Ok(mode) => mode,
         Err(_) => {
@@ -155,7 +155,7 @@ fn agent(args: keyplane_server::agent::AgentArgs, mode: Option<&str>) -> ExitCod
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(keyplane_server::agent::run(args, mode, shutdown_signal())) {
+    match runtime.block_on(keyplane_agent::run(args, mode, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "keyplane agent stopped on an error");

@@ -7,14 +7,9 @@ use std::sync::{Mutex, RwLock};
 
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
-use axum::response::IntoResponse;
 use keyplane_store::stats;
 use uuid::Uuid;
-
-use crate::state::AppState;
 
 /// Counters kept by the request paths.
 #[derive(Debug, Default)]
@@ -93,36 +88,34 @@ impl Metrics {
         stats.micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    fn render_routes(&self, out: &mut String) {
+    fn render_routes(&self, out: &mut Exposition) {
         let mut routes: Vec<(&Method, &String, &RouteStats)> = self
             .routes
             .iter()
             .flat_map(|(route, methods)| methods.iter().map(move |(m, stats)| (m, route, stats)))
             .collect();
         routes.sort_by(|(m1, r1, _), (m2, r2, _)| (r1, m1.as_str()).cmp(&(r2, m2.as_str())));
-        let _ = writeln!(
-            out,
-            "# HELP keyplane_http_requests_total Requests answered, by route and status class."
+        out.family(
+            "keyplane_http_requests_total",
+            "counter",
+            "Requests answered, by route and status class.",
         );
-        let _ = writeln!(out, "# TYPE keyplane_http_requests_total counter");
         for (method, route, stats) in &routes {
             for (class, count) in stats.by_class.iter().enumerate().skip(1) {
                 let count = count.load(Ordering::Relaxed);
                 if count > 0 {
-                    let _ = writeln!(
-                        out,
-                        "keyplane_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{class}xx\"}} {count}"
+                    out.sample(
+                        "keyplane_http_requests_total",
+                        &format!("method=\"{method}\",route=\"{route}\",status=\"{class}xx\""),
+                        count,
                     );
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP keyplane_http_request_duration_seconds Time to answer, by route."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE keyplane_http_request_duration_seconds histogram"
+        out.family(
+            "keyplane_http_request_duration_seconds",
+            "histogram",
+            "Time to answer, by route.",
         );
         for (method, route, stats) in &routes {
             let labels = format!("method=\"{method}\",route=\"{route}\"");
@@ -132,26 +125,24 @@ impl Metrics {
                 let le = LATENCY_BUCKETS
                     .get(i)
                     .map_or("+Inf".to_owned(), f64::to_string);
-                let _ = writeln!(
-                    out,
-                    "keyplane_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                out.sample(
+                    "keyplane_http_request_duration_seconds_bucket",
+                    &format!("{labels},le=\"{le}\""),
+                    cumulative,
                 );
             }
             let sum = stats.micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "keyplane_http_request_duration_seconds_sum{{{labels}}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "keyplane_http_request_duration_seconds_count{{{labels}}} {cumulative}"
+            out.sample("keyplane_http_request_duration_seconds_sum", &labels, sum);
+            out.sample(
+                "keyplane_http_request_duration_seconds_count",
+                &labels,
+                cumulative,
             );
         }
     }
 }
 
 impl Metrics {
-    /// Counts one introspection answer to `node`.
     /// Reads the database-backed figures again (keeping the last ones when
     /// the database does not answer).
     pub async fn refresh_gauges(&self, pool: &sqlx::PgPool, now: chrono::DateTime<chrono::Utc>) {
@@ -189,121 +180,143 @@ impl Metrics {
     }
 }
 
-/// The metrics, for Prometheus.
-#[utoipa::path(
-    get, path = "/metrics", operation_id = "get_metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
-)]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let m = &state.metrics;
-    let (lookups, loads) = state.introspector.lookups();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP keyplane_introspections_total Introspection answers, by outcome."
-    );
-    let _ = writeln!(out, "# TYPE keyplane_introspections_total counter");
-    for (outcome, counter) in [
-        ("active", &m.introspections_active),
-        ("inactive", &m.introspections_inactive),
-    ] {
-        let _ = writeln!(
-            out,
-            "keyplane_introspections_total{{outcome=\"{outcome}\"}} {}",
-            counter.load(Ordering::Relaxed)
+/// What `/metrics` shows besides the counters kept here.
+#[derive(Debug, Clone, Copy)]
+pub struct Scrape {
+    /// Key lookups so far, and how many of them missed the cache.
+    pub lookups: (u64, u64),
+    /// Whether this process runs the scheduler.
+    pub scheduler_leader: bool,
+    /// The database pool's idle and open connections.
+    pub pool: (usize, u32),
+}
+
+impl Metrics {
+    /// Every metric, in Prometheus' text format.
+    pub fn render(&self, scrape: Scrape) -> String {
+        let mut out = Exposition::default();
+        out.family(
+            "keyplane_introspections_total",
+            "counter",
+            "Introspection answers, by outcome.",
         );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP keyplane_introspections_inactive_by_node_total Inactive answers, by the node that asked."
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE keyplane_introspections_inactive_by_node_total counter"
-    );
-    if let Ok(nodes) = m.inactive_by_node.lock() {
-        for (node, count) in nodes.iter() {
-            let _ = writeln!(
-                out,
-                "keyplane_introspections_inactive_by_node_total{{node=\"{node}\"}} {count}"
+        for (outcome, counter) in [
+            ("active", &self.introspections_active),
+            ("inactive", &self.introspections_inactive),
+        ] {
+            out.sample(
+                "keyplane_introspections_total",
+                &format!("outcome=\"{outcome}\""),
+                counter.load(Ordering::Relaxed),
             );
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP keyplane_introspection_cache_lookups_total Key lookups, and how many missed the cache."
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE keyplane_introspection_cache_lookups_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "keyplane_introspection_cache_lookups_total{{result=\"hit\"}} {}",
-        lookups.saturating_sub(loads)
-    );
-    let _ = writeln!(
-        out,
-        "keyplane_introspection_cache_lookups_total{{result=\"miss\"}} {loads}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP keyplane_scheduler_leader 1 while this process runs the scheduler (one replica at a time)."
-    );
-    let _ = writeln!(out, "# TYPE keyplane_scheduler_leader gauge");
-    let _ = writeln!(
-        out,
-        "keyplane_scheduler_leader {}",
-        u8::from(state.scheduler_leader.load(Ordering::Relaxed))
-    );
-    let pool = state.db.pool();
-    // Database-backed figures come from the last background read; they are
-    // left out until there is one.
-    let gauges = m.gauges.read().ok().and_then(|g| g.clone());
-    if let Some(gauges) = gauges {
-        let _ = writeln!(out, "# HELP keyplane_keys Instance keys, by status.");
-        let _ = writeln!(out, "# TYPE keyplane_keys gauge");
-        for (status, count) in &gauges.keys_by_status {
-            let _ = writeln!(out, "keyplane_keys{{status=\"{status}\"}} {count}");
+        out.family(
+            "keyplane_introspections_inactive_by_node_total",
+            "counter",
+            "Inactive answers, by the node that asked.",
+        );
+        if let Ok(nodes) = self.inactive_by_node.lock() {
+            for (node, count) in nodes.iter() {
+                out.sample(
+                    "keyplane_introspections_inactive_by_node_total",
+                    &format!("node=\"{node}\""),
+                    count,
+                );
+            }
         }
-        let _ = writeln!(
-            out,
-            "# HELP keyplane_keys_expiring_7d Working keys that expire within 7 days."
+        let (lookups, loads) = scrape.lookups;
+        out.family(
+            "keyplane_introspection_cache_lookups_total",
+            "counter",
+            "Key lookups, and how many missed the cache.",
         );
-        let _ = writeln!(out, "# TYPE keyplane_keys_expiring_7d gauge");
-        let _ = writeln!(out, "keyplane_keys_expiring_7d {}", gauges.keys_expiring_7d);
-        let _ = writeln!(
-            out,
-            "# HELP keyplane_audit_chain_length Entries in the audit chain."
+        out.sample(
+            "keyplane_introspection_cache_lookups_total",
+            "result=\"hit\"",
+            lookups.saturating_sub(loads),
         );
-        let _ = writeln!(out, "# TYPE keyplane_audit_chain_length gauge");
-        let _ = writeln!(out, "keyplane_audit_chain_length {}", gauges.audit_length);
-        let _ = writeln!(
-            out,
-            "# HELP keyplane_gauges_age_seconds How old the database-backed figures above are."
+        out.sample(
+            "keyplane_introspection_cache_lookups_total",
+            "result=\"miss\"",
+            loads,
         );
-        let _ = writeln!(out, "# TYPE keyplane_gauges_age_seconds gauge");
-        let _ = writeln!(
-            out,
-            "keyplane_gauges_age_seconds {:.1}",
-            gauges.read_at.elapsed().as_secs_f64()
+        out.family(
+            "keyplane_scheduler_leader",
+            "gauge",
+            "1 while this process runs the scheduler (one replica at a time).",
         );
+        out.sample(
+            "keyplane_scheduler_leader",
+            "",
+            u8::from(scrape.scheduler_leader),
+        );
+        // Database-backed figures come from the last background read; they are
+        // left out until there is one.
+        let gauges = self.gauges.read().ok().and_then(|g| g.clone());
+        if let Some(gauges) = gauges {
+            out.family("keyplane_keys", "gauge", "Instance keys, by status.");
+            for (status, count) in &gauges.keys_by_status {
+                out.sample("keyplane_keys", &format!("status=\"{status}\""), count);
+            }
+            out.family(
+                "keyplane_keys_expiring_7d",
+                "gauge",
+                "Working keys that expire within 7 days.",
+            );
+            out.sample("keyplane_keys_expiring_7d", "", gauges.keys_expiring_7d);
+            out.family(
+                "keyplane_audit_chain_length",
+                "gauge",
+                "Entries in the audit chain.",
+            );
+            out.sample("keyplane_audit_chain_length", "", gauges.audit_length);
+            out.family(
+                "keyplane_gauges_age_seconds",
+                "gauge",
+                "How old the database-backed figures above are.",
+            );
+            out.sample(
+                "keyplane_gauges_age_seconds",
+                "",
+                format_args!("{:.1}", gauges.read_at.elapsed().as_secs_f64()),
+            );
+        }
+        out.family(
+            "keyplane_db_pool_connections",
+            "gauge",
+            "Database pool connections, by state.",
+        );
+        out.sample(
+            "keyplane_db_pool_connections",
+            "state=\"idle\"",
+            scrape.pool.0,
+        );
+        out.sample(
+            "keyplane_db_pool_connections",
+            "state=\"open\"",
+            scrape.pool.1,
+        );
+        self.render_routes(&mut out);
+        out.0
     }
-    let _ = writeln!(
-        out,
-        "# HELP keyplane_db_pool_connections Database pool connections, by state."
-    );
-    let _ = writeln!(out, "# TYPE keyplane_db_pool_connections gauge");
-    let _ = writeln!(
-        out,
-        "keyplane_db_pool_connections{{state=\"idle\"}} {}",
-        pool.num_idle()
-    );
-    let _ = writeln!(
-        out,
-        "keyplane_db_pool_connections{{state=\"open\"}} {}",
-        pool.size()
-    );
-    m.render_routes(&mut out);
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Prometheus' text exposition format, written family by family.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// A family's `HELP` and `TYPE` lines.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` is empty or `key="value",...`.
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = if labels.is_empty() {
+            writeln!(self.0, "{name} {value}")
+        } else {
+            writeln!(self.0, "{name}{{{labels}}} {value}")
+        };
+    }
 }

@@ -10,7 +10,6 @@ use axum::response::Response;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::auth::CallerSlot;
 use crate::error::{POLICY_REFUSED, PendingProblem, render_problem};
 use crate::state::AppState;
 
@@ -50,6 +49,23 @@ impl RequestId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Where the operator behind a request is noted once authenticated, so that
+/// a refusal of what it asked for can be audited after the handler answers.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl CallerSlot {
+    /// Notes the authenticated operator (the first one noted stays).
+    pub fn set(&self, actor: String) {
+        let _ = self.0.set(actor);
+    }
+
+    /// The authenticated operator, if the request had one.
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
     }
 }
 
@@ -112,11 +128,15 @@ pub async fn observe_route(
     response
 }
 
+/// The route Envoy's ext_authz calls: `/v1/authz/check` followed by the
+/// client's path, with the client's method (any).
+pub const ENVOY_CHECK_ROUTE: &str = "/v1/authz/check/{*path}";
+
 /// The routes nodes call with their node keys.
 const NODE_ROUTES: [&str; 5] = [
     "/v1/introspect",
     "/v1/authz/check",
-    crate::routes::node_api::ENVOY_CHECK_ROUTE,
+    ENVOY_CHECK_ROUTE,
     "/v1/revocations/stream",
     "/v1/heartbeat",
 ];

@@ -78,7 +78,7 @@ pub struct Shared {
     /// Seals webhook secrets at rest.
     pub master: crate::signing::MasterKey,
     /// Revocation streams open per node, bounded.
-    pub streams: Arc<crate::routes::node_api::StreamSlots>,
+    pub streams: Arc<crate::streams::StreamSlots>,
     /// True while this process runs the scheduler.
     pub scheduler_leader: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -82,3 +82,26 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiErr
         }),
     }
 }
+
+/// The metrics, for Prometheus.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "get_metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let pool = state.db.pool();
+    let text = state.metrics.render(crate::metrics::Scrape {
+        lookups: state.introspector.lookups(),
+        scheduler_leader: state
+            .scheduler_leader
+            .load(std::sync::atomic::Ordering::Relaxed),
+        pool: (pool.num_idle(), pool.size()),
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+}

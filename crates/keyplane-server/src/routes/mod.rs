@@ -74,7 +74,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
-        .routes(routes!(crate::metrics::metrics))
+        .routes(routes!(health::metrics))
         .routes(routes!(
             instances::create_instance,
             instances::list_instances

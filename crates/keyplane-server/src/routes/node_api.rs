@@ -518,9 +518,7 @@ pub async fn check_access_post(
     .await
 }
 
-/// The route Envoy's ext_authz calls: `/v1/authz/check` followed by the
-/// client's path, with the client's method (any).
-pub const ENVOY_CHECK_ROUTE: &str = "/v1/authz/check/{*path}";
+pub use crate::request::ENVOY_CHECK_ROUTE;
 
 /// Forward auth for Envoy's HTTP ext_authz (`path_prefix: /v1/authz/check`),
 /// which calls with the client's own method and its path after the prefix.
@@ -701,50 +699,8 @@ pub struct RevocationEvent {
 
 const REPLAY_BATCH: i64 = 500;
 
-/// The most revocation streams one node may hold open at once (a gate needs
-/// one; a few more cover reconnects whose old connection has not closed yet).
-pub const MAX_STREAMS_PER_NODE: usize = 8;
 /// Seconds a node over its stream bound is told to wait.
 const STREAM_RETRY_AFTER: u64 = 5;
-
-/// How many revocation streams each node holds open.
-#[derive(Debug, Default)]
-pub struct StreamSlots(std::sync::Mutex<std::collections::HashMap<Uuid, usize>>);
-
-/// One node's open stream; gives its slot back when dropped.
-pub struct StreamSlot {
-    slots: Arc<StreamSlots>,
-    node: Uuid,
-}
-
-impl StreamSlots {
-    /// A slot for one more stream of `node`, unless it holds the most already.
-    pub fn take(self: &Arc<Self>, node: Uuid) -> Option<StreamSlot> {
-        let mut open = self.0.lock().ok()?;
-        let count = open.entry(node).or_default();
-        if *count >= MAX_STREAMS_PER_NODE {
-            return None;
-        }
-        *count += 1;
-        Some(StreamSlot {
-            slots: self.clone(),
-            node,
-        })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Ok(mut open) = self.slots.0.lock()
-            && let Some(count) = open.get_mut(&self.node)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.node);
-            }
-        }
-    }
-}
 
 /// Server-Sent Events: one `revocation` event per key that stopped working,
 /// with ids; reconnect with `Last-Event-ID` to get what was missed. Without

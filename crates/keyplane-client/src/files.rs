@@ -1,9 +1,7 @@
-//! Writing secrets to disk.
+//! Writing secrets to disk: the key files of agents and nodes.
 
 use std::io::Write;
 use std::path::Path;
-
-use anyhow::Context;
 
 /// Replaces `path` with `contents` atomically (a reader sees the old file or
 /// the new one, never part of either), readable and writable by this user
@@ -13,14 +11,19 @@ use anyhow::Context;
 /// with `O_EXCL | O_NOFOLLOW`: a symlink or file someone else planted in the
 /// directory is never written through, and `path` itself, if a symlink, is
 /// replaced rather than followed.
-pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    fn naming(what: &'static str, file: &Path) -> impl Fn(std::io::Error) -> std::io::Error {
+        let file = file.display().to_string();
+        move |err| std::io::Error::new(err.kind(), format!("{what} {file}: {err}"))
+    }
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(naming("creating", dir))?;
     let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
+    getrandom::fill(&mut nonce)
+        .map_err(|e| std::io::Error::other(format!("random source failed: {e}")))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -38,14 +41,14 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     }
     let mut file = options
         .open(&staging)
-        .with_context(|| format!("writing {}", staging.display()))?;
+        .map_err(naming("writing", &staging))?;
     let written = file
         .write_all(contents)
         .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&staging, path));
     if let Err(err) = written {
         let _ = std::fs::remove_file(&staging);
-        return Err(err).with_context(|| format!("replacing {}", path.display()));
+        return Err(naming("replacing", path)(err));
     }
     if let Ok(dir) = std::fs::File::open(dir) {
         let _ = dir.sync_all();

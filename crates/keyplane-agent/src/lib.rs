@@ -297,7 +297,10 @@ fn read_key(path: &Path) -> anyhow::Result<Option<KeySecret>> {
 
 /// Replaces the key in `path` atomically, readable by this user only.
 fn write_key(path: &Path, key: &KeySecret) -> anyhow::Result<()> {
-    crate::files::write_private(path, format!("{}\n", key.expose()).as_bytes())
+    Ok(keyplane_client::write_private(
+        path,
+        format!("{}\n", key.expose()).as_bytes(),
+    )?)
 }
 
 /// This host's name.
