@@ -23,6 +23,7 @@ mod introspect;
 mod keys;
 mod leaks;
 mod lifecycle;
+mod plans;
 mod self_service;
 mod tls;
 mod webhooks;

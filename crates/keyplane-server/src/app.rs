@@ -227,7 +227,7 @@ impl App {
             scheduler_leader: Arc::default(),
             streams: Arc::default(),
         });
-        tasks.push(routes::audit::checkpoint_periodically(
+        tasks.push(crate::ops::audit::checkpoint_periodically(
             state.clone(),
             CHECKPOINT_EVERY_ENTRIES,
             chrono::Duration::minutes(CHECKPOINT_EVERY_MINUTES),

@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::limits::Limited;
+use crate::ops::Refusal;
+
 /// The body of every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
@@ -115,37 +118,6 @@ impl ApiError {
         ApiError::Invalid {
             field: field.into(),
             detail: detail.into(),
-        }
-    }
-
-    /// A 422 for `field` that key policy refuses.
-    pub fn policy(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
-        ApiError::PolicyRefused {
-            field: field.into(),
-            detail: detail.into(),
-        }
-    }
-
-    /// The same error, naming the field `to` where it named `from` (for a
-    /// check shared by requests that call the field differently).
-    pub fn renamed(self, from: &str, to: &str) -> ApiError {
-        let rename = |field: String, detail: String| {
-            if field == from {
-                (to.to_owned(), detail.replace(from, to))
-            } else {
-                (field, detail)
-            }
-        };
-        match self {
-            ApiError::Invalid { field, detail } => {
-                let (field, detail) = rename(field, detail);
-                ApiError::Invalid { field, detail }
-            }
-            ApiError::PolicyRefused { field, detail } => {
-                let (field, detail) = rename(field, detail);
-                ApiError::PolicyRefused { field, detail }
-            }
-            other => other,
         }
     }
 
@@ -300,18 +272,36 @@ fn generic_problem(status: StatusCode) -> PendingProblem {
     }
 }
 
-impl From<keyplane_store::StoreError> for ApiError {
-    fn from(err: keyplane_store::StoreError) -> Self {
-        match err {
-            keyplane_store::StoreError::Conflict(message) => ApiError::Conflict(message.to_owned()),
-            other => ApiError::Internal(other.into()),
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Unauthenticated { code, detail } => ApiError::Unauthorized { code, detail },
+            Refusal::Forbidden(detail) => ApiError::Forbidden(detail),
+            Refusal::NotFound(detail) => ApiError::NotFound(detail),
+            Refusal::Conflict(detail) => ApiError::Conflict(detail),
+            Refusal::Unreadable {
+                code,
+                detail,
+                field,
+            } => ApiError::BadRequest {
+                code,
+                detail,
+                field: Some(field.to_owned()),
+            },
+            Refusal::Invalid { field, detail } => ApiError::Invalid { field, detail },
+            Refusal::Policy { field, detail } => ApiError::PolicyRefused { field, detail },
+            Refusal::Limited(limited) => limited.into(),
+            Refusal::Unavailable { code, detail } => ApiError::Unavailable { code, detail },
+            Refusal::Internal(err) => ApiError::Internal(err),
         }
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> Self {
-        keyplane_store::StoreError::from(err).into()
+impl From<Limited> for ApiError {
+    fn from(limited: Limited) -> Self {
+        ApiError::TooManyRequests {
+            retry_after: limited.retry_after,
+        }
     }
 }
 

@@ -56,7 +56,8 @@ pub struct CachedKey {
 }
 
 impl CachedKey {
-    fn from_facts(facts: KeyFacts) -> CachedKey {
+    /// What the facts read about a key mean for checking it.
+    pub fn from_facts(facts: KeyFacts) -> CachedKey {
         let ceiling = ScopeSet::from_trusted(&facts.allowed_scopes);
         let scopes = effective_scopes(
             &ScopeSet::from_trusted(&facts.scopes),
@@ -88,6 +89,17 @@ impl CachedKey {
             ends_at,
             used_second: AtomicI64::new(0),
         }
+    }
+
+    /// The scopes this key grants at `now` (on the nodes of its audience, from
+    /// its instance's networks); none once it does not work.
+    pub fn grants_at(&self, now: DateTime<Utc>) -> Option<&ScopeSet> {
+        (self.usable && now < self.ends_at).then_some(&self.scopes)
+    }
+
+    /// The nodes that may accept it; empty means any node.
+    pub fn audience(&self) -> &[Uuid] {
+        &self.audience
     }
 
     /// Whether this key is good for `node`, the scopes it wants, the

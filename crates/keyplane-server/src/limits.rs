@@ -24,7 +24,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
-use crate::error::ApiError;
 use crate::window::{WindowCounter, source_of};
 
 /// The most authenticated clients remembered by a request budget before
@@ -88,8 +87,16 @@ fn at_least_one(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
-fn too_many(wait: Duration) -> ApiError {
-    ApiError::TooManyRequests {
+/// A budget is spent: try again after `retry_after` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many requests: try again in {retry_after} s")]
+pub struct Limited {
+    /// Whole seconds until the budget allows another request (at least 1).
+    pub retry_after: u64,
+}
+
+fn too_many(wait: Duration) -> Limited {
+    Limited {
         retry_after: wait.as_secs().max(1),
     }
 }
@@ -132,9 +139,9 @@ impl Limits {
         }
     }
 
-    /// Refuses (429) an unknown `credential` that keeps failing, or that
+    /// Refuses an unknown `credential` that keeps failing, or that
     /// comes from an address that does, before it is looked at.
-    pub fn check_unknown(&self, address: Option<IpAddr>, credential: &str) -> Result<(), ApiError> {
+    pub fn check_unknown(&self, address: Option<IpAddr>, credential: &str) -> Result<(), Limited> {
         if let Some(wait) = self
             .failures_by_credential
             .over(credential_source(credential))
@@ -144,8 +151,8 @@ impl Limits {
         self.check_address(address)
     }
 
-    /// Refuses (429) anything unknown from an address that keeps failing.
-    pub fn check_address(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
+    /// Refuses anything unknown from an address that keeps failing.
+    pub fn check_address(&self, address: Option<IpAddr>) -> Result<(), Limited> {
         match address.and_then(|a| self.failures_by_address.over(source_of(a))) {
             Some(wait) => Err(too_many(wait)),
             None => Ok(()),
@@ -178,34 +185,34 @@ impl Limits {
     }
 
     /// Spends one of an admin key's (or the bootstrap token's) requests.
-    pub fn check_operator(&self, actor: &str) -> Result<(), ApiError> {
+    pub fn check_operator(&self, actor: &str) -> Result<(), Limited> {
         spend(&self.operators, &actor.to_owned())
     }
 
     /// Spends one of a node's requests.
-    pub fn check_node(&self, node: Uuid) -> Result<(), ApiError> {
+    pub fn check_node(&self, node: Uuid) -> Result<(), Limited> {
         spend(&self.nodes, &node)
     }
 
     /// Spends one of an instance's self-service requests.
-    pub fn check_self_service(&self, instance: Uuid) -> Result<(), ApiError> {
+    pub fn check_self_service(&self, instance: Uuid) -> Result<(), Limited> {
         spend(&self.self_service, &instance)
     }
 
     /// Spends one of an instance's self-rotations.
-    pub fn check_self_rotation(&self, instance: Uuid) -> Result<(), ApiError> {
+    pub fn check_self_rotation(&self, instance: Uuid) -> Result<(), Limited> {
         spend(&self.self_rotations, &instance)
     }
 }
 
-/// Spends one request of `key`'s budget in `limiter`; a budget spent is a
-/// 429 saying when the next request may come. Keys are authenticated
+/// Spends one request of `key`'s budget in `limiter`; a budget spent says
+/// when the next request may come. Keys are authenticated
 /// clients, so their number is bounded; those whose budget has refilled are
 /// forgotten once many are held.
 fn spend<K: std::hash::Hash + Eq + Clone>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
-) -> Result<(), ApiError> {
+) -> Result<(), Limited> {
     if limiter.len() >= MAX_REMEMBERED {
         limiter.retain_recent();
     }

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keyplane_domain::{ManagementRole, Name, format_duration, parse_duration};
-use keyplane_server::auth::Actor;
 use keyplane_server::config::describe_location;
-use keyplane_server::routes::admin_keys;
+use keyplane_server::events::Events;
+use keyplane_server::ops::admin_keys;
+use keyplane_server::ops::{Actor, Apply, Change, Origin, Sinks};
 use keyplane_server::{App, Settings, SettingsArgs, routes, telemetry};
 use keyplane_store::Database;
 
@@ -210,25 +211,17 @@ async fn create_admin_key(
         db.migrate().await?;
         let now = chrono::Utc::now();
         let expires_at = now + chrono::Duration::from_std(lifetime)?;
-        let entry = keyplane_store::audit::NewEntry {
-            at: now,
-            actor: Actor::Cli.to_string(),
-            action: "admin_key.create",
-            target_type: "admin_key",
-            target_id: None,
-            outcome: "success",
-            request_id: None,
-            client_ip: None,
-            details: serde_json::Value::Null,
-        };
-        let mut tx = db.pool().begin().await?;
-        let (row, secret) = admin_keys::issue(&mut tx, &name, role, expires_at, entry)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
         // A running keyplane hears of the new key (PostgreSQL NOTIFY).
-        keyplane_server::events::Events::new(!db.is_embedded())
-            .commit(tx, &[keyplane_server::events::Event::AdminKeys])
-            .await?;
+        let events = Events::new(!db.is_embedded());
+        let sinks = Sinks {
+            pool: db.pool(),
+            events: &events,
+            credentials: None,
+        };
+        let origin = Origin::default();
+        let mut change = Change::begin(sinks, &Actor::Cli, &origin, now, Apply).await?;
+        let (row, secret) = admin_keys::issue(&mut change, &name, role, expires_at).await?;
+        change.finish(()).await?;
         anyhow::Ok((row, secret))
     }
     .await;

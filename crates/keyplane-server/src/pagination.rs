@@ -1,5 +1,5 @@
 //! Opaque, signed pagination cursors: a cursor that was edited, or made for
-//! another list, is refused with 400 rather than silently misread.
+//! another list, is refused rather than silently misread.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::refusal::Refusal;
 
 /// The key cursors are signed with (shared by every replica through the database).
 pub struct CursorKey(Vec<u8>);
@@ -22,6 +22,14 @@ impl std::fmt::Debug for CursorKey {
 }
 
 const TAG_LEN: usize = 16;
+
+fn bad_cursor() -> Refusal {
+    Refusal::Unreadable {
+        code: "invalid_cursor",
+        detail: "the cursor is not one this list handed out".to_owned(),
+        field: "cursor",
+    }
+}
 const DEFAULT_PAGE: i64 = 50;
 
 impl CursorKey {
@@ -46,12 +54,8 @@ impl CursorKey {
 
     /// The payload of a cursor [`CursorKey::seal`] made for `list`: `len`
     /// bytes, or any length for `None`.
-    fn open(&self, list: &str, cursor: &str, len: Option<usize>) -> Result<Vec<u8>, ApiError> {
-        let bad = || ApiError::BadRequest {
-            code: "invalid_cursor",
-            detail: "the cursor is not one this list handed out".to_owned(),
-            field: Some("cursor".to_owned()),
-        };
+    fn open(&self, list: &str, cursor: &str, len: Option<usize>) -> Result<Vec<u8>, Refusal> {
+        let bad = bad_cursor;
         if cursor.len() > 128 {
             return Err(bad());
         }
@@ -76,7 +80,7 @@ impl CursorKey {
     }
 
     /// Reads a cursor made by [`CursorKey::encode`] for the same list.
-    pub fn decode(&self, list: &str, cursor: &str) -> Result<After, ApiError> {
+    pub fn decode(&self, list: &str, cursor: &str) -> Result<After, Refusal> {
         let payload = self.open(list, cursor, Some(8 + 16))?;
         let (micros, id) = payload.split_at(8);
         let micros = i64::from_be_bytes(micros.try_into().unwrap_or_default());
@@ -91,7 +95,7 @@ impl CursorKey {
     }
 
     /// Reads a cursor made by [`CursorKey::encode_seq`] for the same list.
-    pub fn decode_seq(&self, list: &str, cursor: &str) -> Result<i64, ApiError> {
+    pub fn decode_seq(&self, list: &str, cursor: &str) -> Result<i64, Refusal> {
         let payload = self.open(list, cursor, Some(8))?;
         Ok(i64::from_be_bytes(payload.try_into().unwrap_or_default()))
     }
@@ -103,13 +107,9 @@ impl CursorKey {
     }
 
     /// Reads a cursor made by [`CursorKey::encode_name`] for the same list.
-    pub fn decode_name(&self, list: &str, cursor: &str) -> Result<String, ApiError> {
+    pub fn decode_name(&self, list: &str, cursor: &str) -> Result<String, Refusal> {
         let payload = self.open(list, cursor, None)?;
-        String::from_utf8(payload).map_err(|_| ApiError::BadRequest {
-            code: "invalid_cursor",
-            detail: "the cursor is not one this list handed out".to_owned(),
-            field: Some("cursor".to_owned()),
-        })
+        String::from_utf8(payload).map_err(|_| bad_cursor())
     }
 }
 
@@ -125,7 +125,7 @@ pub struct PageParams {
 
 impl PageParams {
     /// The validated limit and the position to start after.
-    pub fn resolve(&self, key: &CursorKey, list: &str) -> Result<(i64, Option<After>), ApiError> {
+    pub fn resolve(&self, key: &CursorKey, list: &str) -> Result<(i64, Option<After>), Refusal> {
         let limit = self.limit()?;
         let after = self
             .cursor
@@ -136,13 +136,13 @@ impl PageParams {
     }
 
     /// The validated limit.
-    pub fn limit(&self) -> Result<i64, ApiError> {
+    pub fn limit(&self) -> Result<i64, Refusal> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(ApiError::BadRequest {
+            return Err(Refusal::Unreadable {
                 code: "invalid_query",
                 detail: format!("limit must be between 1 and {MAX_PAGE}"),
-                field: Some("limit".to_owned()),
+                field: "limit",
             });
         }
         Ok(limit)

@@ -11,6 +11,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{POLICY_REFUSED, PendingProblem, render_problem};
+use crate::ops::denials::{self, Denial};
+use crate::ops::{Actor, Origin};
 use crate::state::AppState;
 
 /// The header a request id arrives and leaves in.
@@ -55,17 +57,17 @@ impl RequestId {
 /// Where the operator behind a request is noted once authenticated, so that
 /// a refusal of what it asked for can be audited after the handler answers.
 #[derive(Debug, Clone, Default)]
-pub struct CallerSlot(std::sync::Arc<std::sync::OnceLock<String>>);
+pub struct CallerSlot(std::sync::Arc<std::sync::OnceLock<Actor>>);
 
 impl CallerSlot {
     /// Notes the authenticated operator (the first one noted stays).
-    pub fn set(&self, actor: String) {
+    pub fn set(&self, actor: Actor) {
         let _ = self.0.set(actor);
     }
 
     /// The authenticated operator, if the request had one.
-    pub fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
+    pub fn get(&self) -> Option<&Actor> {
+        self.0.get()
     }
 }
 
@@ -92,12 +94,17 @@ pub async fn observe_route(
     let audit_context = operator_route.then(|| {
         let caller = CallerSlot::default();
         request.extensions_mut().insert(caller.clone());
-        let request_id = request.extensions().get::<RequestId>().cloned();
-        let client_ip = request
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip());
-        (caller, request_id, client_ip)
+        let origin = Origin {
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.as_str().to_owned()),
+            client_ip: request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        };
+        (caller, origin)
     });
     let started = Instant::now();
     let response = next.run(request).await;
@@ -105,7 +112,7 @@ pub async fn observe_route(
     state
         .metrics
         .answered(&method, route.as_str(), status, started.elapsed());
-    let Some((caller, request_id, client_ip)) = audit_context else {
+    let Some((caller, origin)) = audit_context else {
         return response;
     };
     let refused_by_policy = response
@@ -115,15 +122,7 @@ pub async fn observe_route(
     if let Some(actor) = caller.get()
         && (status == StatusCode::FORBIDDEN || refused_by_policy)
     {
-        audit_refusal(
-            &state,
-            actor,
-            &method,
-            route.as_str(),
-            status,
-            request_id,
-            client_ip,
-        );
+        audit_refusal(&state, actor, &method, route.as_str(), status, &origin);
     }
     response
 }
@@ -146,34 +145,30 @@ const NODE_ROUTES: [&str; 5] = [
 /// per operator per minute, so a script retrying in a loop cannot flood the log.
 fn audit_refusal(
     state: &AppState,
-    actor: &str,
+    actor: &Actor,
     method: &Method,
     route: &str,
     status: StatusCode,
-    request_id: Option<RequestId>,
-    client_ip: Option<std::net::IpAddr>,
+    origin: &Origin,
 ) {
-    let now = state.clock.now();
-    if state.policy_refusals.count(actor.to_owned(), now).is_none() {
+    if state
+        .policy_refusals
+        .count(actor.to_string(), state.clock.now())
+        .is_none()
+    {
         return;
     }
-    let entry = keyplane_store::audit::NewEntry {
-        at: now,
-        actor: actor.to_owned(),
-        action: "policy.refused",
-        target_type: "route",
-        target_id: Some(format!("{method} {route}")),
-        outcome: "denied",
-        request_id: request_id.map(|id| id.as_str().to_owned()),
-        client_ip: client_ip.map(|ip| ip.to_string()),
-        details: serde_json::json!({ "status": status.as_u16() }),
-    };
-    let pool = state.db.pool().clone();
-    tokio::spawn(async move {
-        if let Err(err) = keyplane_store::audit::append_alone(&pool, &entry).await {
-            tracing::warn!(error = %err, "could not audit a refused request");
-        }
-    });
+    denials::record(
+        state,
+        Denial {
+            actor,
+            action: "policy.refused",
+            target_type: "route",
+            target_id: Some(format!("{method} {route}")),
+            origin: Some(origin),
+            details: serde_json::json!({ "status": status.as_u16() }),
+        },
+    );
 }
 
 /// Names the key behind a request on its span: ids only, never the key.

@@ -18,7 +18,6 @@ use sqlx::PgConnection;
 use zeroize::Zeroizing;
 
 use crate::destinations::Destinations;
-use crate::error::ApiError;
 use crate::signing::MasterKey;
 use crate::state::AppState;
 
@@ -51,7 +50,7 @@ pub async fn notify(
     event: &'static str,
     data: Value,
     now: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), keyplane_store::StoreError> {
     debug_assert!(EVENTS.contains(&event));
     let payload = json!({
         "type": event,
@@ -64,13 +63,10 @@ pub async fn notify(
 
 /// A new signing secret: the raw bytes sealed for storage, and the
 /// `whsec_…` text shown to the operator once.
-pub fn new_secret(master: &MasterKey) -> Result<(Vec<u8>, String), ApiError> {
+pub fn new_secret(master: &MasterKey) -> anyhow::Result<(Vec<u8>, String)> {
     let mut bytes = Zeroizing::new([0u8; 32]);
-    getrandom::fill(bytes.as_mut())
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("random source failed: {e}")))?;
-    let sealed = master
-        .seal(bytes.as_ref(), SEAL_CONTEXT)
-        .map_err(ApiError::Internal)?;
+    getrandom::fill(bytes.as_mut()).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
+    let sealed = master.seal(bytes.as_ref(), SEAL_CONTEXT)?;
     Ok((
         sealed,
         format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes.as_ref())),
@@ -244,7 +240,7 @@ pub fn client(destinations: &Destinations) -> anyhow::Result<reqwest::Client> {
 
 /// The host and port of an endpoint URL.
 pub fn host_and_port(url: &str) -> Option<(String, u16)> {
-    let uri: axum::http::Uri = url.parse().ok()?;
+    let uri: http::Uri = url.parse().ok()?;
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("https") {
@@ -259,7 +255,7 @@ pub fn host_and_port(url: &str) -> Option<(String, u16)> {
 /// The path and query often carry the receiver's own secret (a Slack or
 /// Teams webhook, a token parameter).
 pub fn masked_url(url: &str) -> String {
-    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+    let Ok(uri) = url.parse::<http::Uri>() else {
         return "…".to_owned();
     };
     match (uri.scheme_str(), uri.authority()) {

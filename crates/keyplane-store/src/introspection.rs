@@ -39,25 +39,70 @@ pub struct KeyFacts {
     pub grace_until: Option<DateTime<Utc>>,
 }
 
+/// The query of [`KeyFacts`] for keys `k` (joined to their instances `i`)
+/// that match `$where`.
+macro_rules! key_facts_where {
+    ($where:literal) => {
+        concat!(
+            r#"select k.id as key_id, k.instance_id, i.name as instance_name,
+                      i.status as instance_status, i.allowed_scopes, i.allowed_cidrs, k.scopes,
+                      coalesce((select array_agg(distinct s) from roles r, unnest(r.scopes) s
+                                 where r.name = any(k.roles)), '{}') as role_scopes,
+                      k.audience, k.enabled, k.revoked_at is not null as revoked,
+                      k.created_at, k.expires_at, k.grace_until
+                 from api_keys k
+                 join instances i on i.id = k.instance_id
+                where "#,
+            $where
+        )
+    };
+}
+
 /// The facts about the key with this digest.
 pub async fn key_facts(
     db: impl PgExecutor<'_>,
     digest: &[u8],
 ) -> Result<Option<KeyFacts>, StoreError> {
-    Ok(sqlx::query_as::<_, KeyFacts>(
-        r#"select k.id as key_id, k.instance_id, i.name as instance_name, i.status as instance_status,
-                  i.allowed_scopes, i.allowed_cidrs, k.scopes,
-                  coalesce((select array_agg(distinct s) from roles r, unnest(r.scopes) s
-                             where r.name = any(k.roles)), '{}') as role_scopes,
-                  k.audience, k.enabled, k.revoked_at is not null as revoked,
-                  k.created_at, k.expires_at, k.grace_until
-             from api_keys k
-             join instances i on i.id = k.instance_id
-            where k.digest = $1"#,
+    Ok(
+        sqlx::query_as::<_, KeyFacts>(key_facts_where!("k.digest = $1"))
+            .bind(digest)
+            .fetch_optional(db)
+            .await?,
     )
-    .bind(digest)
-    .fetch_optional(db)
-    .await?)
+}
+
+/// Which keys' facts to read.
+#[derive(Debug, Clone, Copy)]
+pub enum KeysOf<'a> {
+    /// These keys, whatever their state.
+    Ids(&'a [Uuid]),
+    /// The unrevoked, unexpired keys of this instance.
+    Instance(Uuid),
+    /// The unrevoked, unexpired keys that carry this role.
+    Role(&'a str),
+}
+
+/// The facts about the keys `which` names, as of `now`.
+pub async fn key_facts_of(
+    db: impl PgExecutor<'_>,
+    which: KeysOf<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<KeyFacts>, StoreError> {
+    let query = match which {
+        KeysOf::Ids(ids) => sqlx::query_as::<_, KeyFacts>(key_facts_where!(
+            "k.id = any($1) and $2::timestamptz is not null"
+        ))
+        .bind(ids),
+        KeysOf::Instance(id) => sqlx::query_as::<_, KeyFacts>(key_facts_where!(
+            "k.instance_id = $1 and k.revoked_at is null and k.expires_at > $2"
+        ))
+        .bind(id),
+        KeysOf::Role(name) => sqlx::query_as::<_, KeyFacts>(key_facts_where!(
+            "$1 = any(k.roles) and k.revoked_at is null and k.expires_at > $2"
+        ))
+        .bind(name),
+    };
+    Ok(query.bind(now).fetch_all(db).await?)
 }
 
 /// Everything that decides whether a node key is good.

@@ -158,6 +158,15 @@ pub async fn find_live(
     .await?)
 }
 
+/// The ids of every node not retired.
+pub async fn live_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Uuid>(
+        r#"select id from nodes where retired_at is null order by id"#,
+    )
+    .fetch_all(db)
+    .await?)
+}
+
 /// Records that a client certificate valid until `until` authenticated the
 /// node (keeping the latest such time).
 pub async fn note_certificate(

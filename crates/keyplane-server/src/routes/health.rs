@@ -1,14 +1,13 @@
-//! `/healthz` and `/readyz`.
-
-use std::time::Duration;
+//! `/healthz`, `/readyz` and `/metrics`.
 
 use axum::Json;
 use axum::extract::State;
-use keyplane_store::Readiness;
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Problem};
+use crate::ops::health;
 use crate::state::AppState;
 
 /// The process is up.
@@ -34,9 +33,6 @@ pub struct Ready {
     /// The id of the deployment whose data this process serves (stable across restarts).
     pub deployment_id: String,
 }
-
-/// How long `/readyz` waits for the database before calling it unreachable.
-const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness: answers as long as the process runs; touches nothing else.
 #[utoipa::path(
@@ -67,20 +63,11 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
-    match state.db.readiness(READINESS_TIMEOUT).await {
-        Readiness::Ready { deployment_id } => Ok(Json(Ready {
-            status: "ready",
-            deployment_id,
-        })),
-        Readiness::Unreachable => Err(ApiError::Unavailable {
-            code: "database_unavailable",
-            detail: "the database is not reachable".to_owned(),
-        }),
-        Readiness::MigrationsPending => Err(ApiError::Unavailable {
-            code: "migrations_pending",
-            detail: "the database schema is behind this build; run `keyplane migrate`".to_owned(),
-        }),
-    }
+    let deployment_id = health::readiness(&state).await?;
+    Ok(Json(Ready {
+        status: "ready",
+        deployment_id,
+    }))
 }
 
 /// The metrics, for Prometheus.
@@ -88,20 +75,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiErr
     get, path = "/metrics", operation_id = "get_metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
 )]
-pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    let pool = state.db.pool();
-    let text = state.metrics.render(crate::metrics::Scrape {
-        lookups: state.introspector.lookups(),
-        scheduler_leader: state
-            .scheduler_leader
-            .load(std::sync::atomic::Ordering::Relaxed),
-        pool: (pool.num_idle(), pool.size()),
-    });
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        text,
+        health::metrics(&state),
     )
 }

@@ -5,7 +5,6 @@ pub mod admin_keys;
 pub mod audit;
 pub mod enrollment;
 pub mod health;
-pub mod input;
 pub mod instances;
 pub mod keys;
 pub mod node_api;
@@ -132,6 +131,16 @@ fn api_router() -> OpenApiRouter<AppState> {
             audit::list_audit_checkpoints,
             audit::create_audit_checkpoint
         ))
+}
+
+/// Answers a freshly made secret: 201, never cached.
+pub fn created<T: serde::Serialize>(body: T) -> axum::response::Response {
+    let mut response = (axum::http::StatusCode::CREATED, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and committed in

@@ -2,7 +2,6 @@
 //! and the revocation stream.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,20 +17,16 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use keyplane_domain::{
-    Access, Call, ENVOY_PATH_PREFIX, ForwardAuthProxy, ForwardedError, KeyKind, KeySecret,
-};
-use keyplane_store::revocations;
+use keyplane_domain::{Access, Call, ENVOY_PATH_PREFIX, KeyKind, KeySecret};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::bearer;
 use crate::error::{ApiError, Problem};
-use crate::events::Event;
 use crate::extract::FormOrJson;
 use crate::introspection::{CachedNode, Lookup, Unavailable, Verdict};
+use crate::ops::{Node, node_calls};
 use crate::request::record_identity;
 use crate::state::AppState;
 
@@ -118,25 +113,26 @@ impl FromRequestParts<AppState> for NodeAuth {
             .get::<Arc<keyplane_tls::ClientCertificate>>()
             && node.note_certificate(certificate)
         {
-            note_certificate(state, node.id, certificate.not_after);
+            node_calls::note_certificate(state, node.id, certificate.not_after);
         }
         state.limits.check_node(node.id)?;
         Ok(NodeAuth(node))
     }
 }
 
-/// Records, off the request's path, until when a certificate that
-/// authenticated `node` stays valid (see `nodes::name_held_until`).
-fn note_certificate(state: &AppState, node: Uuid, not_after: i64) {
-    let Some(until) = DateTime::from_timestamp(not_after, 0) else {
-        return;
-    };
-    let pool = state.db.pool().clone();
-    tokio::spawn(async move {
-        if let Err(err) = keyplane_store::nodes::note_certificate(&pool, node, until).await {
-            tracing::warn!(error = %err, "could not record a node's client certificate");
-        }
-    });
+impl FromRequestParts<AppState> for Node {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let NodeAuth(node) = NodeAuth::from_request_parts(parts, state).await?;
+        Ok(Node {
+            id: node.id,
+            name: node.name.clone(),
+        })
+    }
 }
 
 /// The node key of a request and, with HTTP Basic, the id it claims.
@@ -386,7 +382,7 @@ pub async fn introspect(
             )
         }
         None => {
-            note_inactive(&state, &node, now);
+            node_calls::note_inactive(&state, &node, now);
             answer(
                 &state,
                 &node,
@@ -397,32 +393,6 @@ pub async fn introspect(
             )
         }
     }
-}
-
-/// Counts an inactive answer; a burst writes one `introspection.probe_suspected`
-/// audit entry per node per window (off the request's path).
-fn note_inactive(state: &AppState, node: &CachedNode, now: DateTime<Utc>) {
-    let Some(count) = state.probes.count(node.id, now) else {
-        return;
-    };
-    tracing::warn!(node = %node.id, inactive = count, "many inactive introspections: possible key probing");
-    let pool = state.db.pool().clone();
-    let entry = keyplane_store::audit::NewEntry {
-        at: now,
-        actor: format!("node:{}", node.id),
-        action: "introspection.probe_suspected",
-        target_type: "node",
-        target_id: Some(node.id.to_string()),
-        outcome: "denied",
-        request_id: None,
-        client_ip: None,
-        details: serde_json::json!({ "node": node.name, "inactive_answers": count }),
-    };
-    tokio::spawn(async move {
-        if let Err(err) = keyplane_store::audit::append_alone(&pool, &entry).await {
-            tracing::warn!(error = %err, "could not audit a probe suspicion");
-        }
-    });
 }
 
 /// The public keys that verify signed introspection answers: the current
@@ -571,7 +541,7 @@ async fn authorize(
     // before the client's key is even looked at.
     let original = proxy
         .original(|name| one_header(headers, name), call)
-        .map_err(|err| refuse_forwarded(state, node, proxy, err))?;
+        .map_err(|err| node_calls::refuse_forwarded(state, node, proxy, err))?;
     let scope = match state.routes.access(original.method, original.uri) {
         Access::Public => return Ok(allowed(None)),
         Access::Scope(scope) => Some(scope),
@@ -647,45 +617,6 @@ fn allowed(caller: Option<&Verdict>) -> Response {
     response
 }
 
-/// A forward-auth call that does not describe a request the node's proxy
-/// way: 403, audited (once per node per minute, so a flood cannot flood the
-/// log) with what was wrong, never with the headers' values.
-fn refuse_forwarded(
-    state: &AppState,
-    node: &CachedNode,
-    proxy: ForwardAuthProxy,
-    err: ForwardedError,
-) -> ApiError {
-    let now = state.clock.now();
-    if state.forward_auth_refusals.count(node.id, now).is_some() {
-        tracing::warn!(node = %node.id, %proxy, reason = %err, "forward auth refused a call its proxy could not have made");
-        let entry = keyplane_store::audit::NewEntry {
-            at: now,
-            actor: format!("node:{}", node.id),
-            action: "forward_auth.refused",
-            target_type: "node",
-            target_id: Some(node.id.to_string()),
-            outcome: "denied",
-            request_id: None,
-            client_ip: None,
-            details: serde_json::json!({
-                "node": node.name,
-                "forward_auth_proxy": proxy.as_str(),
-                "reason": err.to_string(),
-            }),
-        };
-        let pool = state.db.pool().clone();
-        tokio::spawn(async move {
-            if let Err(err) = keyplane_store::audit::append_alone(&pool, &entry).await {
-                tracing::warn!(error = %err, "could not audit a refused forward-auth call");
-            }
-        });
-    }
-    ApiError::Forbidden(format!(
-        "forward auth refused: {err} (this node's proxy is {proxy})"
-    ))
-}
-
 /// One revocation, as streamed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RevocationEvent {
@@ -696,8 +627,6 @@ pub struct RevocationEvent {
     /// When.
     pub at: DateTime<Utc>,
 }
-
-const REPLAY_BATCH: i64 = 500;
 
 /// Seconds a node over its stream bound is told to wait.
 const STREAM_RETRY_AFTER: u64 = 5;
@@ -730,7 +659,7 @@ pub async fn stream_revocations(
                 detail: "Last-Event-ID must be an event id from this stream".to_owned(),
                 field: Some("Last-Event-ID".to_owned()),
             })?,
-        None => revocations::latest(state.db.pool()).await?,
+        None => node_calls::latest_revocation(&state).await?,
     };
     let slot = state
         .streams
@@ -739,61 +668,19 @@ pub async fn stream_revocations(
             retry_after: STREAM_RETRY_AFTER,
         })?;
     tracing::info!(node = %node.id, after = last, "revocation stream opened");
-    let node_id = node.id;
-    let pool = state.db.pool().clone();
-    let stream = futures_util::stream::unfold(
-        (
-            receiver,
-            last,
-            VecDeque::<revocations::Revocation>::new(),
-            true,
-        ),
-        move |(mut receiver, mut last, mut pending, mut catch_up)| {
-            let pool = pool.clone();
-            async move {
-                loop {
-                    if let Some(row) = pending.pop_front() {
-                        last = row.id;
-                        let event = SseEvent::default()
-                            .event("revocation")
-                            .id(row.id.to_string())
-                            .json_data(RevocationEvent {
-                                key_id: row.key_id,
-                                reason: row.reason,
-                                at: row.at,
-                            })
-                            .unwrap_or_default();
-                        return Some((Ok(event), (receiver, last, pending, catch_up)));
-                    }
-                    if !catch_up {
-                        match receiver.recv().await {
-                            Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
-                            // A retired node's stream ends with its key; a
-                            // node that was only changed keeps its stream.
-                            Ok(Event::Node { id }) if id == node_id => {
-                                match keyplane_store::nodes::get(&pool, id).await {
-                                    Ok(Some(node)) if node.retired_at.is_none() => continue,
-                                    _ => return None,
-                                }
-                            }
-                            Ok(_) => continue,
-                            Err(RecvError::Closed) => return None,
-                        }
-                    }
-                    match revocations::after(&pool, last, REPLAY_BATCH).await {
-                        Ok(rows) => {
-                            catch_up = rows.len() as i64 == REPLAY_BATCH;
-                            pending.extend(rows);
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
-                            return None;
-                        }
-                    }
-                }
-            }
-        },
-    );
+    let feed = node_calls::revocation_feed(&state, node.id, receiver, last);
+    let stream = futures_util::StreamExt::map(feed, |row| {
+        let event = SseEvent::default()
+            .event("revocation")
+            .id(row.id.to_string())
+            .json_data(RevocationEvent {
+                key_id: row.key_id,
+                reason: row.reason,
+                at: row.at,
+            })
+            .unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(event)
+    });
     // Nodes reconnect (to another replica) with Last-Event-ID; shutdown need
     // not wait for them. A stream ends when its node key does, and gives
     // its slot back when it ends.

@@ -1,33 +1,33 @@
-//! Turning request fields into domain types, each failure a 422 naming the field.
+//! Turning input fields into domain types; each refusal names the field.
 
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use keyplane_domain::{KeySecret, Name, ScopeSet};
 
-use crate::error::ApiError;
+use crate::ops::Refusal;
 
 /// The most entries any list field (scopes, roles, audience, CIDRs, labels) may have.
 pub const MAX_LIST: usize = 64;
 
 /// A [`Name`] from `field`. A whole keyplane key is refused: pasted into a
 /// name it would be stored, listed and audited in clear.
-pub fn name(field: &str, text: &str) -> Result<Name, ApiError> {
+pub fn name(field: &str, text: &str) -> Result<Name, Refusal> {
     if KeySecret::parse(text.trim()).is_ok() {
-        return Err(ApiError::invalid(
+        return Err(Refusal::invalid(
             field,
             format!("{field} is a keyplane key; keys never go in names"),
         ));
     }
-    Name::parse(text).map_err(|err| ApiError::invalid(field, format!("{field} {err}")))
+    Name::parse(text).map_err(|err| Refusal::invalid(field, format!("{field} {err}")))
 }
 
 /// Free text of at most 1024 characters, without control characters other
 /// than new lines and tabs.
-pub fn description(text: Option<String>) -> Result<String, ApiError> {
+pub fn description(text: Option<String>) -> Result<String, Refusal> {
     let text = text.unwrap_or_default();
     if text.chars().count() > 1024 {
-        return Err(ApiError::invalid(
+        return Err(Refusal::invalid(
             "description",
             "description must be at most 1024 characters",
         ));
@@ -36,7 +36,7 @@ pub fn description(text: Option<String>) -> Result<String, ApiError> {
         .chars()
         .any(|c| c.is_control() && c != '\n' && c != '\t')
     {
-        return Err(ApiError::invalid(
+        return Err(Refusal::invalid(
             "description",
             "description must not contain control characters",
         ));
@@ -45,9 +45,9 @@ pub fn description(text: Option<String>) -> Result<String, ApiError> {
 }
 
 /// At most [`MAX_LIST`] entries.
-pub fn bounded<T>(field: &str, items: &[T]) -> Result<(), ApiError> {
+pub fn bounded<T>(field: &str, items: &[T]) -> Result<(), Refusal> {
     if items.len() > MAX_LIST {
-        return Err(ApiError::invalid(
+        return Err(Refusal::invalid(
             field,
             format!("{field} may have at most {MAX_LIST} entries"),
         ));
@@ -56,18 +56,18 @@ pub fn bounded<T>(field: &str, items: &[T]) -> Result<(), ApiError> {
 }
 
 /// Scopes from the catalog; the first bad one is named with its index.
-pub fn scopes(field: &str, texts: &[String]) -> Result<ScopeSet, ApiError> {
+pub fn scopes(field: &str, texts: &[String]) -> Result<ScopeSet, Refusal> {
     bounded(field, texts)?;
     ScopeSet::parse(texts)
-        .map_err(|(index, err)| ApiError::invalid(format!("{field}[{index}]"), err.to_string()))
+        .map_err(|(index, err)| Refusal::invalid(format!("{field}[{index}]"), err.to_string()))
 }
 
 /// Labels: at most 64, keys of 1 to 63 characters of `a-z A-Z 0-9 . _ - /`,
 /// string values of at most 256 characters.
-pub fn labels(labels: Option<BTreeMap<String, String>>) -> Result<serde_json::Value, ApiError> {
+pub fn labels(labels: Option<BTreeMap<String, String>>) -> Result<serde_json::Value, Refusal> {
     let labels = labels.unwrap_or_default();
     if labels.len() > MAX_LIST {
-        return Err(ApiError::invalid(
+        return Err(Refusal::invalid(
             "labels",
             format!("labels may have at most {MAX_LIST} entries"),
         ));
@@ -78,13 +78,13 @@ pub fn labels(labels: Option<BTreeMap<String, String>>) -> Result<serde_json::Va
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
         if !key_ok {
-            return Err(ApiError::invalid(
+            return Err(Refusal::invalid(
                 "labels",
                 "label keys must be 1 to 63 characters of a-z, A-Z, 0-9, '.', '_', '-' and '/'",
             ));
         }
         if value.chars().count() > 256 || value.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
+            return Err(Refusal::invalid(
                 format!("labels.{key}"),
                 "label values must be at most 256 characters, without control characters",
             ));
@@ -94,7 +94,7 @@ pub fn labels(labels: Option<BTreeMap<String, String>>) -> Result<serde_json::Va
 }
 
 /// CIDRs (IPv4 or IPv6), stored in canonical form (`10.1.2.3/8` becomes `10.0.0.0/8`).
-pub fn cidrs(texts: &[String]) -> Result<Vec<String>, ApiError> {
+pub fn cidrs(texts: &[String]) -> Result<Vec<String>, Refusal> {
     bounded("allowed_cidrs", texts)?;
     texts
         .iter()
@@ -104,7 +104,7 @@ pub fn cidrs(texts: &[String]) -> Result<Vec<String>, ApiError> {
                 .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
                 .map(|net| net.trunc().to_string())
                 .map_err(|_| {
-                    ApiError::invalid(
+                    Refusal::invalid(
                         format!("allowed_cidrs[{index}]"),
                         "expected an IPv4 or IPv6 network, e.g. 10.0.0.0/8 or fd00::/8",
                     )

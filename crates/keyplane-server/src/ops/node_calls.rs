@@ -1,0 +1,148 @@
+//! What nodes' calls write and read besides their answers: the client
+//! certificates that authenticated them, suspected key probing and refused
+//! forward-auth calls (audited, a burst at a time), and the revocation log
+//! they follow.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use keyplane_domain::{ForwardAuthProxy, ForwardedError};
+use keyplane_store::revocations::{self, Revocation};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::events::Event;
+use crate::introspection::CachedNode;
+use crate::ops::denials::{self, Denial};
+use crate::ops::{Actor, Refusal};
+use crate::state::AppState;
+
+/// How many revocations are read from the log at a time.
+const REPLAY_BATCH: i64 = 500;
+
+/// Records, off the request's path, until when a certificate that
+/// authenticated `node` stays valid (see `nodes::name_held_until`).
+pub fn note_certificate(state: &AppState, node: Uuid, not_after: i64) {
+    let Some(until) = DateTime::from_timestamp(not_after, 0) else {
+        return;
+    };
+    let pool = state.db.pool().clone();
+    tokio::spawn(async move {
+        if let Err(err) = keyplane_store::nodes::note_certificate(&pool, node, until).await {
+            tracing::warn!(error = %err, "could not record a node's client certificate");
+        }
+    });
+}
+
+/// Counts an inactive answer to `node`; a burst writes one
+/// `introspection.probe_suspected` entry per node per window.
+pub fn note_inactive(state: &AppState, node: &CachedNode, now: DateTime<Utc>) {
+    let Some(count) = state.probes.count(node.id, now) else {
+        return;
+    };
+    tracing::warn!(node = %node.id, inactive = count, "many inactive introspections: possible key probing");
+    denials::record(
+        state,
+        Denial {
+            actor: &Actor::Node(node.id),
+            action: "introspection.probe_suspected",
+            target_type: "node",
+            target_id: Some(node.id.to_string()),
+            origin: None,
+            details: serde_json::json!({ "node": node.name, "inactive_answers": count }),
+        },
+    );
+}
+
+/// Refuses a forward-auth call that does not describe a request the way
+/// the node's proxy does; audited once per node per minute, with what was
+/// wrong, never with the headers' values.
+pub fn refuse_forwarded(
+    state: &AppState,
+    node: &CachedNode,
+    proxy: ForwardAuthProxy,
+    err: ForwardedError,
+) -> Refusal {
+    if state
+        .forward_auth_refusals
+        .count(node.id, state.clock.now())
+        .is_some()
+    {
+        tracing::warn!(node = %node.id, %proxy, reason = %err, "forward auth refused a call its proxy could not have made");
+        denials::record(
+            state,
+            Denial {
+                actor: &Actor::Node(node.id),
+                action: "forward_auth.refused",
+                target_type: "node",
+                target_id: Some(node.id.to_string()),
+                origin: None,
+                details: serde_json::json!({
+                    "node": node.name,
+                    "forward_auth_proxy": proxy.as_str(),
+                    "reason": err.to_string(),
+                }),
+            },
+        );
+    }
+    Refusal::Forbidden(format!(
+        "forward auth refused: {err} (this node's proxy is {proxy})"
+    ))
+}
+
+/// The id of the newest revocation (0 when there is none): a feed that
+/// starts from now starts after it.
+pub async fn latest_revocation(state: &AppState) -> Result<i64, Refusal> {
+    Ok(revocations::latest(state.db.pool()).await?)
+}
+
+/// The revocations after `last`, for `node`: first those already in the log,
+/// then each one as it is recorded. It ends when the node is retired (a node
+/// only changed keeps it) or the log cannot be read. Subscribe to events
+/// with [`crate::events::Events::subscribe`] before reading `last`, so that
+/// nothing falls between the two.
+pub fn revocation_feed(
+    state: &AppState,
+    node: Uuid,
+    receiver: tokio::sync::broadcast::Receiver<Event>,
+    last: i64,
+) -> impl futures_util::Stream<Item = Revocation> + use<> {
+    let pool = state.db.pool().clone();
+    futures_util::stream::unfold(
+        (receiver, last, VecDeque::<Revocation>::new(), true),
+        move |(mut receiver, mut last, mut pending, mut catch_up)| {
+            let pool = pool.clone();
+            async move {
+                loop {
+                    if let Some(row) = pending.pop_front() {
+                        last = row.id;
+                        return Some((row, (receiver, last, pending, catch_up)));
+                    }
+                    if !catch_up {
+                        match receiver.recv().await {
+                            Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
+                            Ok(Event::Node { id }) if id == node => {
+                                match keyplane_store::nodes::get(&pool, id).await {
+                                    Ok(Some(node)) if node.retired_at.is_none() => continue,
+                                    _ => return None,
+                                }
+                            }
+                            Ok(_) => continue,
+                            Err(RecvError::Closed) => return None,
+                        }
+                    }
+                    match revocations::after(&pool, last, REPLAY_BATCH).await {
+                        Ok(rows) => {
+                            catch_up = rows.len() as i64 == REPLAY_BATCH;
+                            pending.extend(rows);
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
