@@ -19,8 +19,9 @@ const HTTP_MUST_NOT: [&str; 7] = [
 ];
 
 /// What the operations layer must not mention: HTTP, and the HTTP layer.
-const OPS_MUST_NOT: [&str; 9] = [
+const OPS_MUST_NOT: [&str; 10] = [
     "axum",
+    "http::",
     "StatusCode",
     "HeaderMap",
     "crate::error",

@@ -7,7 +7,8 @@ use keyplane_server::App;
 use keyplane_server::ops::instances::{InstanceStatus, UpdateInstanceRequest};
 use keyplane_server::ops::keys::{CreateKeyRequest, RevokeKeyRequest};
 use keyplane_server::ops::roles::PutRoleRequest;
-use keyplane_server::ops::{Actor, Apply, DryRun, Operator, Ops, Origin, Plan, Refusal};
+use keyplane_server::ops::self_service::SelfRotateRequest;
+use keyplane_server::ops::{Actor, Apply, DryRun, Holder, Operator, Ops, Origin, Plan, Refusal};
 use keyplane_server::state::AppState;
 use reqwest::Method;
 use serde_json::json;
@@ -288,5 +289,41 @@ async fn a_key_planned_is_never_made_and_its_secret_never_leaves() {
         matches!(&too_wide, Refusal::Policy { field, .. } if field == "scopes"),
         "{too_wide:?}"
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_planned_self_rotation_spends_none_of_the_rotation_budget() {
+    let url = fresh_database().await;
+    let mut settings = admin_settings_for(&url);
+    settings.limits.self_rotations_per_hour = 1;
+    let app = App::build(settings).await.unwrap();
+    let state = app.state().clone();
+    let server = TestServer::from_app(app);
+    let instance = server.instance("jan-5", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let holder = || {
+        let secret = key["secret"].as_str().unwrap();
+        let key = keyplane_domain::KeySecret::parse(secret).unwrap();
+        Ops::new(state.clone(), Holder { key }, Origin::default())
+    };
+    for _ in 0..3 {
+        let plan = holder()
+            .rotate_self(DryRun, SelfRotateRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(plan.actions, vec!["key.rotate"]);
+    }
+    // The one rotation the budget allows is still there.
+    let rotated = holder()
+        .rotate_self(Apply, SelfRotateRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(rotated.key.rotated_from, Some(id(&key)));
     server.stop().await.unwrap();
 }

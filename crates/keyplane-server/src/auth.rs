@@ -13,8 +13,8 @@ use crate::error::ApiError;
 use crate::ops::denials::{self, Denial};
 use crate::ops::enrollment::bad_token;
 use crate::ops::self_service::bad_key;
-use crate::ops::{Actor, Enrollee, Holder, Operator, Ops, Origin, Refusal, authn};
-use crate::request::{CallerSlot, RequestId};
+use crate::ops::{Actor, Enrollee, Holder, Operator, Ops, Refusal, authn};
+use crate::request::{CallerSlot, origin};
 use crate::state::AppState;
 
 const MISSING: ApiError = ApiError::Unauthorized {
@@ -37,25 +37,6 @@ pub fn peer(parts: &Parts) -> Option<IpAddr> {
         .map(|ConnectInfo(peer)| peer.ip())
 }
 
-/// Where a request came from: its id and the peer's address.
-fn origin(parts: &Parts) -> Origin {
-    Origin {
-        request_id: parts
-            .extensions
-            .get::<RequestId>()
-            .map(|id| id.as_str().to_owned()),
-        client_ip: peer(parts),
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Origin {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(origin(parts))
-    }
-}
-
 /// Operations on behalf of whoever the request's credential says, from
 /// where it came.
 impl<A> FromRequestParts<AppState> for Ops<A>
@@ -69,7 +50,7 @@ where
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let actor = A::from_request_parts(parts, state).await?;
-        Ok(Ops::new(state.clone(), actor, origin(parts)))
+        Ok(Ops::new(state.clone(), actor, origin(&parts.extensions)))
     }
 }
 
@@ -161,17 +142,19 @@ impl FromRequestParts<AppState> for Enrollee {
 /// Counts a failed authentication; a burst from one address writes one
 /// `auth.failed` audit entry per minute (never the credential that was tried).
 fn note_failure(parts: &Parts, state: &AppState) {
-    let origin = origin(parts);
+    let origin = origin(&parts.extensions);
     let Some(address) = origin.client_ip else {
         return;
     };
-    let Some(failures) = state.auth_failures.count(address, state.clock.now()) else {
+    let now = state.clock.now();
+    let Some(failures) = state.auth_failures.count(address, now) else {
         return;
     };
     tracing::warn!(client_ip = %address, failures, "repeated failed operator authentication");
     denials::record(
         state,
         Denial {
+            at: now,
             actor: &Actor::Anonymous,
             action: "auth.failed",
             target_type: "management_api",

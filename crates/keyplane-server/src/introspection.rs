@@ -91,8 +91,8 @@ impl CachedKey {
         }
     }
 
-    /// The scopes this key grants at `now` (on the nodes of its audience, from
-    /// its instance's networks); none once it does not work.
+    /// The scopes this key grants at `now`, wherever its audience and its
+    /// instance's networks let it be used; none once it does not work.
     pub fn grants_at(&self, now: DateTime<Utc>) -> Option<&ScopeSet> {
         (self.usable && now < self.ends_at).then_some(&self.scopes)
     }

@@ -71,6 +71,19 @@ impl CallerSlot {
     }
 }
 
+/// Where a request came from: its id and the peer's address (the proxy's,
+/// behind one).
+pub fn origin(extensions: &axum::http::Extensions) -> Origin {
+    Origin {
+        request_id: extensions
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned()),
+        client_ip: extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip()),
+    }
+}
+
 /// Records the matched route template (never the raw path, which may carry
 /// ids) on the request's span; runs after routing.
 pub async fn observe_route(
@@ -94,17 +107,7 @@ pub async fn observe_route(
     let audit_context = operator_route.then(|| {
         let caller = CallerSlot::default();
         request.extensions_mut().insert(caller.clone());
-        let origin = Origin {
-            request_id: request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.as_str().to_owned()),
-            client_ip: request
-                .extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0.ip()),
-        };
-        (caller, origin)
+        (caller, origin(request.extensions()))
     });
     let started = Instant::now();
     let response = next.run(request).await;
@@ -151,9 +154,10 @@ fn audit_refusal(
     status: StatusCode,
     origin: &Origin,
 ) {
+    let now = state.clock.now();
     if state
         .policy_refusals
-        .count(actor.to_string(), state.clock.now())
+        .count(actor.to_string(), now)
         .is_none()
     {
         return;
@@ -161,6 +165,7 @@ fn audit_refusal(
     denials::record(
         state,
         Denial {
+            at: now,
             actor,
             action: "policy.refused",
             target_type: "route",

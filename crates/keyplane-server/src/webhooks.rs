@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
+use keyplane_domain::Mode;
 use keyplane_store::webhooks::{self, Delivery};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -18,6 +19,7 @@ use sqlx::PgConnection;
 use zeroize::Zeroizing;
 
 use crate::destinations::Destinations;
+use crate::refusal::Refusal;
 use crate::signing::MasterKey;
 use crate::state::AppState;
 
@@ -71,6 +73,36 @@ pub fn new_secret(master: &MasterKey) -> anyhow::Result<(Vec<u8>, String)> {
         sealed,
         format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes.as_ref())),
     ))
+}
+
+/// The longest endpoint URL accepted.
+const MAX_URL: usize = 2048;
+
+/// An endpoint URL: http(s) with a host, https outside `dev`, no
+/// credentials in it.
+pub fn endpoint_url(mode: Mode, text: &str) -> Result<String, Refusal> {
+    let bad = |detail: &str| Refusal::invalid("url", detail);
+    if text.len() > MAX_URL {
+        return Err(bad("url must be at most 2048 characters"));
+    }
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| bad("url must be an absolute http(s) URL"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| bad("url must be an absolute http(s) URL"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("url must not carry credentials"));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(text.to_owned()),
+        Some("http") if mode == Mode::Dev => Ok(text.to_owned()),
+        Some("http") => Err(Refusal::policy(
+            "url",
+            format!("{mode} mode delivers webhooks over https only"),
+        )),
+        _ => Err(bad("url must be an absolute http(s) URL")),
+    }
 }
 
 /// `v1,<signature>` of `body` sent as delivery `id` at `timestamp`.

@@ -158,11 +158,15 @@ pub async fn find_live(
     .await?)
 }
 
-/// The ids of every node not retired.
-pub async fn live_ids(db: impl PgExecutor<'_>) -> Result<Vec<Uuid>, StoreError> {
+/// The ids of every node that is not retired and whose key works at `now`.
+pub async fn live_ids(
+    db: impl PgExecutor<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StoreError> {
     Ok(sqlx::query_scalar::<_, Uuid>(
-        r#"select id from nodes where retired_at is null order by id"#,
+        r#"select id from nodes where retired_at is null and expires_at > $1 order by id"#,
     )
+    .bind(now)
     .fetch_all(db)
     .await?)
 }

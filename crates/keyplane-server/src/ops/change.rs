@@ -8,6 +8,11 @@
 //! rolls everything back and answers a [`Plan`]. A dry run is therefore never
 //! a second implementation that can drift from the real one, and what it
 //! answers (the outcome, with any secret made on the way) never leaves it.
+//! A dry run keeps nothing: no row, no audit entry (it does not even queue on
+//! the chain's lock), no event, no webhook, no credential marked live. What
+//! it cannot take back are sequence numbers its rolled-back rows drew, and
+//! the budget of a request (a dry run is still a request); it spends none of
+//! what the operation itself is budgeted by (self-rotations, say).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -68,7 +73,8 @@ pub struct Plan {
     /// The keys whose working scopes would change, by key id.
     pub changes: Vec<KeyChange>,
     /// The live nodes that would see it: those the changed keys are for
-    /// (every node, when one of them is for any node).
+    /// (every node, when one of them is for any node). Networks are not
+    /// scopes: a change of an instance's networks changes no key here.
     pub nodes: Vec<Uuid>,
     /// The audit entries it would write, by action.
     pub actions: Vec<&'static str>,
@@ -105,7 +111,7 @@ pub struct Change<'a, R: Run> {
     origin: &'a Origin,
     at: DateTime<Utc>,
     events: Vec<Event>,
-    known: Vec<(Vec<u8>, Credential, bool)>,
+    known: Vec<Known>,
     /// For a dry run: what the keys concerned granted before.
     before: HashMap<Uuid, Grant>,
     actions: Vec<&'static str>,
@@ -121,13 +127,22 @@ pub enum Credential {
     Node,
 }
 
+/// A credential to mark live or dead in this process once the change commits.
+struct Known {
+    digest: Vec<u8>,
+    kind: Credential,
+    live: bool,
+}
+
 /// Where a change is written, and who hears of it.
 pub struct Sinks<'a> {
     /// The database.
     pub pool: &'a PgPool,
     /// Change events, published at commit.
     pub events: &'a Events,
-    /// This process's live credentials, if it serves requests.
+    /// This process's live credentials, marked as soon as a change
+    /// commits; none for a process that serves no requests (the CLI), whose
+    /// changes servers hear of by event.
     pub credentials: Option<&'a KnownCredentials>,
 }
 
@@ -166,11 +181,10 @@ impl<'a, R: Run> Change<'a, R> {
         self.at
     }
 
-    /// The same change, made from here on by `actor` (once a credential
-    /// read inside the change says who the caller is).
-    pub fn acting_as(mut self, actor: &Actor) -> Self {
+    /// Makes the change `actor`'s from here on (once a credential read
+    /// inside the change says who the caller is).
+    pub fn acting_as(&mut self, actor: &Actor) {
         self.actor = actor.to_string();
-        self
     }
 
     /// The audit log's name of whoever makes the change.
@@ -224,7 +238,8 @@ impl<'a, R: Run> Change<'a, R> {
     }
 
     /// Abandons the change because of `refusal`, and audits the refused
-    /// `action` on its own (the change's writes are rolled back first).
+    /// `action` on its own (the change's writes are rolled back first; a dry
+    /// run audits nothing).
     pub async fn refuse(
         self,
         action: &'static str,
@@ -270,7 +285,11 @@ impl<'a, R: Run> Change<'a, R> {
     /// Marks a credential (by digest) live or dead in this process as soon
     /// as the change commits; other processes hear of it by event.
     pub fn credential(&mut self, digest: &[u8], kind: Credential, live: bool) {
-        self.known.push((digest.to_vec(), kind, live));
+        self.known.push(Known {
+            digest: digest.to_vec(),
+            kind,
+            live,
+        });
     }
 
     /// Notes the keys `which` names, before they change, so that a dry run
@@ -308,10 +327,10 @@ impl<'a, R: Run> Change<'a, R> {
         }
         self.events_out.commit(self.tx, &self.events).await?;
         if let Some(credentials) = self.credentials {
-            for (digest, kind, live) in &self.known {
-                match kind {
-                    Credential::Admin => credentials.set_admin(digest, *live),
-                    Credential::Node => credentials.set_node(digest, *live),
+            for known in &self.known {
+                match known.kind {
+                    Credential::Admin => credentials.set_admin(&known.digest, known.live),
+                    Credential::Node => credentials.set_node(&known.digest, known.live),
                 }
             }
         }
@@ -357,7 +376,7 @@ impl<'a, R: Run> Change<'a, R> {
         let nodes = if changes.is_empty() {
             Vec::new()
         } else {
-            let live = nodes::live_ids(&mut *self.tx).await?;
+            let live = nodes::live_ids(&mut *self.tx, self.at).await?;
             live.into_iter()
                 .filter(|node| for_any_node || audience.contains(node))
                 .collect()

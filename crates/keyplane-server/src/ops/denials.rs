@@ -11,6 +11,8 @@ use crate::state::AppState;
 /// A request refused, as the audit log records it.
 #[derive(Debug)]
 pub struct Denial<'a> {
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
     /// Who was refused.
     pub actor: &'a Actor,
     /// What was refused, e.g. `auth.failed`.
@@ -28,7 +30,7 @@ pub struct Denial<'a> {
 /// Appends `denial` to the audit log, in the background.
 pub fn record(state: &AppState, denial: Denial<'_>) {
     let entry = keyplane_store::audit::NewEntry {
-        at: state.clock.now(),
+        at: denial.at,
         actor: denial.actor.to_string(),
         action: denial.action,
         target_type: denial.target_type,

@@ -326,7 +326,7 @@ impl Ops<Enrollee> {
             return Err(bad_token());
         };
         // From here on, the token is who acts.
-        let mut change = change.acting_as(&Actor::EnrollmentToken(spent.id));
+        change.acting_as(&Actor::EnrollmentToken(spent.id));
         // The instance's own labels are added; the operator's (the token's) win
         // a clash, and together they stay within the label limit.
         let mut labels: HashMap<String, serde_json::Value> = match own_labels {

@@ -794,6 +794,8 @@ impl Ops<Operator> {
         let mut key = keys::lock(change.db(), id, now)
             .await?
             .ok_or_else(not_found)?;
+        // Revoking a revoked key changes nothing, yet still tells every cache
+        // to drop it: a node that missed the first time hears it now.
         change.publish(Event::Key { id });
         if key.revoked_at.is_none() {
             change.concerns(KeysOf::Ids(&[id])).await?;

@@ -44,6 +44,7 @@ pub fn note_inactive(state: &AppState, node: &CachedNode, now: DateTime<Utc>) {
     denials::record(
         state,
         Denial {
+            at: now,
             actor: &Actor::Node(node.id),
             action: "introspection.probe_suspected",
             target_type: "node",
@@ -63,15 +64,13 @@ pub fn refuse_forwarded(
     proxy: ForwardAuthProxy,
     err: ForwardedError,
 ) -> Refusal {
-    if state
-        .forward_auth_refusals
-        .count(node.id, state.clock.now())
-        .is_some()
-    {
+    let now = state.clock.now();
+    if state.forward_auth_refusals.count(node.id, now).is_some() {
         tracing::warn!(node = %node.id, %proxy, reason = %err, "forward auth refused a call its proxy could not have made");
         denials::record(
             state,
             Denial {
+                at: now,
                 actor: &Actor::Node(node.id),
                 action: "forward_auth.refused",
                 target_type: "node",

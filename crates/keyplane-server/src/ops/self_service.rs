@@ -2,11 +2,13 @@
 
 use std::net::IpAddr;
 
+use keyplane_store::introspection::KeysOf;
 use keyplane_store::{instances, keys};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 
+use crate::events::Event;
 use crate::ops::keys::{CreatedKeyResponse, KeyResponse, RotatedBy, Rotation, view_one};
 use crate::ops::{Actor, Apply, Change, Holder, Ops, Refusal, Run};
 
@@ -81,6 +83,9 @@ async fn retry_rotation<R: Run>(
         return Err(rotated());
     }
     let successor_id = old.rotated_to.ok_or_else(rotated)?;
+    change
+        .concerns(KeysOf::Ids(&[old.id, successor_id]))
+        .await?;
     let mut successor = keys::lock(change.db(), successor_id, now)
         .await?
         .filter(|s| s.status == "active" && s.last_used_at.is_none())
@@ -88,6 +93,9 @@ async fn retry_rotation<R: Run>(
     successor.revoked_at = Some(now);
     successor.revoked_reason = Some("replaced: its rotation was asked for again".to_owned());
     keys::save(change.db(), &successor, now).await?;
+    // Caches drop both keys before nodes hear of the revocation.
+    change.publish(Event::Key { id: old.id });
+    change.publish(Event::Key { id: successor.id });
     change.revoke(&[successor.id], "revoked").await?;
     let mut old = old.clone();
     old.rotated_to = None;
@@ -110,10 +118,10 @@ impl Ops<Holder> {
     /// key works (active, or rotated and within its grace window), its
     /// instance is active, and the request comes from the instance's
     /// networks (as nodes require). The change is then the key's own.
-    async fn live_key<'c, R: Run>(
+    async fn live_key<R: Run>(
         &self,
-        mut change: Change<'c, R>,
-    ) -> Result<(Change<'c, R>, keys::ApiKey, instances::Instance), Refusal> {
+        change: &mut Change<'_, R>,
+    ) -> Result<(keys::ApiKey, instances::Instance), Refusal> {
         let presented = &self.actor.key;
         let now = change.at();
         let client_ip = self.origin.client_ip;
@@ -140,16 +148,16 @@ impl Ops<Holder> {
         // The holder has shown it has this key: a rotation retried with its
         // predecessor must not take it away (see `retry_rotation`).
         keyplane_store::introspection::touch_keys(change.db(), &[key.id], &[now]).await?;
-        let change = change.acting_as(&Actor::ApiKey(key.id));
-        Ok((change, key, instance))
+        change.acting_as(&Actor::ApiKey(key.id));
+        Ok((key, instance))
     }
 
     /// The presented key's metadata: its instance, scopes, expiry and when
     /// it should be rotated.
     pub async fn get_self(&self) -> Result<SelfResponse, Refusal> {
         let now = self.now();
-        let change = self.change(Apply, &Actor::Anonymous, now).await?;
-        let (mut change, key, instance) = self.live_key(change).await?;
+        let mut change = self.change(Apply, &Actor::Anonymous, now).await?;
+        let (key, instance) = self.live_key(&mut change).await?;
         let key = view_one(change.db(), key).await?;
         change
             .finish(SelfResponse {
@@ -177,9 +185,9 @@ impl Ops<Holder> {
             ));
         }
         let now = self.now();
-        let change = self.change(run, &Actor::Anonymous, now).await?;
+        let mut change = self.change(run, &Actor::Anonymous, now).await?;
         // Audited with the caller's address, refused or not.
-        let (mut change, mut old, instance) = self.live_key(change).await?;
+        let (mut old, instance) = self.live_key(&mut change).await?;
         if !instance.self_rotation {
             let refusal = Refusal::Forbidden(
                 "this instance's keys may not rotate themselves (self_rotation is off): ask an operator"
@@ -187,7 +195,10 @@ impl Ops<Holder> {
             );
             return Err(refused(change, &old, refusal).await);
         }
-        if let Err(limited) = self.state.limits.check_self_rotation(instance.id) {
+        // A plan rotates nothing, so it spends none of the rotation budget.
+        if !R::DRY
+            && let Err(limited) = self.state.limits.check_self_rotation(instance.id)
+        {
             return Err(refused(change, &old, limited.into()).await);
         }
         let replaced = match old.status.as_str() {

@@ -2,7 +2,7 @@
 //! delivery went.
 
 use chrono::{DateTime, Utc};
-use keyplane_domain::{ManagementRole, Mode, Permission};
+use keyplane_domain::{ManagementRole, Permission};
 use keyplane_store::webhooks;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -11,15 +11,13 @@ use uuid::Uuid;
 
 use crate::ops::{Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
-use crate::webhooks::{EVENTS, host_and_port, masked_url, new_secret};
+use crate::webhooks::{EVENTS, endpoint_url, host_and_port, masked_url, new_secret};
 
 /// The most endpoints one deployment may register.
 const MAX_WEBHOOKS: i64 = 100;
 /// The cursor lists of endpoints and of their deliveries.
 const LIST: &str = "webhooks";
 const DELIVERIES: &str = "webhook-deliveries";
-/// The longest URL accepted.
-const MAX_URL: usize = 2048;
 
 /// Registers an endpoint.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -125,33 +123,6 @@ impl From<webhooks::Delivery> for DeliveryResponse {
 
 fn not_found() -> Refusal {
     Refusal::NotFound("no webhook with this id".to_owned())
-}
-
-/// An endpoint URL: http(s) with a host, https outside `dev`, no
-/// credentials in it.
-fn endpoint_url(mode: Mode, text: &str) -> Result<String, Refusal> {
-    let bad = |detail: &str| Refusal::invalid("url", detail);
-    if text.len() > MAX_URL {
-        return Err(bad("url must be at most 2048 characters"));
-    }
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|_| bad("url must be an absolute http(s) URL"))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| bad("url must be an absolute http(s) URL"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("url must not carry credentials"));
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(text.to_owned()),
-        Some("http") if mode == Mode::Dev => Ok(text.to_owned()),
-        Some("http") => Err(Refusal::policy(
-            "url",
-            format!("{mode} mode delivers webhooks over https only"),
-        )),
-        _ => Err(bad("url must be an absolute http(s) URL")),
-    }
 }
 
 impl Ops<Operator> {
