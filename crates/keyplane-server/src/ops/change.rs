@@ -194,7 +194,7 @@ impl<'a, R: Run> Change<'a, R> {
 
     /// An audit entry for `action` on the `target_type` named `target_id`,
     /// with `details` (masked: never a key).
-    pub fn entry(
+    fn entry(
         &self,
         action: &'static str,
         target_type: &'static str,
@@ -215,7 +215,7 @@ impl<'a, R: Run> Change<'a, R> {
     }
 
     /// Writes `entry` into the audit chain, with the change.
-    pub async fn record(&mut self, entry: NewEntry) -> Result<(), Refusal> {
+    async fn record(&mut self, entry: NewEntry) -> Result<(), Refusal> {
         self.actions.push(entry.action);
         // A dry run does not queue on the chain's lock for entries that
         // would be rolled back.
