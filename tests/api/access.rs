@@ -10,25 +10,27 @@ use crate::support::{BOOTSTRAP, TestServer, call};
 
 /// What each role may do, as the contract states it.
 fn allowed(role: &str, area: &str) -> bool {
-    match role {
-        "admin" => true,
-        "operator" => matches!(
-            area,
-            "instances:read"
-                | "instances:write"
-                | "keys:read"
-                | "keys:write"
-                | "nodes:read"
-                | "nodes:write"
-                | "roles:read"
-                | "enrollment:write"
-                | "webhooks:read"
-        ),
-        "auditor" => area.ends_with(":read"),
-        // Rotating signing keys is for admins only (the first arm).
-        "viewer" => matches!(area, "instances:read" | "keys:read" | "nodes:read"),
-        _ => false,
-    }
+    // Every admin key may read and rotate itself.
+    area == "own key"
+        || match role {
+            "admin" => true,
+            "operator" => matches!(
+                area,
+                "instances:read"
+                    | "instances:write"
+                    | "keys:read"
+                    | "keys:write"
+                    | "nodes:read"
+                    | "nodes:write"
+                    | "roles:read"
+                    | "enrollment:write"
+                    | "webhooks:read"
+            ),
+            "auditor" => area.ends_with(":read"),
+            // Rotating signing keys is for admins only (the first arm).
+            "viewer" => matches!(area, "instances:read" | "keys:read" | "nodes:read"),
+            _ => false,
+        }
 }
 
 #[tokio::test]
@@ -229,6 +231,13 @@ async fn every_management_route_enforces_the_role_matrix() {
             Some(json!({"forward_auth_proxy": "caddy"})),
         ),
         (
+            Method::POST,
+            format!("/v1/nodes/{node_id}/rotate"),
+            "/v1/nodes/{id}/rotate",
+            "nodes:write",
+            None,
+        ),
+        (
             Method::DELETE,
             format!("/v1/nodes/{node_id}"),
             "/v1/nodes/{id}",
@@ -251,9 +260,30 @@ async fn every_management_route_enforces_the_role_matrix() {
         ),
         (
             Method::POST,
+            format!("/v1/admin-keys/{spare_id}/rotate"),
+            "/v1/admin-keys/{id}/rotate",
+            "admin-keys:write",
+            None,
+        ),
+        (
+            Method::POST,
             format!("/v1/admin-keys/{spare_id}/revoke"),
             "/v1/admin-keys/{id}/revoke",
             "admin-keys:write",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/admin-keys/self".into(),
+            "/v1/admin-keys/self",
+            "own key",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/admin-keys/self/rotate".into(),
+            "/v1/admin-keys/self/rotate",
+            "own key",
             None,
         ),
         (
@@ -362,6 +392,8 @@ async fn every_management_route_enforces_the_role_matrix() {
         (Method::DELETE, "/v1/authz/check/{path}"),
         (Method::GET, "/v1/revocations/stream"),
         (Method::POST, "/v1/heartbeat"),
+        (Method::GET, "/v1/nodes/self"),
+        (Method::POST, "/v1/nodes/self/rotate"),
         // Instances' own routes take their enrollment token or API key.
         (Method::POST, "/v1/enroll"),
         (Method::GET, "/v1/self"),

@@ -104,6 +104,60 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
         second_key.clone(),
     ]);
 
+    // The fleet's own keys rotate: a node its own and by an operator, an
+    // admin key its own and another's.
+    let node_rotated = send!(
+        &node_key,
+        Method::POST,
+        "/v1/nodes/self/rotate",
+        None::<Value>
+    );
+    let node_second = node_rotated["secret"].as_str().unwrap().to_owned();
+    send!(&node_second, Method::GET, "/v1/nodes/self", None::<Value>);
+    let node_third = send!(
+        &admin_key,
+        Method::POST,
+        format!("/v1/nodes/{}/rotate", node["id"].as_str().unwrap()),
+        Some(json!({"grace_seconds": 60}))
+    );
+    // From here on the node uses its newest key.
+    let node_key = node_third["secret"].as_str().unwrap().to_owned();
+    let spare = send!(
+        &admin_key,
+        Method::POST,
+        "/v1/admin-keys",
+        Some(json!({"name": "spare", "role": "viewer"}))
+    );
+    let spare_key = spare["secret"].as_str().unwrap().to_owned();
+    let spare_rotated = send!(
+        &admin_key,
+        Method::POST,
+        format!("/v1/admin-keys/{}/rotate", spare["id"].as_str().unwrap()),
+        None::<Value>
+    );
+    let own_rotated = send!(
+        &admin_key,
+        Method::POST,
+        "/v1/admin-keys/self/rotate",
+        None::<Value>
+    );
+    // The old key asks again (refused: its successor is fresh, but it was
+    // never lost), and the new one reads itself.
+    let own_second = own_rotated["secret"].as_str().unwrap().to_owned();
+    send!(
+        &own_second,
+        Method::GET,
+        "/v1/admin-keys/self",
+        None::<Value>
+    );
+    secrets.extend([
+        node_second,
+        node_key.clone(),
+        spare_key,
+        spare_rotated["secret"].as_str().unwrap().to_owned(),
+        own_second,
+    ]);
+
     // Self-service: an enrollment, the holder's own view and rotation, and a
     // webhook whose signing secret is shown once.
     let token = send!(

@@ -16,6 +16,7 @@ mod client;
 mod connections;
 mod embedded;
 mod errors;
+mod fleet;
 mod forward_auth;
 mod health;
 mod instances;

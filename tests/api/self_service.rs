@@ -2,13 +2,13 @@
 //! own view and rotation, the scheduler under two processes, and webhook
 //! deliveries that survive a restart.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, admin_settings_for, call, eventually, fresh_database};
+use crate::support::{Receiver, TestServer, admin_settings_for, call, eventually, fresh_database};
 
 /// Mints an enrollment token and answers its whole body (with `secret`).
 async fn enrollment_token(server: &TestServer, request: Value) -> Value {
@@ -475,42 +475,6 @@ async fn a_key_holder_reads_and_rotates_its_own_key() {
         "the refused retry is audited too"
     );
     server.stop().await.unwrap();
-}
-
-/// A receiver of webhook deliveries: what it got, and whether it is up.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
-}
-
-impl Receiver {
-    async fn start(self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(
-                |axum::extract::State(got): axum::extract::State<Receiver>,
-                 headers: axum::http::HeaderMap,
-                 axum::Json(body): axum::Json<Value>| async move {
-                    got.got.lock().unwrap().push((headers, body));
-                    axum::http::StatusCode::NO_CONTENT
-                },
-            ),
-        );
-        let app = app.with_state(self);
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        })
-    }
-
-    fn of(&self, event: &str) -> Vec<Value> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, body)| body["type"] == event)
-            .map(|(_, body)| body.clone())
-            .collect()
-    }
 }
 
 fn fast(url: &str) -> keyplane_server::Settings {

@@ -2,8 +2,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyplane_server::{App, Settings};
@@ -388,4 +388,43 @@ pub async fn call(request: reqwest::RequestBuilder, body: Option<Value>) -> (u16
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A receiver of webhook deliveries: what it got, and whether it is up.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    /// Every delivery: its headers and body.
+    pub got: Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>,
+}
+
+impl Receiver {
+    /// Serves `POST /hook` on `listener`, keeping every delivery.
+    pub async fn start(self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(got): axum::extract::State<Receiver>,
+                 headers: axum::http::HeaderMap,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    got.got.lock().unwrap().push((headers, body));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        );
+        let app = app.with_state(self);
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        })
+    }
+
+    /// The bodies of the deliveries of `event` so far.
+    pub fn of(&self, event: &str) -> Vec<Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, body)| body["type"] == event)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
 }

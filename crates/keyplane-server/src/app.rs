@@ -89,10 +89,16 @@ fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     Ok(MasterKey::parse(&generated)?)
 }
 
-/// Reads `/metrics`' database-backed figures every `metrics_refresh`.
+/// How often the log repeats that the bootstrap token outlives its purpose.
+const BOOTSTRAP_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Reads `/metrics`' database-backed figures (and `/healthz`' warnings)
+/// every `metrics_refresh`, and says in the log, at start and then hourly,
+/// when the bootstrap token outlives its purpose.
 fn refresh_gauges(state: &AppState) -> JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
+        let mut warned: Option<std::time::Instant> = None;
         let mut every = tokio::time::interval(state.settings.metrics_refresh);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -101,6 +107,13 @@ fn refresh_gauges(state: &AppState) -> JoinHandle<()> {
                 .metrics
                 .refresh_gauges(state.db.pool(), state.clock.now())
                 .await;
+            let lingers = state.metrics.credentials().is_some_and(|credentials| {
+                crate::ops::health::bootstrap_lingers(&state, credentials.live_admin_keys)
+            });
+            if lingers && warned.is_none_or(|at| at.elapsed() >= BOOTSTRAP_WARNING_EVERY) {
+                tracing::warn!("{}", crate::ops::health::BOOTSTRAP_LINGERS);
+                warned = Some(std::time::Instant::now());
+            }
         }
     })
 }
@@ -182,12 +195,12 @@ impl App {
             Introspector::new(db.pool().clone(), settings.introspection_cache_capacity);
         let credentials = crate::credentials::KnownCredentials::default();
         credentials
-            .refresh(db.pool())
+            .refresh(db.pool(), clock.now())
             .await
             .context("reading the live admin and node keys")?;
         let mut tasks = vec![
             introspector.follow(&events),
-            credentials.follow(&events, db.pool().clone()),
+            credentials.follow(&events, db.pool().clone(), clock.clone()),
             introspector.flush_every(USAGE_FLUSH_EVERY),
             follow_signing_keys(&signer, &events, db.pool().clone()),
         ];

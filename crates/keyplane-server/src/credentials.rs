@@ -13,10 +13,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::events::{Event, Events};
 
 /// How often the sets are read again regardless of events.
@@ -24,38 +26,73 @@ const REFRESH_EVERY: Duration = Duration::from_secs(60);
 
 type Digests = Arc<HashSet<[u8; 32]>>;
 
+/// How often a read that a local change raced is made again before it is
+/// kept anyway (the next event or minute corrects it).
+const RACED_READS: usize = 3;
+
 /// The live admin and node keys, by digest.
 #[derive(Debug, Clone, Default)]
 pub struct KnownCredentials {
-    admin: Arc<RwLock<Digests>>,
-    nodes: Arc<RwLock<Digests>>,
+    sets: Arc<RwLock<Sets>>,
+}
+
+#[derive(Debug, Default)]
+struct Sets {
+    admin: Digests,
+    nodes: Digests,
+    /// Counts this process's own changes, so a read from the database that
+    /// one raced is not kept over it.
+    changes: u64,
 }
 
 impl KnownCredentials {
     /// Whether `digest` is a live admin key's.
     pub fn admin(&self, digest: &[u8; 32]) -> bool {
-        self.admin.read().is_ok_and(|set| set.contains(digest))
+        self.sets
+            .read()
+            .is_ok_and(|sets| sets.admin.contains(digest))
     }
 
     /// Whether `digest` is a live node key's.
     pub fn node(&self, digest: &[u8; 32]) -> bool {
-        self.nodes.read().is_ok_and(|set| set.contains(digest))
+        self.sets
+            .read()
+            .is_ok_and(|sets| sets.nodes.contains(digest))
     }
 
     /// Knows a key this process just made, or forgets one it just revoked,
     /// at once (other processes hear of it through the event).
     pub fn set_admin(&self, digest: &[u8], live: bool) {
-        change(&self.admin, digest, live);
+        self.change(digest, live, |sets| &mut sets.admin);
     }
 
     /// The same for a node key.
     pub fn set_node(&self, digest: &[u8], live: bool) {
-        change(&self.nodes, digest, live);
+        self.change(digest, live, |sets| &mut sets.nodes);
     }
 
-    /// Reads both sets from the database.
-    pub async fn refresh(&self, pool: &PgPool) -> Result<(), keyplane_store::StoreError> {
-        let (admin, nodes) = keyplane_store::credentials::live_digests(pool).await?;
+    fn change(&self, digest: &[u8], live: bool, set: impl FnOnce(&mut Sets) -> &mut Digests) {
+        let (Ok(digest), Ok(mut sets)) = (<[u8; 32]>::try_from(digest), self.sets.write()) else {
+            return;
+        };
+        sets.changes += 1;
+        let slot = set(&mut sets);
+        let mut changed = HashSet::clone(slot);
+        match live {
+            true => changed.insert(digest),
+            false => changed.remove(&digest),
+        };
+        *slot = Arc::new(changed);
+    }
+
+    /// Reads both sets from the database: the keys live at `now`. A read
+    /// that a change of this process's raced (a key made while it ran) is
+    /// made again rather than kept over the change.
+    pub async fn refresh(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+    ) -> Result<(), keyplane_store::StoreError> {
         let into_set = |digests: Vec<Vec<u8>>| -> Digests {
             Arc::new(
                 digests
@@ -64,18 +101,24 @@ impl KnownCredentials {
                     .collect(),
             )
         };
-        if let Ok(mut slot) = self.admin.write() {
-            *slot = into_set(admin);
-        }
-        if let Ok(mut slot) = self.nodes.write() {
-            *slot = into_set(nodes);
+        for attempt in 1..=RACED_READS {
+            let before = self.sets.read().map_or(0, |sets| sets.changes);
+            let (admin, nodes) = keyplane_store::credentials::live_digests(pool, now).await?;
+            let Ok(mut sets) = self.sets.write() else {
+                return Ok(());
+            };
+            if sets.changes == before || attempt == RACED_READS {
+                sets.admin = into_set(admin);
+                sets.nodes = into_set(nodes);
+                return Ok(());
+            }
         }
         Ok(())
     }
 
     /// Reads the sets again on every change to admin keys or nodes (and
     /// every minute) until the process stops.
-    pub fn follow(&self, events: &Events, pool: PgPool) -> JoinHandle<()> {
+    pub fn follow(&self, events: &Events, pool: PgPool, clock: Arc<dyn Clock>) -> JoinHandle<()> {
         let mut receiver = events.subscribe();
         let this = self.clone();
         tokio::spawn(async move {
@@ -91,22 +134,10 @@ impl KnownCredentials {
                         Err(RecvError::Closed) => return,
                     },
                 };
-                if stale && let Err(err) = this.refresh(&pool).await {
+                if stale && let Err(err) = this.refresh(&pool, clock.now()).await {
                     tracing::warn!(error = %err, "could not read the live admin and node keys");
                 }
             }
         })
     }
-}
-
-fn change(set: &RwLock<Digests>, digest: &[u8], live: bool) {
-    let (Ok(digest), Ok(mut slot)) = (<[u8; 32]>::try_from(digest), set.write()) else {
-        return;
-    };
-    let mut changed = HashSet::clone(&slot);
-    match live {
-        true => changed.insert(digest),
-        false => changed.remove(&digest),
-    };
-    *slot = Arc::new(changed);
 }

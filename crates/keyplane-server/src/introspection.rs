@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use keyplane_domain::{ForwardAuthProxy, KeyKind, KeySecret, ScopeSet, effective_scopes};
 use keyplane_store::introspection::{self, KeyFacts, NodeFacts};
+use keyplane_store::nodes;
 use moka::Expiry;
 use moka::future::Cache;
 use sqlx::PgPool;
@@ -148,6 +149,12 @@ pub struct CachedNode {
     /// stays valid, of those seen.
     certified_until: AtomicI64,
     used_second: AtomicI64,
+    /// The digest of the node key it was found by (None for a certificate).
+    pub key: Option<[u8; 32]>,
+    /// Whether that key is its current one, not yet recorded as used (a
+    /// retried self-rotation depends on it).
+    unused_key: bool,
+    use_noted: AtomicBool,
 }
 
 impl CachedNode {
@@ -172,6 +179,17 @@ impl CachedNode {
     }
 }
 
+impl CachedNode {
+    /// The node found by its key of `digest`.
+    fn of_key(facts: NodeFacts, digest: [u8; 32]) -> Self {
+        CachedNode {
+            key: Some(digest),
+            unused_key: facts.current_key && !facts.key_used,
+            ..CachedNode::from(facts)
+        }
+    }
+}
+
 impl From<NodeFacts> for CachedNode {
     fn from(facts: NodeFacts) -> Self {
         CachedNode {
@@ -189,6 +207,9 @@ impl From<NodeFacts> for CachedNode {
                     .map_or(0, |until| until.timestamp()),
             ),
             used_second: AtomicI64::new(0),
+            key: None,
+            unused_key: false,
+            use_noted: AtomicBool::new(false),
         }
     }
 }
@@ -225,6 +246,8 @@ fn digest_cache<V: Send + Sync + 'static>(capacity: u64) -> Cache<[u8; 32], Opti
 struct Usage {
     keys: HashMap<Uuid, DateTime<Utc>>,
     nodes: HashMap<Uuid, DateTime<Utc>>,
+    /// Nodes' new keys, used for the first time.
+    new_node_keys: Vec<(Uuid, [u8; 32], DateTime<Utc>)>,
 }
 
 /// The introspection cache and the bookkeeping around it.
@@ -398,7 +421,7 @@ impl Introspector {
                     async move {
                         let facts = introspection::node_facts(&pool, &digest).await?;
                         Ok::<_, keyplane_store::StoreError>(
-                            facts.map(|f| Arc::new(CachedNode::from(f))),
+                            facts.map(|f| Arc::new(CachedNode::of_key(f, digest))),
                         )
                     }
                 })
@@ -417,6 +440,12 @@ impl Introspector {
             && let Ok(mut usage) = self.usage.lock()
         {
             usage.nodes.insert(node.id, now);
+            if let Some(digest) = node.key
+                && node.unused_key
+                && !node.use_noted.swap(true, Ordering::Relaxed)
+            {
+                usage.new_node_keys.push((node.id, digest, now));
+            }
         }
         node
     }
@@ -535,6 +564,17 @@ impl Introspector {
             && let Err(err) = introspection::touch_nodes(&self.pool, &node_ids, &node_times).await
         {
             tracing::warn!(error = %err, "could not record when nodes were last seen");
+        }
+        if !usage.new_node_keys.is_empty() {
+            let (mut ids, mut digests, mut times) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, digest, at) in usage.new_node_keys {
+                ids.push(id);
+                digests.push(digest.to_vec());
+                times.push(at);
+            }
+            if let Err(err) = nodes::note_key_used(&self.pool, &ids, &digests, &times).await {
+                tracing::warn!(error = %err, "could not record that nodes used their new keys");
+            }
         }
     }
 

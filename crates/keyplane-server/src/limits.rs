@@ -199,9 +199,10 @@ impl Limits {
         spend(&self.self_service, &instance)
     }
 
-    /// Spends one of an instance's self-rotations.
-    pub fn check_self_rotation(&self, instance: Uuid) -> Result<(), Limited> {
-        spend(&self.self_rotations, &instance)
+    /// Spends one of a holder's self-rotations (an instance's, for its keys;
+    /// a node's, for its own key).
+    pub fn check_self_rotation(&self, holder: Uuid) -> Result<(), Limited> {
+        spend(&self.self_rotations, &holder)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use std::time::Duration;
 
@@ -31,7 +31,19 @@ struct Gauges {
     keys_by_status: Vec<(String, i64)>,
     keys_expiring_7d: i64,
     audit_length: i64,
+    credentials: Arc<Credentials>,
     read_at: std::time::Instant,
+}
+
+/// What the last read found of the fleet's credentials.
+#[derive(Debug)]
+pub struct Credentials {
+    /// The nearest expiries, by kind of credential.
+    pub expiries: Vec<stats::Expiries>,
+    /// How many admin keys worked.
+    pub live_admin_keys: i64,
+    /// When it was read, by keyplane's clock.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -152,6 +164,11 @@ impl Metrics {
                 keys_expiring_7d: stats::keys_expiring(pool, now, chrono::Duration::days(7))
                     .await?,
                 audit_length: stats::audit_length(pool).await?,
+                credentials: Arc::new(Credentials {
+                    expiries: stats::credential_expiries(pool, now).await?,
+                    live_admin_keys: stats::live_admin_keys(pool, now).await?,
+                    at: now,
+                }),
                 read_at: std::time::Instant::now(),
             })
         };
@@ -165,6 +182,12 @@ impl Metrics {
                 tracing::debug!(error = %err, "metrics: could not read the database's figures")
             }
         }
+    }
+
+    /// What the last read found of the fleet's credentials, if there was one.
+    pub fn credentials(&self) -> Option<Arc<Credentials>> {
+        let gauges = self.gauges.read().ok()?;
+        gauges.as_ref().map(|g| g.credentials.clone())
     }
 
     /// Counts one introspection answer for `node`.
@@ -270,6 +293,19 @@ impl Metrics {
                 "Entries in the audit chain.",
             );
             out.sample("keyplane_audit_chain_length", "", gauges.audit_length);
+            out.family(
+                "keyplane_credential_expiry_seconds",
+                "gauge",
+                "Seconds until the nearest expiry of a working credential without a successor, by kind.",
+            );
+            let credentials = &gauges.credentials;
+            for expiry in &credentials.expiries {
+                out.sample(
+                    "keyplane_credential_expiry_seconds",
+                    &format!("kind=\"{}\"", expiry.kind),
+                    (expiry.nearest - credentials.at).num_seconds(),
+                );
+            }
             out.family(
                 "keyplane_gauges_age_seconds",
                 "gauge",

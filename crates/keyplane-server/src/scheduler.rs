@@ -102,6 +102,9 @@ async fn run(state: &AppState, http: &reqwest::Client) {
     if let Err(err) = warn_expiring(state).await {
         failed("expiry warnings", err);
     }
+    if let Err(err) = warn_expiring_credentials(state).await {
+        failed("credential expiry warnings", err);
+    }
     if let Err(err) = announce_ended(state).await {
         failed("ends of keys", err);
     }
@@ -158,6 +161,59 @@ async fn warn_expiring(state: &AppState) -> anyhow::Result<()> {
         tracing::info!(keys = warned.len(), "warned of expiring keys");
     }
     Ok(())
+}
+
+/// `credential.expiring` at 14, 7 and 1 days before a node key, an admin
+/// key or an enrollment token expires without a successor (see
+/// [`scheduler::claim_credential_warnings`]).
+async fn warn_expiring_credentials(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    let mut tx = state.db.pool().begin().await?;
+    let warned = scheduler::claim_credential_warnings(&mut tx, now, BATCH).await?;
+    for credential in &warned {
+        let data = json!({
+            "kind": credential.kind,
+            "id": credential.id,
+            "name": credential.name,
+            "masked": credential.masked,
+            "expires_at": credential.expires_at,
+            "days_left": credential.days,
+        });
+        let entry = audit::NewEntry {
+            at: now,
+            actor: "scheduler".to_owned(),
+            action: "credential.expiring",
+            target_type: target_type(&credential.kind),
+            target_id: Some(credential.id.to_string()),
+            outcome: "success",
+            request_id: None,
+            client_ip: None,
+            details: data.clone(),
+        };
+        audit::append(&mut tx, &entry).await?;
+        webhooks::notify(&mut tx, "credential.expiring", data, now).await?;
+    }
+    tx.commit().await?;
+    for credential in &warned {
+        tracing::warn!(
+            kind = %credential.kind,
+            id = %credential.id,
+            name = %credential.name,
+            days_left = credential.days,
+            "a credential expires soon and has no successor"
+        );
+    }
+    Ok(())
+}
+
+/// The audit log's target type for a kind of credential.
+fn target_type(kind: &str) -> &'static str {
+    match kind {
+        "node_key" => "node",
+        "admin_key" => "admin_key",
+        "enrollment_token" => "enrollment_token",
+        _ => "credential",
+    }
 }
 
 /// Keys past their expiry or grace window are already refused everywhere a

@@ -24,12 +24,13 @@ use crate::signing::MasterKey;
 use crate::state::AppState;
 
 /// The events an endpoint can ask for.
-pub const EVENTS: [&str; 5] = [
+pub const EVENTS: [&str; 6] = [
     "key.expiring",
     "key.rotated",
     "key.revoked",
     "instance.decommissioned",
     "node.mode_weaker",
+    "credential.expiring",
 ];
 
 /// Binds sealed secrets to their purpose.

@@ -121,17 +121,25 @@ pub struct NodeFacts {
     /// Until when a client certificate naming it by DNS name stays valid,
     /// of those that authenticated it.
     pub certificate_valid_until: Option<DateTime<Utc>>,
+    /// Whether the key is the node's current one (not the previous one,
+    /// still working for its grace window). True for a certificate.
+    pub current_key: bool,
+    /// Whether the node has used its current key yet.
+    pub key_used: bool,
 }
 
-/// The facts about the node whose key has this digest.
+/// The facts about the node whose key (current, or previous within its
+/// grace window: `expires_at` is then the window's end) has this digest.
 pub async fn node_facts(
     db: impl PgExecutor<'_>,
     digest: &[u8],
 ) -> Result<Option<NodeFacts>, StoreError> {
     Ok(sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, retired_at is not null as retired, forward_auth_proxy,
-                  certificate_valid_until
-             from nodes where digest = $1"#,
+        r#"select id, name,
+                  case when digest = $1 then expires_at else previous_until end as expires_at,
+                  retired_at is not null as retired, forward_auth_proxy, certificate_valid_until,
+                  digest = $1 as current_key, key_used_at is not null as key_used
+             from nodes where digest = $1 or previous_digest = $1"#,
     )
     .bind(digest)
     .fetch_optional(db)
@@ -145,7 +153,8 @@ pub async fn node_facts_by_names(
     names: &[String],
 ) -> Result<Option<NodeFacts>, StoreError> {
     let mut found = sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, false as retired, forward_auth_proxy, certificate_valid_until
+        r#"select id, name, expires_at, false as retired, forward_auth_proxy, certificate_valid_until,
+                  true as current_key, true as key_used
              from nodes where retired_at is null and lower(name) = any($1) limit 2"#,
     )
     .bind(names)
@@ -160,7 +169,8 @@ pub async fn node_facts_by_id(
     id: Uuid,
 ) -> Result<Option<NodeFacts>, StoreError> {
     Ok(sqlx::query_as::<_, NodeFacts>(
-        r#"select id, name, expires_at, false as retired, forward_auth_proxy, certificate_valid_until
+        r#"select id, name, expires_at, false as retired, forward_auth_proxy, certificate_valid_until,
+                  true as current_key, true as key_used
              from nodes where retired_at is null and id = $1"#,
     )
     .bind(id)

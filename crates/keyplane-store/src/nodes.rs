@@ -40,6 +40,35 @@ pub struct Node {
     pub forward_auth_proxy: Option<String>,
     /// Until when a client certificate naming it by DNS name stays valid.
     pub certificate_valid_until: Option<DateTime<Utc>>,
+    /// When its current node key was made.
+    pub key_created_at: DateTime<Utc>,
+    /// When the node first used its current key, if it has.
+    pub key_used_at: Option<DateTime<Utc>>,
+    /// When the current key replaced the previous one.
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// Who asked for that: `holder` (the node itself) or `operator`.
+    pub rotated_by: Option<String>,
+    /// SHA-256 of the previous node key, while it still works.
+    pub previous_digest: Option<Vec<u8>>,
+    /// The previous node key, masked.
+    pub previous_masked: Option<String>,
+    /// When the previous node key stops working.
+    pub previous_until: Option<DateTime<Utc>>,
+}
+
+/// A node's new key, replacing its current one.
+#[derive(Debug, Clone)]
+pub struct Rekey {
+    /// SHA-256 of the new key.
+    pub digest: Vec<u8>,
+    /// The new key, masked.
+    pub masked: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// `holder` or `operator`.
+    pub by: &'static str,
+    /// Until when the key it replaces keeps working; None: it stops now.
+    pub previous_until: Option<DateTime<Utc>>,
 }
 
 /// What a node says about itself in a heartbeat.
@@ -95,8 +124,9 @@ pub async fn report(
 pub async fn insert(conn: &mut PgConnection, node: &Node) -> Result<Node, StoreError> {
     Ok(sqlx::query_as::<_, Node>(
         r#"insert into nodes
-               (id, name, description, digest, masked, created_at, expires_at, forward_auth_proxy)
-           values ($1, $2, $3, $4, $5, $6, $7, $8)
+               (id, name, description, digest, masked, created_at, expires_at, forward_auth_proxy,
+                key_created_at)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $6)
            returning *"#,
     )
     .bind(node.id)
@@ -133,6 +163,83 @@ pub async fn save(conn: &mut PgConnection, node: &Node) -> Result<Node, StoreErr
     .await?)
 }
 
+/// Gives a live node (locked by the caller) a new key, made at `now`. The
+/// key it replaces becomes its previous key until `rekey.previous_until`;
+/// an older previous key stops at once.
+pub async fn rekey(
+    conn: &mut PgConnection,
+    id: Uuid,
+    rekey: &Rekey,
+    now: DateTime<Utc>,
+) -> Result<Node, StoreError> {
+    Ok(sqlx::query_as::<_, Node>(
+        r#"update nodes
+              set previous_digest = case when $5::timestamptz is null then null else digest end,
+                  previous_masked = case when $5::timestamptz is null then null else masked end,
+                  previous_until = $5,
+                  digest = $2, masked = $3, expires_at = $4,
+                  key_created_at = $6, key_used_at = null, rotated_at = $6, rotated_by = $7
+            where id = $1 and retired_at is null
+        returning *"#,
+    )
+    .bind(id)
+    .bind(&rekey.digest)
+    .bind(&rekey.masked)
+    .bind(rekey.expires_at)
+    .bind(rekey.previous_until)
+    .bind(now)
+    .bind(rekey.by)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Replaces a node's current, unused key (locked by the caller) and keeps
+/// its previous key as it is: a node retrying its own rotation, whose
+/// answer it lost, with the key it had before.
+pub async fn replace_unused_key(
+    conn: &mut PgConnection,
+    id: Uuid,
+    rekey: &Rekey,
+    now: DateTime<Utc>,
+) -> Result<Node, StoreError> {
+    Ok(sqlx::query_as::<_, Node>(
+        r#"update nodes
+              set digest = $2, masked = $3, expires_at = $4,
+                  key_created_at = $5, rotated_at = $5, rotated_by = $6
+            where id = $1 and retired_at is null and key_used_at is null
+        returning *"#,
+    )
+    .bind(id)
+    .bind(&rekey.digest)
+    .bind(&rekey.masked)
+    .bind(rekey.expires_at)
+    .bind(now)
+    .bind(rekey.by)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Records that the node used its current key (the key of `digest`), the
+/// first time only.
+pub async fn note_key_used(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    digests: &[Vec<u8>],
+    times: &[DateTime<Utc>],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        r#"update nodes n set key_used_at = u.at
+             from unnest($1::uuid[], $2::bytea[], $3::timestamptz[]) as u(id, digest, at)
+            where n.id = u.id and n.digest = u.digest and n.key_used_at is null"#,
+    )
+    .bind(ids)
+    .bind(digests)
+    .bind(times)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// One node.
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Node>, StoreError> {
     Ok(
@@ -158,7 +265,8 @@ pub async fn find_live(
     .await?)
 }
 
-/// The ids of every node that is not retired and whose key works at `now`.
+/// The ids of every node that is not retired and whose key works at `now`
+/// (its current key: a previous one only ever works for less long).
 pub async fn live_ids(
     db: impl PgExecutor<'_>,
     now: DateTime<Utc>,

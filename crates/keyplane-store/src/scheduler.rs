@@ -79,6 +79,68 @@ pub struct Warned {
     pub days: i64,
 }
 
+/// A fleet credential (a node key, an admin key, an enrollment token)
+/// warned of its expiry.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CredentialWarned {
+    /// `node_key`, `admin_key` or `enrollment_token`.
+    pub kind: String,
+    /// The credential's id (a node key's is its node's).
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Its masked form.
+    pub masked: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// The threshold reached: 14, 7 or 1.
+    pub days: i64,
+}
+
+/// Claims an expiry warning for up to `limit` fleet credentials, as
+/// [`claim_warnings`] does for instance keys, with one difference: a
+/// threshold counts only once reached, so a credential made to live less
+/// than a day (an enrollment token for the afternoon) is never warned of.
+pub async fn claim_credential_warnings(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<CredentialWarned>, StoreError> {
+    Ok(sqlx::query_as::<_, CredentialWarned>(
+        r#"with reached as (
+               select c.*,
+                      case when c.expires_at <= $1 + interval '1 day'
+                                and c.expires_at - c.created_at > interval '1 day' then 1
+                           when c.expires_at <= $1 + interval '7 days'
+                                and c.expires_at - c.created_at > interval '7 days' then 7
+                           when c.expires_at - c.created_at > interval '14 days' then 14
+                      end as days
+                 from credential_expiries c
+                where c.kind <> 'api_key' and c.expires_at > $1
+                  and c.expires_at <= $1 + interval '14 days'),
+           fresh as (
+               select r.* from reached r
+                where r.days is not null
+                  and not exists (select 1 from credential_notices n
+                                   where (n.kind, n.id, n.expires_at) = (r.kind, r.id, r.expires_at)
+                                     and (n.notice = 'expiring:1'
+                                          or (r.days >= 7 and n.notice = 'expiring:7')
+                                          or (r.days >= 14 and n.notice = 'expiring:14')))
+                limit $2),
+           claimed as (
+               insert into credential_notices (kind, id, expires_at, notice, at)
+               select kind, id, expires_at, 'expiring:' || days, $1 from fresh
+               on conflict do nothing
+               returning kind, id, expires_at)
+           select f.kind, f.id, f.name, f.masked, f.expires_at, f.days::bigint as days
+             from fresh f join claimed c using (kind, id, expires_at)"#,
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Claims the end of up to `limit` keys that stopped working by themselves
 /// (expired, or past their grace window) and were not announced yet.
 pub async fn claim_ended(

@@ -84,11 +84,13 @@ pub struct Enrollee {
     pub token: KeySecret,
 }
 
-/// A node authenticated by its node key.
+/// A node authenticated by its node key (or a client certificate).
 #[derive(Debug, Clone)]
 pub struct Node {
     /// Its id.
     pub id: Uuid,
     /// Its name.
     pub name: String,
+    /// The digest of the node key it presented; None for a certificate.
+    pub key: Option<[u8; 32]>,
 }

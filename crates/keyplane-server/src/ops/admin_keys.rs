@@ -8,9 +8,14 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::config::Settings;
 use crate::events::Event;
-use crate::ops::keys::{RevokeKeyRequest, policy_expiry, reason};
-use crate::ops::{Change, Credential, Operator, Ops, Refusal, Run, input};
+use crate::ops::keys::{
+    RevokeKeyRequest, RotateKeyRequest, max_lifetime_seconds, policy_expiry, reason,
+};
+use crate::ops::rotation::{self, MAX_HOLDER_GRACE_SECONDS, RotatedBy};
+use crate::ops::self_service::SelfRotateRequest;
+use crate::ops::{Actor, Change, Credential, Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
 
 page_type!(AdminKeyPage, AdminKeyResponse);
@@ -37,13 +42,25 @@ pub struct AdminKeyResponse {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Why it was revoked.
     pub revoked_reason: Option<String>,
-    /// When it was last used.
+    /// When it was last used (to the minute).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The key it replaced by a rotation.
+    pub rotated_from: Option<Uuid>,
+    /// The key that replaced it.
+    pub rotated_to: Option<Uuid>,
+    /// After a rotation, when it stops working.
+    pub grace_until: Option<DateTime<Utc>>,
+    /// When its holder should rotate it: four fifths into its life.
+    pub rotation_due_at: DateTime<Utc>,
 }
 
 impl From<admin_keys::AdminKey> for AdminKeyResponse {
     fn from(row: admin_keys::AdminKey) -> Self {
         AdminKeyResponse {
+            rotated_from: row.rotated_from,
+            rotated_to: row.rotated_to,
+            grace_until: row.grace_until,
+            rotation_due_at: rotation::due_at(row.created_at, row.expires_at, None),
             id: row.id,
             name: row.name,
             role: row.role,
@@ -85,19 +102,23 @@ pub struct CreateAdminKeyRequest {
 
 const LIST: &str = "admin-keys";
 
-/// Makes and stores an admin key, audited, within `change`; the API and
-/// `keyplane admin-key create` both make them this way.
-pub async fn issue<R: Run>(
+fn not_found() -> Refusal {
+    Refusal::NotFound("no admin key with this id".to_owned())
+}
+
+/// Makes and stores an admin key within `change`, known at once as live.
+async fn make<R: Run>(
     change: &mut Change<'_, R>,
-    name: &Name,
-    role: ManagementRole,
+    name: &str,
+    role: &str,
     expires_at: DateTime<Utc>,
+    rotated_from: Option<Uuid>,
 ) -> Result<(admin_keys::AdminKey, KeySecret), Refusal> {
     let secret = KeySecret::generate(KeyKind::Admin).map_err(|e| Refusal::Internal(e.into()))?;
     let row = admin_keys::AdminKey {
         id: Uuid::new_v4(),
-        name: name.as_str().to_owned(),
-        role: role.as_str().to_owned(),
+        name: name.to_owned(),
+        role: role.to_owned(),
         digest: secret.digest().as_bytes().to_vec(),
         masked: secret.masked(),
         created_by: change.actor().to_owned(),
@@ -106,8 +127,27 @@ pub async fn issue<R: Run>(
         revoked_at: None,
         revoked_reason: None,
         last_used_at: None,
+        grace_until: None,
+        rotated_from,
+        rotated_to: None,
+        rotated_at: None,
+        rotated_by: None,
     };
     let row = admin_keys::insert(change.db(), &row).await?;
+    change.publish(Event::AdminKeys);
+    change.credential(secret.digest().as_bytes(), Credential::Admin, true);
+    Ok((row, secret))
+}
+
+/// Makes and stores an admin key, audited, within `change`; the API and
+/// `keyplane admin-key create` both make them this way.
+pub async fn issue<R: Run>(
+    change: &mut Change<'_, R>,
+    name: &Name,
+    role: ManagementRole,
+    expires_at: DateTime<Utc>,
+) -> Result<(admin_keys::AdminKey, KeySecret), Refusal> {
+    let (row, secret) = make(change, name.as_str(), role.as_str(), expires_at, None).await?;
     change
         .audit(
             "admin_key.create",
@@ -116,9 +156,70 @@ pub async fn issue<R: Run>(
             json!({ "name": row.name, "role": row.role, "masked": row.masked, "expires_at": row.expires_at }),
         )
         .await?;
-    change.publish(Event::AdminKeys);
-    change.credential(secret.digest().as_bytes(), Credential::Admin, true);
     Ok((row, secret))
+}
+
+/// Issues the successor of `old` (locked within `change`; same name and
+/// role, the same lifetime within policy) and keeps `old` working for the
+/// grace window, never past its own expiry. `replaced`: an unused successor
+/// of an earlier rotation, already revoked to make way. Answers the
+/// successor, with its key.
+async fn rotate<R: Run>(
+    change: &mut Change<'_, R>,
+    settings: &Settings,
+    old: &admin_keys::AdminKey,
+    grace_seconds: i64,
+    by: RotatedBy,
+    replaced: Option<Uuid>,
+) -> Result<CreatedAdminKeyResponse, Refusal> {
+    let now = change.at();
+    let lifetime = (old.expires_at - old.created_at)
+        .min(chrono::Duration::seconds(max_lifetime_seconds(settings)));
+    let (successor, secret) =
+        make(change, &old.name, &old.role, now + lifetime, Some(old.id)).await?;
+    let mut retired = old.clone();
+    retired.rotated_to = Some(successor.id);
+    retired.grace_until = Some(rotation::grace_until(now, grace_seconds, old.expires_at));
+    retired.rotated_at = Some(now);
+    retired.rotated_by = Some(by.as_str().to_owned());
+    let retired = admin_keys::save(change.db(), &retired).await?;
+    if grace_seconds == 0 {
+        change.credential(&old.digest, Credential::Admin, false);
+    }
+    change
+        .audit(
+            "admin_key.rotate",
+            "admin_key",
+            old.id,
+            json!({
+                "masked": old.masked,
+                "successor": successor.id,
+                "successor_masked": successor.masked,
+                "grace_seconds": grace_seconds,
+                "grace_until": retired.grace_until,
+                "by": by.as_str(),
+                "replaced_unused_successor": replaced,
+            }),
+        )
+        .await?;
+    Ok(CreatedAdminKeyResponse {
+        key: successor.into(),
+        secret: secret.expose().to_owned(),
+        warnings: Vec::new(),
+    })
+}
+
+/// Refuses to rotate a key that no longer works or was rotated already.
+fn rotatable(key: &admin_keys::AdminKey, now: DateTime<Utc>) -> Result<(), Refusal> {
+    if key.revoked_at.is_some() || key.expires_at <= now {
+        Err(Refusal::Conflict(
+            "this admin key no longer works".to_owned(),
+        ))
+    } else if key.rotated_to.is_some() {
+        Err(rotation::already_rotated())
+    } else {
+        Ok(())
+    }
 }
 
 impl Ops<Operator> {
@@ -164,6 +265,115 @@ impl Ops<Operator> {
         })
     }
 
+    /// Rotates an admin key: answers its successor's key once; the old key
+    /// keeps working for the grace window. An operator's rotation is final.
+    pub async fn rotate_admin_key<R: Run>(
+        &self,
+        run: R,
+        id: Uuid,
+        input: RotateKeyRequest,
+    ) -> Result<R::Answer<CreatedAdminKeyResponse>, Refusal> {
+        self.actor.require(Permission::AdminKeysWrite)?;
+        let settings = &self.state.settings;
+        let grace = rotation::grace_seconds(input.grace_seconds, max_lifetime_seconds(settings))?;
+        let now = self.now();
+        let mut change = self.begin(run, now).await?;
+        let old = admin_keys::lock(change.db(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        rotatable(&old, now)?;
+        let successor = rotate(
+            &mut change,
+            settings,
+            &old,
+            grace,
+            RotatedBy::Operator,
+            None,
+        )
+        .await?;
+        change.finish(successor).await
+    }
+
+    /// The calling admin key's own metadata.
+    pub async fn get_own_admin_key(&self) -> Result<AdminKeyResponse, Refusal> {
+        let id = self.own_key_id()?;
+        let row = admin_keys::get(self.state.db.pool(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(row.into())
+    }
+
+    /// The holder of an admin key rotates it, whatever its role: answers the
+    /// successor's key once; the presented key works for the grace window.
+    /// A key already rotated is refused, unless its holder is asking again
+    /// for its own rotation whose answer it lost ([`rotation::may_retry`]).
+    pub async fn rotate_own_admin_key<R: Run>(
+        &self,
+        run: R,
+        input: SelfRotateRequest,
+    ) -> Result<R::Answer<CreatedAdminKeyResponse>, Refusal> {
+        let id = self.own_key_id()?;
+        let grace = rotation::grace_seconds(input.grace_seconds, MAX_HOLDER_GRACE_SECONDS)?;
+        let now = self.now();
+        let mut change = self.begin(run, now).await?;
+        let mut old = admin_keys::lock(change.db(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        let mut replaced = None;
+        if let Some(successor_id) = old.rotated_to {
+            let successor = admin_keys::lock(change.db(), successor_id).await?;
+            let successor_used = successor
+                .as_ref()
+                .is_none_or(|s| s.last_used_at.is_some() || s.revoked_at.is_some());
+            if let Err(refusal) = rotation::may_retry(
+                old.rotated_by.as_deref(),
+                old.rotated_at,
+                successor_used,
+                now,
+            ) {
+                let details =
+                    json!({ "masked": old.masked, "by": "holder", "refused": refusal.to_string() });
+                return Err(change
+                    .refuse("admin_key.rotate", "admin_key", id, details, refusal)
+                    .await);
+            }
+            if let Some(mut successor) = successor {
+                successor.revoked_at = Some(now);
+                successor.revoked_reason =
+                    Some("replaced: its rotation was asked for again".to_owned());
+                admin_keys::save(change.db(), &successor).await?;
+                change.credential(&successor.digest, Credential::Admin, false);
+                replaced = Some(successor.id);
+            }
+            old.rotated_to = None;
+            old.grace_until = None;
+        }
+        rotatable(&old, now)?;
+        let settings = &self.state.settings;
+        let successor = rotate(
+            &mut change,
+            settings,
+            &old,
+            grace,
+            RotatedBy::Holder,
+            replaced,
+        )
+        .await?;
+        change.finish(successor).await
+    }
+
+    /// The id of the calling admin key; the bootstrap token has none.
+    fn own_key_id(&self) -> Result<Uuid, Refusal> {
+        match self.actor.actor {
+            Actor::AdminKey(id) => Ok(id),
+            _ => Err(Refusal::Conflict(
+                "only an admin key has a key of its own to read or rotate (the bootstrap token \
+                 is for first setup: create an admin key and remove the token)"
+                    .to_owned(),
+            )),
+        }
+    }
+
     /// Revokes an admin key.
     pub async fn revoke_admin_key<R: Run>(
         &self,
@@ -177,7 +387,7 @@ impl Ops<Operator> {
         let mut change = self.begin(run, now).await?;
         let row = admin_keys::revoke(change.db(), id, reason.as_deref(), now)
             .await?
-            .ok_or_else(|| Refusal::NotFound("no admin key with this id".to_owned()))?;
+            .ok_or_else(not_found)?;
         change
             .audit(
                 "admin_key.revoke",

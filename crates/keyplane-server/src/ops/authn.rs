@@ -37,10 +37,13 @@ pub async fn operator(
         .await?
         .ok_or_else(not_an_operator)?;
     let now = state.clock.now();
-    if stored.revoked_at.is_some() || stored.expires_at <= now {
+    if !stored.works_at(now) {
         return Err(not_an_operator());
     }
     let role = stored.role.parse().map_err(|_| not_an_operator())?;
+    // Shows the key in use (a holder's retried rotation must not take away
+    // a successor that is).
+    admin_keys::touch(state.db.pool(), stored.id, now).await?;
     Ok(Operator {
         actor: Actor::AdminKey(stored.id),
         role,

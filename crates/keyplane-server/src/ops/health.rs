@@ -3,7 +3,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use keyplane_domain::Mode;
 use keyplane_store::Readiness;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::metrics::Scrape;
 use crate::ops::Refusal;
@@ -26,6 +29,80 @@ pub async fn readiness(state: &AppState) -> Result<String, Refusal> {
             detail: "the database schema is behind this build; run `keyplane migrate`".to_owned(),
         }),
     }
+}
+
+/// Something an operator should act on, though keyplane serves.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Warning {
+    /// What it is about: a kind of credential (`node_key`, `admin_key`,
+    /// `enrollment_token`, `api_key`) or `bootstrap_token`.
+    #[schema(example = "node_key")]
+    pub kind: &'static str,
+    /// What to do, for people.
+    pub message: String,
+    /// For credentials: how many expire within 7 days without a successor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    /// For credentials: seconds until the nearest of them expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<i64>,
+}
+
+/// The kinds of credential warned about, with how people name them.
+const KINDS: [(&str, &str); 4] = [
+    ("node_key", "node keys"),
+    ("admin_key", "admin keys"),
+    ("enrollment_token", "enrollment tokens"),
+    ("api_key", "instance keys"),
+];
+
+/// What operators should act on, from the last background read (no
+/// database work here): credentials made to live longer than 7 days that
+/// expire within 7 days without a successor, and, in `prod`, a bootstrap
+/// token still set once an admin key exists.
+pub fn warnings(state: &AppState) -> Vec<Warning> {
+    let Some(credentials) = state.metrics.credentials() else {
+        return Vec::new();
+    };
+    let mut warnings: Vec<Warning> = credentials
+        .expiries
+        .iter()
+        .filter(|expiry| expiry.within_7d > 0)
+        .filter_map(|expiry| {
+            let (kind, people) = KINDS.iter().find(|(kind, _)| *kind == expiry.kind)?;
+            Some(Warning {
+                kind,
+                message: format!(
+                    "{} {people} expire within 7 days without a successor: rotate them",
+                    expiry.within_7d
+                ),
+                count: Some(expiry.within_7d),
+                expires_in_seconds: Some((expiry.nearest - credentials.at).num_seconds()),
+            })
+        })
+        .collect();
+    if bootstrap_lingers(state, credentials.live_admin_keys) {
+        warnings.push(Warning {
+            kind: "bootstrap_token",
+            message: BOOTSTRAP_LINGERS.to_owned(),
+            count: None,
+            expires_in_seconds: None,
+        });
+    }
+    warnings
+}
+
+/// What keyplane says while the bootstrap token outlives its purpose.
+pub const BOOTSTRAP_LINGERS: &str = "KEYPLANE_BOOTSTRAP_TOKEN is still set though admin keys \
+     exist: it never expires and is not tied to a person; remove it from the environment and \
+     restart";
+
+/// Whether, in `prod`, the bootstrap token is still set though `live_admin_keys`
+/// admin keys exist to use instead.
+pub fn bootstrap_lingers(state: &AppState, live_admin_keys: i64) -> bool {
+    state.settings.mode == Mode::Prod
+        && state.settings.bootstrap_token.is_some()
+        && live_admin_keys > 0
 }
 
 /// Every metric, in Prometheus' text format; reads no database.

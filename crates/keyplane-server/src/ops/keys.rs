@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::events::Event;
+use crate::ops::rotation::{self, RotatedBy};
 use crate::ops::{Change, Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
 
@@ -176,7 +177,6 @@ pub struct KeyFilter {
 }
 
 const LIST: &str = "keys";
-const DEFAULT_GRACE_SECONDS: i64 = 3600;
 
 fn not_found() -> Refusal {
     Refusal::NotFound("no key with this id".to_owned())
@@ -299,11 +299,7 @@ pub(crate) async fn view_one(
 
 /// When a key's holder should rotate it (see [`KeyResponse::rotation_due_at`]).
 pub fn rotation_due(row: &keys::ApiKey) -> DateTime<Utc> {
-    let latest = row.created_at + (row.expires_at - row.created_at) * 4 / 5;
-    match row.rotate_after_seconds {
-        Some(seconds) => (row.created_at + Duration::seconds(seconds)).min(latest),
-        None => latest,
-    }
+    rotation::due_at(row.created_at, row.expires_at, row.rotate_after_seconds)
 }
 
 /// A rotation policy: between a second and the longest key lifetime.
@@ -460,27 +456,6 @@ pub(crate) fn new_secret() -> Result<KeySecret, Refusal> {
     KeySecret::generate(KeyKind::Instance).map_err(|e| Refusal::Internal(e.into()))
 }
 
-/// Who rotated a key. Its holder may ask again for a rotation whose answer
-/// it lost (see `self_service`); an operator's rotation is final for the old
-/// key, since operators rotate keys that may be in the wrong hands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RotatedBy {
-    /// The key itself, through `POST /v1/self/rotate`.
-    Holder,
-    /// An operator, through `POST /v1/keys/{id}/rotate`.
-    Operator,
-}
-
-impl RotatedBy {
-    /// As stored in `api_keys.rotated_by`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RotatedBy::Holder => "holder",
-            RotatedBy::Operator => "operator",
-        }
-    }
-}
-
 /// One rotation: the key rotated (whose row lock the change holds), how
 /// long it keeps working, and who asked.
 pub(crate) struct Rotation<'k> {
@@ -537,8 +512,11 @@ impl Rotation<'_> {
         .await?;
         let mut retired = old.clone();
         retired.rotated_to = Some(successor.id);
-        retired.grace_until =
-            Some((now + Duration::seconds(self.grace_seconds)).min(old.expires_at));
+        retired.grace_until = Some(rotation::grace_until(
+            now,
+            self.grace_seconds,
+            old.expires_at,
+        ));
         retired.rotated_at = Some(now);
         retired.rotated_by = Some(self.by.as_str().to_owned());
         keys::save(change.db(), &retired, now).await?;
@@ -744,14 +722,10 @@ impl Ops<Operator> {
         input: RotateKeyRequest,
     ) -> Result<R::Answer<CreatedKeyResponse>, Refusal> {
         self.actor.require(Permission::KeysWrite)?;
-        let max_seconds = max_lifetime_seconds(&self.state.settings);
-        let grace = input.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
-        if !(0..=max_seconds).contains(&grace) {
-            return Err(Refusal::invalid(
-                "grace_seconds",
-                format!("grace_seconds must be between 0 and {max_seconds}"),
-            ));
-        }
+        let grace = rotation::grace_seconds(
+            input.grace_seconds,
+            max_lifetime_seconds(&self.state.settings),
+        )?;
         let now = self.now();
 
         let mut change = self.begin(run, now).await?;
@@ -762,11 +736,7 @@ impl Ops<Operator> {
             .ok_or_else(not_found)?;
         match KeyStatus::of(&old.status) {
             KeyStatus::Active => {}
-            KeyStatus::Rotating => {
-                return Err(Refusal::Conflict(
-                    "this key has already been rotated".to_owned(),
-                ));
-            }
+            KeyStatus::Rotating => return Err(rotation::already_rotated()),
             other => return Err(Refusal::Conflict(format!("the key is {}", other.as_str()))),
         }
         let rotation = Rotation {

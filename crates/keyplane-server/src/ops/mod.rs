@@ -31,6 +31,7 @@ pub mod keys;
 pub mod node_calls;
 pub mod nodes;
 pub mod roles;
+pub mod rotation;
 pub mod self_service;
 pub mod signing_keys;
 pub mod webhooks;

@@ -11,8 +11,10 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::events::Event;
-use crate::ops::keys::max_lifetime_seconds;
-use crate::ops::{Actor, Credential, Node, Operator, Ops, Refusal, Run, input};
+use crate::ops::keys::{RotateKeyRequest, max_lifetime_seconds};
+use crate::ops::rotation::{self, MAX_HOLDER_GRACE_SECONDS, RotatedBy};
+use crate::ops::self_service::SelfRotateRequest;
+use crate::ops::{Actor, Change, Credential, Node, Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
 
 page_type!(NodePage, NodeResponse);
@@ -49,6 +51,27 @@ pub struct NodeResponse {
     /// True when `forward_auth_proxy` is the deployment's default
     /// (`KEYPLANE_FORWARD_AUTH_PROXY`) rather than the node's own setting.
     pub forward_auth_proxy_is_default: bool,
+    /// When its current node key was made.
+    pub key_created_at: DateTime<Utc>,
+    /// When its node key should be rotated: four fifths into its life.
+    pub rotation_due_at: DateTime<Utc>,
+    /// When the node first used its current key: after a rotation, when it
+    /// picked the new key up.
+    pub key_used_at: Option<DateTime<Utc>>,
+    /// When its key was last rotated, if ever.
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// The key it had before, while that still works.
+    pub previous_key: Option<PreviousNodeKey>,
+}
+
+/// A node's previous key, working until the end of its grace window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviousNodeKey {
+    /// The key, masked.
+    #[schema(example = "kpn_…7a1b")]
+    pub masked_key: String,
+    /// When it stops working.
+    pub until: DateTime<Utc>,
 }
 
 /// What a node says about itself.
@@ -98,6 +121,14 @@ impl NodeResponse {
                 .as_str()
                 .to_owned(),
             forward_auth_proxy_is_default: own_proxy.is_none(),
+            key_created_at: row.key_created_at,
+            rotation_due_at: rotation::due_at(row.key_created_at, row.expires_at, None),
+            key_used_at: row.key_used_at,
+            rotated_at: row.rotated_at,
+            previous_key: match (row.previous_masked, row.previous_until) {
+                (Some(masked_key), Some(until)) => Some(PreviousNodeKey { masked_key, until }),
+                _ => None,
+            },
         }
     }
 }
@@ -162,6 +193,34 @@ pub struct HeartbeatResponse {
     pub mode: Mode,
     /// Whether the node runs weaker than keyplane (operators see it flagged).
     pub mode_weaker: bool,
+    /// The node's own credential, as keyplane sees it.
+    #[serde(flatten)]
+    pub key: NodeKeyState,
+}
+
+/// The state of the node key a node presented, by keyplane's clock.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeKeyState {
+    /// `current`, or `previous` (replaced by a rotation, working until
+    /// `key_expires_at`); `certificate` when the node sent no key.
+    #[schema(example = "current")]
+    pub presented_key: &'static str,
+    /// When the presented key stops working.
+    pub key_expires_at: DateTime<Utc>,
+    /// True when the node should rotate its key now (`POST
+    /// /v1/nodes/self/rotate`): its current key is past its rotation date.
+    pub rotation_due: bool,
+}
+
+/// A node's own record, read with its node key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeSelfResponse {
+    /// The node.
+    #[serde(flatten)]
+    pub node: NodeResponse,
+    /// Its key.
+    #[serde(flatten)]
+    pub key: NodeKeyState,
 }
 
 const MAX_PUBLIC_ROUTES: usize = 64;
@@ -179,6 +238,87 @@ fn proxy_setting(text: Option<&str>) -> Result<Option<String>, Refusal> {
             .map_err(|err| Refusal::invalid("forward_auth_proxy", err.to_string()))
     })
     .transpose()
+}
+
+/// Which of a node's keys `presented` (a digest; None for a certificate) is.
+fn key_state(row: &nodes::Node, presented: Option<&[u8; 32]>, now: DateTime<Utc>) -> NodeKeyState {
+    let current = NodeKeyState {
+        presented_key: "current",
+        key_expires_at: row.expires_at,
+        rotation_due: now >= rotation::due_at(row.key_created_at, row.expires_at, None),
+    };
+    match presented {
+        None => NodeKeyState {
+            presented_key: "certificate",
+            ..current
+        },
+        Some(digest) if row.previous_digest.as_deref() == Some(digest.as_slice()) => NodeKeyState {
+            presented_key: "previous",
+            key_expires_at: row.previous_until.unwrap_or(now),
+            rotation_due: false,
+        },
+        Some(_) => current,
+    }
+}
+
+/// Gives the node of `row` (locked within `change`) a new key, answered
+/// once. The key it replaces works `grace_seconds` more, never past its own
+/// expiry; with `replace_unused`, the current key (unused, made by the
+/// node's own rotation whose answer it lost) is replaced instead and the
+/// previous key stays as it is.
+async fn rekey<R: Run>(
+    change: &mut Change<'_, R>,
+    settings: &Settings,
+    row: &nodes::Node,
+    grace_seconds: i64,
+    by: RotatedBy,
+    replace_unused: bool,
+) -> Result<CreatedNodeResponse, Refusal> {
+    let now = change.at();
+    let secret = KeySecret::generate(KeyKind::Node).map_err(|e| Refusal::Internal(e.into()))?;
+    let lifetime = Duration::seconds(max_lifetime_seconds(settings));
+    let rekey = nodes::Rekey {
+        digest: secret.digest().as_bytes().to_vec(),
+        masked: secret.masked(),
+        expires_at: now + lifetime,
+        by: by.as_str(),
+        previous_until: (grace_seconds > 0)
+            .then(|| rotation::grace_until(now, grace_seconds, row.expires_at)),
+    };
+    let after = if replace_unused {
+        nodes::replace_unused_key(change.db(), row.id, &rekey, now).await?
+    } else {
+        nodes::rekey(change.db(), row.id, &rekey, now).await?
+    };
+    change
+        .audit(
+            "node.rotate",
+            "node",
+            row.id,
+            json!({
+                "masked": row.masked,
+                "successor_masked": after.masked,
+                "grace_seconds": grace_seconds,
+                "previous_until": after.previous_until,
+                "by": by.as_str(),
+                "replaced_unused_key": replace_unused,
+            }),
+        )
+        .await?;
+    change.publish(Event::Node { id: row.id });
+    change.credential(secret.digest().as_bytes(), Credential::Node, true);
+    let still_working = after.previous_digest.as_deref();
+    for stopped in [Some(&row.digest), row.previous_digest.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|digest| Some(digest.as_slice()) != still_working)
+    {
+        change.credential(stopped, Credential::Node, false);
+    }
+    Ok(CreatedNodeResponse {
+        node: NodeResponse::new(after, settings),
+        secret: secret.expose().to_owned(),
+    })
 }
 
 impl Ops<Operator> {
@@ -222,6 +362,13 @@ impl Ops<Operator> {
                 reported_at: None,
                 forward_auth_proxy,
                 certificate_valid_until: None,
+                key_created_at: now,
+                key_used_at: None,
+                rotated_at: None,
+                rotated_by: None,
+                previous_digest: None,
+                previous_masked: None,
+                previous_until: None,
             },
         )
         .await?;
@@ -322,6 +469,35 @@ impl Ops<Operator> {
             .await
     }
 
+    /// Gives a node a new key, answered once; its id (and so every key whose
+    /// audience names it) stays. The old key works for the grace window; a
+    /// key older still, from an earlier rotation, stops at once.
+    pub async fn rotate_node<R: Run>(
+        &self,
+        run: R,
+        id: Uuid,
+        input: RotateKeyRequest,
+    ) -> Result<R::Answer<CreatedNodeResponse>, Refusal> {
+        self.actor.require(Permission::NodesWrite)?;
+        let settings = &self.state.settings;
+        let grace = rotation::grace_seconds(input.grace_seconds, max_lifetime_seconds(settings))?;
+        let now = self.now();
+        let mut change = self.begin(run, now).await?;
+        let row = nodes::lock_live(change.db(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        let rotated = rekey(
+            &mut change,
+            settings,
+            &row,
+            grace,
+            RotatedBy::Operator,
+            false,
+        )
+        .await?;
+        change.finish(rotated).await
+    }
+
     /// Retires a node: its node key stops working at once.
     pub async fn retire_node<R: Run>(&self, run: R, id: Uuid) -> Result<R::Answer<()>, Refusal> {
         self.actor.require(Permission::NodesWrite)?;
@@ -335,11 +511,84 @@ impl Ops<Operator> {
             .await?;
         change.publish(Event::Node { id });
         change.credential(&node.digest, Credential::Node, false);
+        if let Some(previous) = &node.previous_digest {
+            change.credential(previous, Credential::Node, false);
+        }
         change.finish(()).await
     }
 }
 
 impl Ops<Node> {
+    /// The node's own record and the state of the key it presented.
+    pub async fn get_self(&self) -> Result<NodeSelfResponse, Refusal> {
+        let row = nodes::get(self.state.db.pool(), self.actor.id)
+            .await?
+            .filter(|row| row.retired_at.is_none())
+            .ok_or_else(not_found)?;
+        let key = key_state(&row, self.actor.key.as_ref(), self.now());
+        Ok(NodeSelfResponse {
+            node: NodeResponse::new(row, &self.state.settings),
+            key,
+        })
+    }
+
+    /// The node rotates its own key: answers the new key once; the key it
+    /// presented works for the grace window. A node presenting its previous
+    /// key lost the answer to an earlier rotation: that rotation is made
+    /// again only where [`rotation::may_retry`] allows.
+    pub async fn rotate_self<R: Run>(
+        &self,
+        run: R,
+        input: SelfRotateRequest,
+    ) -> Result<R::Answer<CreatedNodeResponse>, Refusal> {
+        let grace = rotation::grace_seconds(input.grace_seconds, MAX_HOLDER_GRACE_SECONDS)?;
+        let now = self.now();
+        let id = self.actor.id;
+        let mut change = self.change(run, &Actor::Node(id), now).await?;
+        let row = nodes::lock_live(change.db(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        let state = key_state(&row, self.actor.key.as_ref(), now);
+        let refused = |refusal: Refusal| {
+            let details =
+                json!({ "masked": row.masked, "by": "holder", "refused": refusal.to_string() });
+            (details, refusal)
+        };
+        let retry = state.presented_key == "previous";
+        let allowed = if retry {
+            rotation::may_retry(
+                row.rotated_by.as_deref(),
+                row.rotated_at,
+                row.key_used_at.is_some(),
+                now,
+            )
+        } else if state.key_expires_at <= now {
+            Err(Refusal::Conflict(
+                "this node key no longer works".to_owned(),
+            ))
+        } else {
+            Ok(())
+        };
+        // A plan rotates nothing, so it spends none of the rotation budget.
+        let allowed = allowed.and_then(|()| match R::DRY {
+            true => Ok(()),
+            false => self
+                .state
+                .limits
+                .check_self_rotation(id)
+                .map_err(Refusal::from),
+        });
+        if let Err(refusal) = allowed {
+            let (details, refusal) = refused(refusal);
+            return Err(change
+                .refuse("node.rotate", "node", id, details, refusal)
+                .await);
+        }
+        let settings = &self.state.settings;
+        let rotated = rekey(&mut change, settings, &row, grace, RotatedBy::Holder, retry).await?;
+        change.finish(rotated).await
+    }
+
     /// Records what the node says of itself: its mode, version and public
     /// routes. Operators hear (by webhook) of a node weaker than keyplane,
     /// once per change of its mode.
@@ -378,7 +627,7 @@ impl Ops<Node> {
         };
         let mut change = self.change(run, &Actor::Node(node.id), now).await?;
         let before = nodes::lock_reported_mode(change.db(), node.id).await?;
-        nodes::report(change.db(), node.id, &stored, now)
+        let row = nodes::report(change.db(), node.id, &stored, now)
             .await?
             .ok_or_else(not_found)?;
         let weaker = mode < own_mode;
@@ -402,6 +651,7 @@ impl Ops<Node> {
             .finish(HeartbeatResponse {
                 mode: own_mode,
                 mode_weaker: weaker,
+                key: key_state(&row, node.key.as_ref(), now),
             })
             .await
     }

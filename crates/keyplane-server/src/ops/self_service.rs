@@ -9,15 +9,9 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::events::Event;
-use crate::ops::keys::{CreatedKeyResponse, KeyResponse, RotatedBy, Rotation, view_one};
+use crate::ops::keys::{CreatedKeyResponse, KeyResponse, Rotation, view_one};
+use crate::ops::rotation::{self, MAX_HOLDER_GRACE_SECONDS, RotatedBy};
 use crate::ops::{Actor, Apply, Change, Holder, Ops, Refusal, Run};
-
-/// The grace window of a self-rotation unless asked otherwise.
-const DEFAULT_GRACE_SECONDS: i64 = 3600;
-/// The longest grace window a holder may give its old key.
-const MAX_GRACE_SECONDS: i64 = 86_400;
-/// How long after its own rotation a holder that lost the answer may ask again.
-const RETRY_SECONDS: i64 = 600;
 
 /// The calling key's own metadata.
 #[derive(Debug, Serialize, ToSchema)]
@@ -62,34 +56,23 @@ fn from_allowed_network(instance: &instances::Instance, address: Option<IpAddr>)
 }
 
 /// A holder asking to rotate a key it already rotated lost the answer (a
-/// dropped connection, a failed write): if that rotation was its own, made
-/// through self-service within the last [`RETRY_SECONDS`], and the successor
-/// was never used, the successor is revoked and the rotation made again, so
-/// the holder is never left without a key it knows. Anything else is final:
-/// an operator's rotation, often made because the old key leaked, must not
-/// be undone by whoever else holds the old key.
+/// dropped connection, a failed write): where [`rotation::may_retry`]
+/// allows, the unused successor is revoked and the rotation made again, so
+/// the holder is never left without a key it knows.
 async fn retry_rotation<R: Run>(
     change: &mut Change<'_, R>,
     old: &keys::ApiKey,
 ) -> Result<keys::ApiKey, Refusal> {
     let now = change.at();
-    let rotated =
-        || Refusal::Conflict("this key has already been rotated: use its successor".to_owned());
-    let own_and_recent = old.rotated_by.as_deref() == Some(RotatedBy::Holder.as_str())
-        && old
-            .rotated_at
-            .is_some_and(|at| now - at <= chrono::Duration::seconds(RETRY_SECONDS));
-    if !own_and_recent {
-        return Err(rotated());
-    }
-    let successor_id = old.rotated_to.ok_or_else(rotated)?;
+    rotation::may_retry(old.rotated_by.as_deref(), old.rotated_at, false, now)?;
+    let successor_id = old.rotated_to.ok_or_else(rotation::already_rotated)?;
     change
         .concerns(KeysOf::Ids(&[old.id, successor_id]))
         .await?;
     let mut successor = keys::lock(change.db(), successor_id, now)
         .await?
         .filter(|s| s.status == "active" && s.last_used_at.is_none())
-        .ok_or_else(rotated)?;
+        .ok_or_else(rotation::already_rotated)?;
     successor.revoked_at = Some(now);
     successor.revoked_reason = Some("replaced: its rotation was asked for again".to_owned());
     keys::save(change.db(), &successor, now).await?;
@@ -177,13 +160,7 @@ impl Ops<Holder> {
         run: R,
         input: SelfRotateRequest,
     ) -> Result<R::Answer<CreatedKeyResponse>, Refusal> {
-        let grace = input.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS);
-        if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
-            return Err(Refusal::invalid(
-                "grace_seconds",
-                format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS}"),
-            ));
-        }
+        let grace = rotation::grace_seconds(input.grace_seconds, MAX_HOLDER_GRACE_SECONDS)?;
         let now = self.now();
         let mut change = self.change(run, &Actor::Anonymous, now).await?;
         // Audited with the caller's address, refused or not.

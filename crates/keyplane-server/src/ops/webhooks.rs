@@ -26,7 +26,9 @@ pub struct CreateWebhookRequest {
     /// Where deliveries are POSTed: https (plain http only in `dev`).
     pub url: String,
     /// Events to receive: `key.expiring`, `key.rotated`, `key.revoked`,
-    /// `instance.decommissioned`, `node.mode_weaker`.
+    /// `instance.decommissioned`, `node.mode_weaker`, `credential.expiring`
+    /// (a node key, admin key or enrollment token 14, 7 or 1 days before it
+    /// expires without a successor).
     pub events: Vec<String>,
     /// Free text.
     pub description: Option<String>,

@@ -11,7 +11,8 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::ops::admin_keys::{
     AdminKeyPage, AdminKeyResponse, CreateAdminKeyRequest, CreatedAdminKeyResponse,
 };
-use crate::ops::keys::RevokeKeyRequest;
+use crate::ops::keys::{RevokeKeyRequest, RotateKeyRequest};
+use crate::ops::self_service::SelfRotateRequest;
 use crate::ops::{Apply, Operator, Ops};
 use crate::pagination::PageParams;
 use crate::routes::created;
@@ -62,6 +63,59 @@ pub async fn list_admin_keys(
         cursor: params.cursor,
     };
     Ok(Json(ops.list_admin_keys(page).await?))
+}
+
+/// Rotate an admin key: its successor (same name and role) is shown in
+/// this response only; the old key keeps working for `grace_seconds`
+/// (default 3600).
+#[utoipa::path(
+    post, path = "/v1/admin-keys/{id}/rotate", operation_id = "rotate_admin_key", tag = "admin-keys",
+    params(("id" = Uuid, Path, description = "The admin key's id")),
+    request_body(content = RotateKeyRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The successor; `secret` is shown only here", body = CreatedAdminKeyResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn rotate_admin_key(
+    ops: Ops<Operator>,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<RotateKeyRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(ops.rotate_admin_key(Apply, id, body).await?))
+}
+
+/// The calling admin key's own metadata, whatever its role.
+#[utoipa::path(
+    get, path = "/v1/admin-keys/self", operation_id = "get_own_admin_key", tag = "admin-keys",
+    responses(
+        (status = 200, description = "The calling key", body = AdminKeyResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get_own_admin_key(ops: Ops<Operator>) -> Result<Json<AdminKeyResponse>, ApiError> {
+    Ok(Json(ops.get_own_admin_key().await?))
+}
+
+/// Rotate the calling admin key, whatever its role: the successor is shown
+/// in this response only; the calling key keeps working for
+/// `grace_seconds` (default 3600, at most a day).
+#[utoipa::path(
+    post, path = "/v1/admin-keys/self/rotate", operation_id = "rotate_own_admin_key", tag = "admin-keys",
+    request_body(content = SelfRotateRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The successor; `secret` is shown only here", body = CreatedAdminKeyResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn rotate_own_admin_key(
+    ops: Ops<Operator>,
+    OptionalJson(body): OptionalJson<SelfRotateRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(ops.rotate_own_admin_key(Apply, body).await?))
 }
 
 /// Revoke an admin key.

@@ -7,15 +7,18 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Problem};
-use crate::ops::health;
+use crate::ops::health::{self, Warning};
 use crate::state::AppState;
 
 /// The process is up.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok`.
+    /// Always `ok`: the process serves, warnings or not.
     #[schema(example = "ok")]
     pub status: &'static str,
+    /// What operators should act on: credentials expiring within 7 days
+    /// without a successor, a bootstrap token left set in `prod`.
+    pub warnings: Vec<Warning>,
     /// The mode this process runs in: `dev`, `mixed` or `prod`.
     #[schema(example = "dev")]
     pub mode: String,
@@ -34,7 +37,8 @@ pub struct Ready {
     pub deployment_id: String,
 }
 
-/// Liveness: answers as long as the process runs; touches nothing else.
+/// Liveness: answers as long as the process runs; touches nothing else (its
+/// warnings come from the last background read of the database).
 #[utoipa::path(
     get,
     path = "/healthz",
@@ -45,6 +49,7 @@ pub struct Ready {
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
+        warnings: health::warnings(&state),
         mode: state.settings.mode.to_string(),
         version: env!("CARGO_PKG_VERSION"),
     })

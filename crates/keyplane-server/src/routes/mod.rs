@@ -96,12 +96,18 @@ fn api_router() -> OpenApiRouter<AppState> {
             nodes::update_node,
             nodes::retire_node
         ))
+        .routes(routes!(nodes::rotate_node))
+        .routes(routes!(nodes::get_node_self))
+        .routes(routes!(nodes::rotate_node_self))
         .routes(routes!(nodes::heartbeat))
         .routes(routes!(
             admin_keys::create_admin_key,
             admin_keys::list_admin_keys
         ))
         .routes(routes!(admin_keys::revoke_admin_key))
+        .routes(routes!(admin_keys::rotate_admin_key))
+        .routes(routes!(admin_keys::get_own_admin_key))
+        .routes(routes!(admin_keys::rotate_own_admin_key))
         .routes(routes!(
             enrollment::create_enrollment_token,
             enrollment::list_enrollment_tokens

@@ -131,6 +131,7 @@ impl FromRequestParts<AppState> for Node {
         Ok(Node {
             id: node.id,
             name: node.name.clone(),
+            key: node.key,
         })
     }
 }

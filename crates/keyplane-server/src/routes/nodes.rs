@@ -9,11 +9,13 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::ops::keys::RotateKeyRequest;
 use crate::ops::nodes::{
     CreateNodeRequest, CreatedNodeResponse, HeartbeatRequest, HeartbeatResponse, NodePage,
-    NodeResponse, UpdateNodeRequest,
+    NodeResponse, NodeSelfResponse, UpdateNodeRequest,
 };
+use crate::ops::self_service::SelfRotateRequest;
 use crate::ops::{Apply, Node, Operator, Ops};
 use crate::pagination::PageParams;
 use crate::routes::created;
@@ -122,6 +124,62 @@ pub async fn retire_node(
 ) -> Result<StatusCode, ApiError> {
     ops.retire_node(Apply, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Give a node a new node key, shown in this response only. Its id (and so
+/// every key whose audience names it) stays; the old key keeps working for
+/// `grace_seconds` (default 3600), and a key older still stops at once.
+#[utoipa::path(
+    post, path = "/v1/nodes/{id}/rotate", operation_id = "rotate_node", tag = "nodes",
+    params(("id" = Uuid, Path, description = "The node's id")),
+    request_body(content = RotateKeyRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The node with its new key; `secret` is shown only here", body = CreatedNodeResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn rotate_node(
+    ops: Ops<Operator>,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<RotateKeyRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(ops.rotate_node(Apply, id, body).await?))
+}
+
+/// The calling node's own record, and the state of the key it presented:
+/// when it expires and whether its rotation is due.
+#[utoipa::path(
+    get, path = "/v1/nodes/self", operation_id = "get_node_self", tag = "nodes",
+    responses(
+        (status = 200, description = "The node", body = NodeSelfResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("basic" = [])),
+)]
+pub async fn get_node_self(ops: Ops<Node>) -> Result<Json<NodeSelfResponse>, ApiError> {
+    Ok(Json(ops.get_self().await?))
+}
+
+/// The calling node rotates its own key: the new key is shown in this
+/// response only; the presented key keeps working for `grace_seconds`
+/// (default 3600, at most a day). A node that lost the answer may ask again
+/// with its previous key for ten minutes, while the new key is unused;
+/// otherwise a key already rotated gets 409.
+#[utoipa::path(
+    post, path = "/v1/nodes/self/rotate", operation_id = "rotate_node_self", tag = "nodes",
+    request_body(content = SelfRotateRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The node with its new key; `secret` is shown only here", body = CreatedNodeResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("basic" = [])),
+)]
+pub async fn rotate_node_self(
+    ops: Ops<Node>,
+    OptionalJson(body): OptionalJson<SelfRotateRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(ops.rotate_self(Apply, body).await?))
 }
 
 /// A node reports its mode, version and public routes (its node key

@@ -1,0 +1,493 @@
+//! The fleet's own credentials: node keys and admin keys rotate with
+//! overlap, keep their identity, and tell their holders when to rotate.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use keyplane_server::clock::ManualClock;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{
+    BOOTSTRAP, Receiver, TestServer, admin_settings_for, call, eventually, fresh_database,
+};
+
+/// A server whose clock moves only when the test says so.
+async fn server_with_clock() -> (TestServer, ManualClock) {
+    let url = fresh_database().await;
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app =
+        keyplane_server::App::build_with_clock(admin_settings_for(&url), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+    (TestServer::from_app(app), clock)
+}
+
+/// Registers a node; answers its body (with `secret`).
+async fn node(server: &TestServer, name: &str) -> Value {
+    let (status, body) = server
+        .admin(Method::POST, "/v1/nodes", Some(json!({ "name": name })))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// Whether `node_key` is accepted and judges `key` active.
+async fn introspects(server: &TestServer, node_key: &str, key: &str) -> (u16, bool) {
+    let (status, body) = call(
+        server.as_(node_key, Method::POST, "/v1/introspect"),
+        Some(json!({ "token": key })),
+    )
+    .await;
+    (status, body["active"] == json!(true))
+}
+
+fn secret(body: &Value) -> String {
+    body["secret"].as_str().expect("a secret").to_owned()
+}
+
+#[tokio::test]
+async fn a_node_key_rotates_with_overlap_and_the_node_keeps_its_id() {
+    let server = TestServer::start_admin().await;
+    let node = node(&server, "cortex-1").await;
+    let id = node["id"].as_str().unwrap();
+    let first = secret(&node);
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"], "audience": [id]}),
+        )
+        .await;
+    let key = secret(&key);
+
+    let (status, rotated) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/nodes/{id}/rotate"),
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(rotated["id"], json!(id), "the node keeps its id");
+    let second = secret(&rotated);
+    assert_ne!(first, second);
+    assert!(second.starts_with("kpn_"));
+    assert_eq!(rotated["previous_key"]["masked_key"], node["masked_key"]);
+    // Both keys work through the grace window, and the key whose audience
+    // names the node is still meant for it.
+    assert_eq!(introspects(&server, &first, &key).await, (200, true));
+    assert_eq!(introspects(&server, &second, &key).await, (200, true));
+    let (_, seen) = call(server.as_(&first, Method::GET, "/v1/nodes/self"), None).await;
+    assert_eq!(seen["presented_key"], "previous", "{seen}");
+    let (_, seen) = call(server.as_(&second, Method::GET, "/v1/nodes/self"), None).await;
+    assert_eq!(seen["presented_key"], "current", "{seen}");
+    assert_eq!(seen["rotation_due"], false);
+
+    // Rotating again at once, with no grace: the two older keys stop.
+    let (status, again) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/nodes/{id}/rotate"),
+            Some(json!({"grace_seconds": 0})),
+        )
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["previous_key"], Value::Null);
+    let third = secret(&again);
+    assert_eq!(introspects(&server, &first, &key).await.0, 401);
+    assert_eq!(introspects(&server, &second, &key).await.0, 401);
+    assert_eq!(introspects(&server, &third, &key).await, (200, true));
+
+    // Bad input, and a retired node, are refused.
+    let path = format!("/v1/nodes/{id}/rotate");
+    for bad in [json!({"grace_seconds": -1}), json!({"grace": 1})] {
+        let (status, body) = server.admin(Method::POST, &path, Some(bad)).await;
+        assert_eq!(status, 422, "{body}");
+    }
+    let (status, _) = server
+        .admin(Method::DELETE, &format!("/v1/nodes/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = server.admin(Method::POST, &path, None).await;
+    assert_eq!(status, 404);
+
+    let (_, audit) = server
+        .admin(Method::GET, "/v1/audit?action=node.rotate", None)
+        .await;
+    let entries = audit["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{audit}");
+    let text = audit.to_string();
+    for whole in [&first, &second, &third] {
+        assert!(
+            !text.contains(whole.as_str()),
+            "a whole node key in the audit log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_rotates_itself_and_may_retry_only_briefly() {
+    let (server, clock) = server_with_clock().await;
+    let node = node(&server, "gate-1").await;
+    let id = node["id"].as_str().unwrap().to_owned();
+    let first = secret(&node);
+
+    let (status, rotated) = call(
+        server.as_(&first, Method::POST, "/v1/nodes/self/rotate"),
+        Some(json!({"grace_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(rotated["id"], json!(id));
+    let lost = secret(&rotated);
+
+    // The answer was lost: within minutes, the node asks again with the key
+    // it still has, and gets another; the lost one never works.
+    clock.advance(Duration::minutes(5));
+    let (status, again) = call(
+        server.as_(&first, Method::POST, "/v1/nodes/self/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{again}");
+    let second = secret(&again);
+    let (status, _) = call(server.as_(&lost, Method::GET, "/v1/nodes/self"), None).await;
+    assert_eq!(status, 401);
+    let (status, seen) = call(server.as_(&second, Method::GET, "/v1/nodes/self"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen["presented_key"], "current");
+
+    // Once the node has used its new key, a retry cannot take it away.
+    let path = format!("/v1/nodes/{id}");
+    eventually(
+        StdDuration::from_secs(30),
+        "the new key's use recorded",
+        || async {
+            let (_, node) = server.admin(Method::GET, &path, None).await;
+            node["key_used_at"].is_string().then_some(())
+        },
+    )
+    .await;
+    let (status, _) = call(
+        server.as_(&first, Method::POST, "/v1/nodes/self/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    // Long after, the old key is spent for rotation (though it still works
+    // until its grace window ends), and the refusal is audited.
+    clock.advance(Duration::minutes(11));
+    let (status, refused) = call(
+        server.as_(&first, Method::POST, "/v1/nodes/self/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    let (_, audit) = server
+        .admin(Method::GET, "/v1/audit?action=node.rotate", None)
+        .await;
+    let outcomes: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "denied").count(),
+        2,
+        "{audit}"
+    );
+
+    // The heartbeat and the node's own record say when to rotate.
+    let heartbeat = json!({"mode": "dev", "version": "test"});
+    let (status, beat) = call(
+        server.as_(&second, Method::POST, "/v1/heartbeat"),
+        Some(heartbeat.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{beat}");
+    assert_eq!(beat["rotation_due"], false);
+    assert_eq!(beat["presented_key"], "current");
+    clock.advance(Duration::days(73));
+    let (_, beat) = call(
+        server.as_(&second, Method::POST, "/v1/heartbeat"),
+        Some(heartbeat),
+    )
+    .await;
+    assert_eq!(beat["rotation_due"], true, "{beat}");
+    let (status, third) = call(
+        server.as_(&second, Method::POST, "/v1/nodes/self/rotate"),
+        Some(json!({"grace_seconds": 90_000})),
+    )
+    .await;
+    assert_eq!(
+        status, 422,
+        "a holder gives its old key at most a day: {third}"
+    );
+}
+
+#[tokio::test]
+async fn admin_keys_rotate_with_overlap_and_holders_rotate_their_own() {
+    let server = TestServer::start_admin().await;
+    let (status, created) = server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({"name": "ops-viewer", "role": "viewer", "expires_in": 86_400 * 30})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let first = secret(&created);
+    let first_id = created["id"].as_str().unwrap().to_owned();
+
+    // A holder rotates its own key, whatever its role.
+    let (status, rotated) = call(
+        server.as_(&first, Method::POST, "/v1/admin-keys/self/rotate"),
+        Some(json!({"grace_seconds": 600})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_eq!(rotated["role"], "viewer");
+    assert_eq!(rotated["name"], "ops-viewer");
+    assert_eq!(rotated["rotated_from"], json!(first_id));
+    let second = secret(&rotated);
+    let second_id = rotated["id"].as_str().unwrap().to_owned();
+    // The successor lives as long as the key did.
+    let life = |body: &Value| {
+        let at = |field: &str| {
+            chrono::DateTime::parse_from_rfc3339(body[field].as_str().unwrap()).unwrap()
+        };
+        at("expires_at") - at("created_at")
+    };
+    assert_eq!(life(&rotated), life(&created));
+
+    // Both work through the grace window; the old one says what replaced it.
+    let (status, own) = call(server.as_(&first, Method::GET, "/v1/admin-keys/self"), None).await;
+    assert_eq!(status, 200, "{own}");
+    assert_eq!(own["rotated_to"], json!(second_id));
+    let (status, _) = call(server.as_(&second, Method::GET, "/v1/nodes"), None).await;
+    assert_eq!(status, 200);
+
+    // A viewer may not rotate anyone else's key; an admin may, with no grace.
+    let path = format!("/v1/admin-keys/{second_id}/rotate");
+    let (status, _) = call(server.as_(&second, Method::POST, &path), None).await;
+    assert_eq!(status, 403);
+    let (status, third) = server
+        .admin(Method::POST, &path, Some(json!({"grace_seconds": 0})))
+        .await;
+    assert_eq!(status, 201, "{third}");
+    let (status, _) = call(server.as_(&second, Method::GET, "/v1/nodes"), None).await;
+    assert_eq!(status, 401, "no grace: the rotated key stops at once");
+    // An operator's rotation is final.
+    let (status, _) = server.admin(Method::POST, &path, None).await;
+    assert_eq!(status, 409);
+
+    // The bootstrap token has no key of its own.
+    let (status, body) = call(
+        server.as_(BOOTSTRAP, Method::POST, "/v1/admin-keys/self/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(!body.to_string().contains(BOOTSTRAP));
+}
+
+/// Settings for a server whose scheduler and background reads run often.
+fn brisk(url: &str) -> keyplane_server::Settings {
+    keyplane_server::Settings {
+        scheduler_interval: StdDuration::from_millis(100),
+        metrics_refresh: StdDuration::from_millis(100),
+        ..admin_settings_for(url)
+    }
+}
+
+#[tokio::test]
+async fn every_fleet_credential_is_warned_of_once_before_it_expires() {
+    let url = fresh_database().await;
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app = keyplane_server::App::build_with_clock(brisk(&url), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let server = TestServer::from_app(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    let _receiving = receiver.clone().start(listener).await;
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["credential.expiring"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let node = node(&server, "gate-1").await; // 90 days
+    let node_key = secret(&node);
+    let (_, admin) = server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({"name": "ops", "role": "operator", "expires_in": 20 * 86_400})),
+        )
+        .await;
+    let token = |seconds: i64| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .admin(
+                    Method::POST,
+                    "/v1/enrollment-tokens",
+                    Some(json!({"name": "fleet", "expires_in": seconds, "scopes": ["inference:chat"]})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            body
+        }
+    };
+    let week_token = token(5 * 86_400).await;
+    let _hour_token = token(3600).await; // made to live an hour: never warned of
+
+    let warned = |kind: &'static str| {
+        let receiver = receiver.clone();
+        move || {
+            let receiver = receiver.clone();
+            async move {
+                let found: Vec<Value> = receiver
+                    .of("credential.expiring")
+                    .into_iter()
+                    .filter(|w| w["data"]["kind"] == kind)
+                    .collect();
+                (!found.is_empty()).then_some(found)
+            }
+        }
+    };
+    // Half a day before the week's token ends: warned at 1 day.
+    clock.advance(Duration::hours(108));
+    let got = eventually(
+        StdDuration::from_secs(30),
+        "the token's warning",
+        warned("enrollment_token"),
+    )
+    .await;
+    assert_eq!(got[0]["data"]["id"], week_token["id"]);
+    assert_eq!(got[0]["data"]["days_left"], 1);
+    // 13 days before the admin key ends: warned at 14.
+    clock.advance(Duration::hours(60));
+    let got = eventually(
+        StdDuration::from_secs(30),
+        "the admin key's warning",
+        warned("admin_key"),
+    )
+    .await;
+    assert_eq!(got[0]["data"]["id"], admin["id"]);
+    assert_eq!(got[0]["data"]["days_left"], 14);
+    assert!(
+        !got[0]
+            .to_string()
+            .contains(admin["secret"].as_str().unwrap())
+    );
+    // Its holder rotates it: the successor is not due for a warning.
+    let (status, _) = call(
+        server.as_(
+            admin["secret"].as_str().unwrap(),
+            Method::POST,
+            "/v1/admin-keys/self/rotate",
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    // Six days before the node key ends: one warning (the nearest, at 7),
+    // in /healthz and /metrics too, until the node rotates its key.
+    clock.advance(Duration::days(84) - Duration::hours(168));
+    let got = eventually(
+        StdDuration::from_secs(30),
+        "the node key's warning",
+        warned("node_key"),
+    )
+    .await;
+    assert_eq!(got[0]["data"]["id"], node["id"]);
+    assert_eq!(got[0]["data"]["days_left"], 7);
+    let health = eventually(StdDuration::from_secs(30), "/healthz to warn", || async {
+        let health: Value = server.get("/healthz").await.json().await.unwrap();
+        let warns = health["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "node_key");
+        warns.then_some(health)
+    })
+    .await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("keyplane_credential_expiry_seconds{kind=\"node_key\"}"),
+        "{metrics}"
+    );
+    let (status, _) = call(
+        server.as_(&node_key, Method::POST, "/v1/nodes/self/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    eventually(
+        StdDuration::from_secs(30),
+        "/healthz to calm down",
+        || async {
+            let health: Value = server.get("/healthz").await.json().await.unwrap();
+            health["warnings"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Each credential was warned of once, and all is in the audit log.
+    let warnings = receiver.of("credential.expiring");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    let (_, audit) = server
+        .admin(Method::GET, "/v1/audit?action=credential.expiring", None)
+        .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+}
+
+#[tokio::test]
+async fn a_bootstrap_token_left_set_in_prod_is_warned_of() {
+    let url = fresh_database().await;
+    let settings = keyplane_server::Settings {
+        mode: keyplane_domain::Mode::Prod,
+        ..brisk(&url)
+    };
+    let server = TestServer::start_with(settings).await;
+    let health: Value = server.get("/healthz").await.json().await.unwrap();
+    assert!(
+        health["warnings"].as_array().unwrap().is_empty(),
+        "{health}"
+    );
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({"name": "first", "role": "admin", "expires_in": 86_400})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let health = eventually(StdDuration::from_secs(30), "the warning", || async {
+        let health: Value = server.get("/healthz").await.json().await.unwrap();
+        let warned = health["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "bootstrap_token");
+        warned.then_some(health)
+    })
+    .await;
+    assert!(!health.to_string().contains(BOOTSTRAP));
+}
