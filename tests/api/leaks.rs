@@ -8,7 +8,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{BOOTSTRAP, MASTER_KEY, eventually, free_port, fresh_database};
+use crate::support::{
+    BOOTSTRAP, Gate, MASTER_KEY, eventually, free_port, fresh_database, stub_upstream,
+};
 
 #[tokio::test]
 async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
@@ -253,40 +255,22 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
     bodies.push(forward.text().await.unwrap());
 
     // Gate traffic: keyplane-gate in front of a stub upstream, logging at debug.
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
-    tokio::spawn(async move {
-        let echo = axum::Router::new()
-            .fallback(|| async { axum::Json(json!({"object": "chat.completion", "choices": []})) });
-        axum::serve(upstream, echo).await.unwrap();
-    });
+    let upstream_url = stub_upstream().await;
     let upstream_key = "sk-upstream-0123456789abcdef0123456789abcdef";
     secrets.push(upstream_key.to_owned());
-    let gate_binary =
-        std::path::Path::new(env!("CARGO_BIN_EXE_keyplane")).with_file_name("keyplane-gate");
-    assert!(
-        gate_binary.exists(),
-        "build the gate first: cargo build -p keyplane-gate"
-    );
-    let gate_port = free_port();
-    let gate_base = format!("http://127.0.0.1:{gate_port}");
     let gate_log = tempfile::NamedTempFile::new().unwrap();
-    let mut gate = Command::new(&gate_binary)
-        .env("KEYPLANE_URL", &base)
-        .env("KEYPLANE_NODE_KEY", &node_key)
-        .env("KEYPLANE_GATE_LISTEN", format!("127.0.0.1:{gate_port}"))
-        .env("KEYPLANE_GATE_UPSTREAM", &upstream_url)
-        .env("KEYPLANE_GATE_UPSTREAM_KEY", upstream_key)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(gate_log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(30), "the gate to be up", || {
-        let request = client.get(format!("{gate_base}/_keyplane/healthz")).send();
-        async move { request.await.ok().filter(|r| r.status() == 200).map(drop) }
-    })
+    let mut gate = Gate::start(
+        &[
+            ("KEYPLANE_URL", &base),
+            ("KEYPLANE_NODE_KEY", &node_key),
+            ("KEYPLANE_GATE_UPSTREAM", &upstream_url),
+            ("KEYPLANE_GATE_UPSTREAM_KEY", upstream_key),
+            ("RUST_LOG", "debug"),
+        ],
+        gate_log.reopen().unwrap().into(),
+    )
     .await;
+    let gate_base = gate.base.clone();
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let mut statuses = Vec::new();
     for (token, path) in [
@@ -326,8 +310,7 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
             .await
             .unwrap(),
     );
-    gate.kill().unwrap();
-    gate.wait().unwrap();
+    gate.stop();
     let gate_logs = std::fs::read_to_string(gate_log.path()).unwrap();
     assert!(gate_logs.contains("refused"), "the gate's log was captured");
     bodies.push(gate_logs);

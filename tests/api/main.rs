@@ -22,6 +22,7 @@ mod health;
 mod instances;
 mod introspect;
 mod keys;
+mod leak_reports;
 mod leaks;
 mod lifecycle;
 mod plans;

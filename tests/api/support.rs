@@ -77,6 +77,7 @@ pub fn settings_for(database_url: &str) -> Settings {
             node_per_second: 1_000_000,
             self_service_per_minute: 1_000_000,
             self_rotations_per_hour: 1_000_000,
+            leak_reports_per_minute: 1_000_000,
         },
         ..Settings::default()
     }
@@ -426,5 +427,71 @@ impl Receiver {
             .filter(|(_, body)| body["type"] == event)
             .map(|(_, body)| body.clone())
             .collect()
+    }
+}
+
+/// An upstream that answers every request with an empty chat completion;
+/// answers its base URL.
+pub async fn stub_upstream() -> String {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", upstream.local_addr().unwrap());
+    tokio::spawn(async move {
+        let echo = axum::Router::new().fallback(|| async {
+            axum::Json(serde_json::json!({"object": "chat.completion", "choices": []}))
+        });
+        axum::serve(upstream, echo).await.unwrap();
+    });
+    url
+}
+
+/// A `keyplane-gate` process (killed when dropped), started with `envs` on
+/// a free port, its log written to `log`.
+pub struct Gate {
+    child: std::process::Child,
+    /// Its base URL.
+    pub base: String,
+}
+
+impl Gate {
+    /// Starts the gate and waits until it serves.
+    pub async fn start(envs: &[(&str, &str)], log: std::process::Stdio) -> Gate {
+        let binary =
+            std::path::Path::new(env!("CARGO_BIN_EXE_keyplane")).with_file_name("keyplane-gate");
+        assert!(
+            binary.exists(),
+            "build the gate first: cargo build -p keyplane-gate"
+        );
+        let port = free_port();
+        let child = std::process::Command::new(&binary)
+            .envs(envs.iter().copied())
+            .env("KEYPLANE_GATE_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let gate = Gate {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let health = format!("{}/_keyplane/healthz", gate.base);
+        eventually(Duration::from_secs(30), "the gate to be up", || {
+            let request = client.get(&health).send();
+            async move { request.await.ok().filter(|r| r.status() == 200).map(drop) }
+        })
+        .await;
+        gate
+    }
+
+    /// Stops the gate.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

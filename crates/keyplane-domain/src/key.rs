@@ -230,6 +230,25 @@ pub fn mask_untrusted(text: &str) -> String {
     format!("{prefix}…{tail}")
 }
 
+/// Every whole keyplane key in `text` (a type prefix, its body and a
+/// checksum that matches, not inside a longer word), with the byte offset
+/// where it starts. The checksum makes a false find rare: a random string
+/// of the right shape passes it about once in 57 billion.
+pub fn find_keys(text: &str) -> impl Iterator<Item = (usize, KeySecret)> + '_ {
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    (0..bytes.len().saturating_sub(KEY_LEN - 1)).filter_map(move |at| {
+        let candidate = bytes.get(at..at + KEY_LEN)?;
+        let starts_word = at == 0 || !word(bytes[at - 1]);
+        let ends_word = bytes.get(at + KEY_LEN).is_none_or(|&b| !word(b));
+        if !(starts_word && ends_word && candidate.get(3) == Some(&b'_')) {
+            return None;
+        }
+        let candidate = std::str::from_utf8(candidate).ok()?;
+        KeySecret::parse(candidate).ok().map(|key| (at, key))
+    })
+}
+
 /// Replaces anything in `text` that looks like a keyplane key (a type prefix
 /// followed by a run of letters and digits) with its masked form: the last
 /// line of defence for text that echoes input, such as parser errors.
@@ -287,6 +306,28 @@ mod tests {
         let key = KeySecret::generate(KeyKind::Admin).unwrap();
         assert_eq!(key.expose().len(), 42);
         assert!(key.expose()[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn keys_are_found_in_text_and_near_misses_are_not() {
+        let admin = KeySecret::generate(KeyKind::Admin).unwrap();
+        let node = KeySecret::generate(KeyKind::Node).unwrap();
+        let mut broken = node.expose().to_owned();
+        broken.replace_range(10..11, if &broken[10..11] == "a" { "b" } else { "a" });
+        let text = format!(
+            "TOKEN={}\n\"{}\" x{} {} {}",
+            admin.expose(),
+            node.expose(),
+            admin.expose(),
+            &broken,
+            &node.expose()[..KEY_LEN - 1],
+        );
+        let found: Vec<String> = find_keys(&text)
+            .map(|(_, key)| key.expose().to_owned())
+            .collect();
+        assert_eq!(found, [admin.expose(), node.expose()]);
+        assert_eq!(find_keys("").count(), 0);
+        assert_eq!(find_keys("é kpa_").count(), 0);
     }
 
     #[test]

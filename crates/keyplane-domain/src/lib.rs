@@ -20,7 +20,9 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use forward_auth::{
     Call, ENVOY_PATH_PREFIX, ForwardAuthProxy, ForwardedError, Original, UnknownProxy, Unreadable,
 };
-pub use key::{KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, mask_untrusted, scrub_keys};
+pub use key::{
+    KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, find_keys, mask_untrusted, scrub_keys,
+};
 pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
 pub use route::{Access, PathError, RouteError, RouteMap, decoded_segments};

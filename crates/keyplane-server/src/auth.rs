@@ -12,6 +12,7 @@ use keyplane_domain::{KeyKind, KeySecret};
 use crate::error::ApiError;
 use crate::ops::denials::{self, Denial};
 use crate::ops::enrollment::bad_token;
+use crate::ops::leaks::Reporter;
 use crate::ops::self_service::bad_key;
 use crate::ops::{Actor, Enrollee, Holder, Operator, Ops, Refusal, authn};
 use crate::request::{CallerSlot, origin};
@@ -113,6 +114,39 @@ async fn instance_bearer(
         state.limits.check_unknown(address, key.expose())?;
     }
     Ok(key)
+}
+
+/// Anyone may report a leak; a signed report names its key and signature.
+impl FromRequestParts<AppState> for Reporter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let signature = match (
+            header("github-public-key-identifier"),
+            header("github-public-key-signature"),
+        ) {
+            (None, None) => None,
+            (Some(id), Some(signature)) => Some((id, signature)),
+            _ => {
+                return Err(ApiError::Unauthorized {
+                    code: "invalid_signature",
+                    detail: "a signed report carries both Github-Public-Key-Identifier and \
+                             Github-Public-Key-Signature",
+                });
+            }
+        };
+        Ok(Reporter { signature })
+    }
 }
 
 impl FromRequestParts<AppState> for Holder {

@@ -29,6 +29,28 @@ where
     }
 }
 
+/// A JSON body of any shape (an object or a list), with the bytes it was
+/// read from, for a caller that checks a signature over them.
+#[derive(Debug)]
+pub struct SignedJson<T>(pub T, pub Bytes);
+
+impl<T, S> FromRequest<S> for SignedJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(&request) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = read_body(request, state).await?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(SignedJson(value, bytes))
+    }
+}
+
 /// Reads the whole body, within the size limit.
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(request, state)

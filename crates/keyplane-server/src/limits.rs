@@ -53,6 +53,9 @@ pub struct LimitSettings {
     /// Self-rotations per instance per hour: a holder rotating in a loop
     /// would flood keys, audit entries, webhooks and revocation events.
     pub self_rotations_per_hour: u32,
+    /// Leak reports per client address per minute (signed reports are
+    /// not counted).
+    pub leak_reports_per_minute: u32,
 }
 
 impl Default for LimitSettings {
@@ -66,6 +69,7 @@ impl Default for LimitSettings {
             misses_per_address_per_second: 20,
             self_service_per_minute: 60,
             self_rotations_per_hour: 12,
+            leak_reports_per_minute: 60,
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct Limits {
     nodes: DefaultKeyedRateLimiter<Uuid>,
     self_service: DefaultKeyedRateLimiter<Uuid>,
     self_rotations: DefaultKeyedRateLimiter<Uuid>,
+    leak_reports: WindowCounter,
 }
 
 fn at_least_one(n: u32) -> NonZeroU32 {
@@ -136,6 +141,7 @@ impl Limits {
             self_rotations: RateLimiter::keyed(Quota::per_hour(at_least_one(
                 settings.self_rotations_per_hour,
             ))),
+            leak_reports: WindowCounter::new(settings.leak_reports_per_minute, MINUTE),
         }
     }
 
@@ -197,6 +203,14 @@ impl Limits {
     /// Spends one of an instance's self-service requests.
     pub fn check_self_service(&self, instance: Uuid) -> Result<(), Limited> {
         spend(&self.self_service, &instance)
+    }
+
+    /// Spends one of an address's leak reports; an unknown address shares
+    /// one budget.
+    pub fn check_leak_report(&self, address: Option<IpAddr>) -> Result<(), Limited> {
+        self.leak_reports
+            .spend(address.map(source_of))
+            .map_err(too_many)
     }
 
     /// Spends one of a holder's self-rotations (an instance's, for its keys;

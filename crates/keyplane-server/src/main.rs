@@ -43,6 +43,23 @@ enum Command {
     /// Run beside an instance: enroll on first start, keep its key in a file
     /// and rotate it when due.
     Agent(keyplane_agent::AgentArgs),
+    /// Find keyplane keys in files and folders, print them masked with file
+    /// and line; with --report, send them to keyplane (POST /v1/leaks), which
+    /// stops every one that still works. Exits 1 when any key is found.
+    Scan {
+        /// Files and folders (walked recursively, symbolic links not followed).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Report what is found to keyplane.
+        #[arg(long)]
+        report: bool,
+        /// keyplane's URL, for --report.
+        #[arg(long, env = "KEYPLANE_URL")]
+        url: Option<String>,
+        /// Certificates to trust for keyplane's URL (PEM), besides the system's.
+        #[arg(long, env = "KEYPLANE_CA_BUNDLE")]
+        ca_bundle: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +110,18 @@ fn main() -> ExitCode {
             checkpoints,
         }) => return verify_export(file, trust, checkpoints.as_deref()),
         Command::Agent(args) => return agent(args.clone(), cli.settings.mode.as_deref()),
+        Command::Scan {
+            paths,
+            report,
+            url,
+            ca_bundle,
+        } => {
+            return scan(
+                paths,
+                report.then_some(url.as_deref()),
+                ca_bundle.as_deref(),
+            );
+        }
         _ => {}
     }
     let settings = match Settings::load(&cli.settings) {
@@ -116,7 +145,9 @@ fn main() -> ExitCode {
                 role,
                 expires_in,
             }) => create_admin_key(settings, &name, &role, expires_in.as_deref()).await,
-            Command::Openapi | Command::Audit(_) | Command::Agent(_) => Ok(()),
+            Command::Openapi | Command::Audit(_) | Command::Agent(_) | Command::Scan { .. } => {
+                Ok(())
+            }
         }
     });
     match result {
@@ -164,6 +195,53 @@ fn agent(args: keyplane_agent::AgentArgs, mode: Option<&str>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `keyplane scan`: prints what it finds (masked) on standard output, what
+/// it skipped on standard error; `report` is Some(keyplane's URL) to send
+/// the finds there. 0: nothing found; 1: keys found; 2: it could not do
+/// what was asked.
+fn scan(
+    paths: &[std::path::PathBuf],
+    report: Option<Option<&str>>,
+    ca_bundle: Option<&std::path::Path>,
+) -> ExitCode {
+    let found = keyplane_server::scan::scan(paths);
+    for (path, why) in &found.skipped {
+        eprintln!("keyplane scan: skipped {}: {why}", path.display());
+    }
+    for finding in &found.findings {
+        println!("{}", finding.describe());
+    }
+    if found.findings.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if let Some(url) = report {
+        let Some(url) = url else {
+            eprintln!("keyplane scan: --report needs keyplane's URL (--url or KEYPLANE_URL)");
+            return ExitCode::from(2);
+        };
+        let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+            Ok(runtime) => runtime,
+            Err(code) => return code,
+        };
+        let reported = runtime.block_on(keyplane_server::scan::report(
+            url,
+            ca_bundle,
+            &found.findings,
+        ));
+        match reported {
+            Ok(()) => eprintln!(
+                "keyplane scan: reported {} finds to {url}; every key that still worked is stopped",
+                found.findings.len()
+            ),
+            Err(err) => {
+                eprintln!("keyplane scan: {err:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    ExitCode::from(1)
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -24,13 +24,14 @@ use crate::signing::MasterKey;
 use crate::state::AppState;
 
 /// The events an endpoint can ask for.
-pub const EVENTS: [&str; 6] = [
+pub const EVENTS: [&str; 7] = [
     "key.expiring",
     "key.rotated",
     "key.revoked",
     "instance.decommissioned",
     "node.mode_weaker",
     "credential.expiring",
+    "key.leaked",
 ];
 
 /// Binds sealed secrets to their purpose.

@@ -145,6 +145,27 @@ pub async fn find_by_digest(
     )
 }
 
+/// Revokes the admin key whose digest this is if it works at `now`;
+/// answers it, or None when no working admin key has this digest.
+pub async fn revoke_live_by_digest(
+    conn: &mut PgConnection,
+    digest: &[u8],
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<AdminKey>, StoreError> {
+    Ok(sqlx::query_as::<_, AdminKey>(
+        r#"update admin_keys set revoked_at = $2, revoked_reason = $3
+            where digest = $1 and revoked_at is null and expires_at > $2
+              and (grace_until is null or grace_until > $2)
+        returning *"#,
+    )
+    .bind(digest)
+    .bind(now)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Revokes an admin key; None when it does not exist.
 pub async fn revoke(
     conn: &mut PgConnection,

@@ -131,3 +131,21 @@ pub async fn revoke(
     .fetch_optional(conn)
     .await?)
 }
+
+/// Revokes the live token whose digest this is; answers it, or None when
+/// there is no such token or it was spent, expired or revoked already.
+pub async fn revoke_live_by_digest(
+    conn: &mut PgConnection,
+    digest: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<EnrollmentToken>, StoreError> {
+    Ok(sqlx::query_as::<_, EnrollmentToken>(
+        r#"update enrollment_tokens set revoked_at = $2
+            where digest = $1 and revoked_at is null and uses_left > 0 and expires_at > $2
+        returning *"#,
+    )
+    .bind(digest)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?)
+}

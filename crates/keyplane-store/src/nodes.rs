@@ -219,6 +219,35 @@ pub async fn replace_unused_key(
     .await?)
 }
 
+/// Stops the node key whose digest this is (a node's current or previous
+/// key) at `now`; answers the node as it was before, or None when no live
+/// node key has this digest.
+pub async fn stop_key(
+    conn: &mut PgConnection,
+    digest: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<Node>, StoreError> {
+    Ok(sqlx::query_as::<_, Node>(
+        r#"with found as (
+               select * from nodes
+                where retired_at is null
+                  and ((digest = $1 and expires_at > $2)
+                       or (previous_digest = $1 and previous_until > $2))
+                for update),
+           stopped as (
+               update nodes n
+                  set expires_at = case when n.digest = $1 then $2 else n.expires_at end,
+                      previous_until = case when n.previous_digest = $1 then $2
+                                            else n.previous_until end
+                 from found where n.id = found.id)
+           select * from found"#,
+    )
+    .bind(digest)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Records that the node used its current key (the key of `digest`), the
 /// first time only.
 pub async fn note_key_used(

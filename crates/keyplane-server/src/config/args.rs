@@ -123,6 +123,9 @@ pub struct SettingsArgs {
     /// Introspection and forward-auth requests per node per second.
     #[arg(long, env = "KEYPLANE_RATE_NODE", global = true)]
     pub rate_node: Option<String>,
+    /// Leak reports (`POST /v1/leaks`) per client address per minute.
+    #[arg(long, env = "KEYPLANE_RATE_LEAK_REPORTS", global = true)]
+    pub rate_leak_reports: Option<String>,
 
     // Webhooks.
     /// The first retry delay of a failed webhook delivery; each retry waits
@@ -134,4 +137,11 @@ pub struct SettingsArgs {
     /// refused otherwise (loopback is allowed in dev).
     #[arg(long, env = "KEYPLANE_WEBHOOK_ALLOW_NETWORKS", global = true)]
     pub webhook_allow_networks: Option<String>,
+
+    // Leak reports.
+    /// The public keys that sign leak reports, in the format of
+    /// https://api.github.com/meta/public_keys/secret_scanning: a report
+    /// carrying a signature must verify against one of them.
+    #[arg(long, env = "KEYPLANE_LEAK_REPORT_KEYS", global = true)]
+    pub leak_report_keys: Option<PathBuf>,
 }

@@ -98,6 +98,8 @@ pub struct Settings {
     pub webhook_retry_base: Duration,
     /// Internal networks webhook deliveries may reach.
     pub webhook_allow_networks: Vec<ipnet::IpNet>,
+    /// The public keys that sign leak reports (GitHub's secret scanning).
+    pub leak_report_keys: crate::reporters::ReporterKeys,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// The token that authenticates as the built-in `admin` operator, if set.
@@ -144,6 +146,7 @@ impl Default for Settings {
             metrics_refresh: Duration::from_secs(15),
             webhook_retry_base: Duration::from_secs(10),
             webhook_allow_networks: Vec::new(),
+            leak_report_keys: crate::reporters::ReporterKeys::default(),
             log_format: LogFormat::Text,
             bootstrap_token: None,
             max_key_lifetime: Duration::from_secs(90 * 86_400),

@@ -38,6 +38,11 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
             &args.rate_misses_address,
             &mut limits.misses_per_address_per_second,
         ),
+        (
+            "KEYPLANE_RATE_LEAK_REPORTS",
+            &args.rate_leak_reports,
+            &mut limits.leak_reports_per_minute,
+        ),
     ] {
         if let Some(n) = sources.number(variable, arg)? {
             *budget = u32::try_from(n)

@@ -1,8 +1,10 @@
 //! Webhook deliveries: how soon a failed one is retried, and which
-//! internal networks they may reach.
+//! internal networks they may reach; and the keys that sign leak reports
+//! (what keyplane hears from outside, as webhooks are what it tells).
 
 use crate::config::sources::{Sources, parse_with};
 use crate::config::{ConfigError, Settings};
+use crate::reporters::ReporterKeys;
 
 /// Reads the webhook settings into `settings`.
 pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(), ConfigError> {
@@ -26,6 +28,11 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+    }
+    let variable = "KEYPLANE_LEAK_REPORT_KEYS";
+    if let Some(path) = sources.path(variable, &args.leak_report_keys)? {
+        settings.leak_report_keys = ReporterKeys::load(&path)
+            .map_err(|err| ConfigError::new(variable, format!("{err:#}")))?;
     }
     Ok(())
 }

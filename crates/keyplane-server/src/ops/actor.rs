@@ -26,6 +26,8 @@ pub enum Actor {
     Node(Uuid),
     /// keyplane's own scheduled jobs.
     Scheduler,
+    /// Whoever reported a leaked key (`POST /v1/leaks`).
+    LeakReport,
     /// A caller who presented no good credential.
     Anonymous,
 }
@@ -40,6 +42,7 @@ impl fmt::Display for Actor {
             Actor::EnrollmentToken(id) => write!(f, "enrollment_token:{id}"),
             Actor::Node(id) => write!(f, "node:{id}"),
             Actor::Scheduler => f.write_str("scheduler"),
+            Actor::LeakReport => f.write_str("leak_report"),
             Actor::Anonymous => f.write_str("anonymous"),
         }
     }

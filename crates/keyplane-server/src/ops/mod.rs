@@ -28,6 +28,7 @@ pub mod health;
 pub mod input;
 pub mod instances;
 pub mod keys;
+pub mod leaks;
 pub mod node_calls;
 pub mod nodes;
 pub mod roles;

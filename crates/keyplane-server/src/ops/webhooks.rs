@@ -28,7 +28,8 @@ pub struct CreateWebhookRequest {
     /// Events to receive: `key.expiring`, `key.rotated`, `key.revoked`,
     /// `instance.decommissioned`, `node.mode_weaker`, `credential.expiring`
     /// (a node key, admin key or enrollment token 14, 7 or 1 days before it
-    /// expires without a successor).
+    /// expires without a successor), `key.leaked` (a reported leak stopped
+    /// a working key).
     pub events: Vec<String>,
     /// Free text.
     pub description: Option<String>,

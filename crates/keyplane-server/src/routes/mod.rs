@@ -7,6 +7,7 @@ pub mod enrollment;
 pub mod health;
 pub mod instances;
 pub mod keys;
+pub mod leaks;
 pub mod node_api;
 pub mod nodes;
 pub mod roles;
@@ -45,6 +46,7 @@ use crate::state::AppState;
         (name = "enrollment", description = "Enrollment tokens, and instances enrolling themselves"),
         (name = "self-service", description = "A key holder's own key: read it, rotate it"),
         (name = "webhooks", description = "Event deliveries to operators' endpoints (Standard Webhooks)"),
+        (name = "leaks", description = "Reports of leaked keys, from anyone"),
     ),
     paths(node_api::check_access_envoy),
     components(schemas(Problem)),
@@ -119,6 +121,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(webhooks::delete_webhook))
         .routes(routes!(webhooks::list_webhook_deliveries))
+        .routes(routes!(leaks::report_leaks))
         .routes(routes!(node_api::introspect))
         .routes(routes!(node_api::check_access, node_api::check_access_post))
         // Envoy's path goes on past the prefix: a catch-all route, for any
