@@ -27,5 +27,6 @@ mod leaks;
 mod lifecycle;
 mod plans;
 mod self_service;
+mod time_travel;
 mod tls;
 mod webhooks;

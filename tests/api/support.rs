@@ -495,3 +495,87 @@ impl Drop for Gate {
         self.stop();
     }
 }
+
+/// A real nginx (from Debian's packages, which `scripts/test` installs) with
+/// `deploy/nginx/keyplane-auth.conf` in front of an upstream, run from a
+/// temporary prefix; killed when dropped. Its node key is read from
+/// `keyplane-node-key.conf` in `dir`.
+pub struct Nginx {
+    child: std::process::Child,
+    /// Its base URL.
+    pub base: String,
+    /// A shell command that makes it read its configuration again.
+    pub reload: String,
+}
+
+impl Nginx {
+    /// Starts nginx in `dir` between clients, keyplane at `keyplane` and
+    /// `upstream` (both `host:port`), once `dir/keyplane-node-key.conf` exists.
+    pub async fn start(dir: &std::path::Path, keyplane: &str, upstream: &str) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .expect("nginx is missing: run the tests through scripts/test, which installs it");
+        let port = free_port();
+        let auth = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/nginx/keyplane-auth.conf"
+        ))
+        .unwrap()
+        .replace("KEYPLANE_LISTEN", &format!("127.0.0.1:{port}"))
+        .replace("KEYPLANE_ADDR", keyplane)
+        .replace("KEYPLANE_UPSTREAM", upstream);
+        std::fs::write(dir.join("keyplane-auth.conf"), auth).unwrap();
+        let d = dir.display();
+        let user = if std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+        {
+            "user root;"
+        } else {
+            ""
+        };
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "{user}\nworker_processes 1;\nevents {{ worker_connections 64; }}\nhttp {{\n\
+                 access_log {d}/access.log;\nclient_body_temp_path {d}/client_body;\n\
+                 proxy_temp_path {d}/proxy;\nfastcgi_temp_path {d}/fastcgi;\n\
+                 uwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+                 include keyplane-auth.conf;\n}}\n"
+            ),
+        )
+        .unwrap();
+        let args = format!("-p {d} -c {d}/nginx.conf -e {d}/error.log");
+        let globals = format!("pid {d}/nginx.pid; error_log {d}/error.log;");
+        let child = std::process::Command::new(nginx)
+            .args(args.split(' '))
+            .arg("-g")
+            .arg(format!("{globals} daemon off;"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let nginx = Nginx {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            reload: format!("{nginx} {args} -g '{globals}' -s reload"),
+        };
+        let client = reqwest::Client::new();
+        let probe = format!("{}/v1/models", nginx.base);
+        eventually(Duration::from_secs(30), "nginx to be up", || {
+            let request = client.get(&probe).send();
+            async move { request.await.ok().map(drop) }
+        })
+        .await;
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

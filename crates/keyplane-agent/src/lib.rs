@@ -4,6 +4,13 @@
 //! expiry), writing each new key atomically (mode 0600) for the instance to
 //! read. It rides out keyplane outages by retrying with backoff, and never
 //! logs a key: only its masked form.
+//!
+//! With `--node` it keeps a node's `kpn_` key the same way (for a node whose
+//! proxy cannot rotate its own, such as nginx): the first key comes from
+//! `KEYPLANE_NODE_KEY` (or `_FILE`), each new key is also written into
+//! nginx's include file (`--nginx-include`), and a command (`--reload`,
+//! e.g. `nginx -s reload`) makes the proxy read it; nginx reloads without
+//! dropping a request, and the old key works through the grace window.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use keyplane_domain::{KeyKind, KeySecret, Mode, parse_duration};
+use keyplane_domain::{KeyDigest, KeyKind, KeySecret, Mode, parse_duration};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -43,14 +50,62 @@ pub struct AgentArgs {
     /// PEM CAs to trust for keyplane's certificate, besides the system's.
     #[arg(long, env = "KEYPLANE_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
+    /// Keep a node's key (kpn_) instead of an instance's: the first one from
+    /// KEYPLANE_NODE_KEY (or _FILE) when the key file does not exist yet.
+    #[arg(long, env = "KEYPLANE_AGENT_NODE")]
+    pub node: bool,
+    /// With --node: also write each key into this nginx include file, as
+    /// `set $keyplane_node_key "kpn_…";` (atomically, mode 0600).
+    #[arg(long, env = "KEYPLANE_AGENT_NGINX_INCLUDE", requires = "node")]
+    pub nginx_include: Option<PathBuf>,
+    /// A command run (by /bin/sh) after each new key is written, e.g.
+    /// `nginx -s reload`; the key is never in its arguments or environment.
+    #[arg(long, env = "KEYPLANE_AGENT_RELOAD")]
+    pub reload: Option<String>,
+}
+
+/// Whose key the agent keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// An instance's API key.
+    Instance,
+    /// A node's key.
+    Node,
+}
+
+impl Holder {
+    fn kind(self) -> KeyKind {
+        match self {
+            Holder::Instance => KeyKind::Instance,
+            Holder::Node => KeyKind::Node,
+        }
+    }
+
+    /// Where the holder reads its own key.
+    fn self_path(self) -> &'static str {
+        match self {
+            Holder::Instance => "/v1/self",
+            Holder::Node => "/v1/nodes/self",
+        }
+    }
+
+    /// Where the holder rotates its own key.
+    fn rotate_path(self) -> &'static str {
+        match self {
+            Holder::Instance => "/v1/self/rotate",
+            Holder::Node => "/v1/nodes/self/rotate",
+        }
+    }
 }
 
 /// The longest wait between two attempts while keyplane is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// What keyplane says of the key (by its own clock, which decides).
 #[derive(Debug, Deserialize)]
 struct SelfInfo {
     id: uuid::Uuid,
+    rotation_due: bool,
     rotation_due_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 }
@@ -72,7 +127,10 @@ enum Failure {
 struct Agent {
     http: reqwest::Client,
     url: String,
+    holder: Holder,
     key_file: PathBuf,
+    nginx_include: Option<PathBuf>,
+    reload: Option<String>,
     grace_seconds: u64,
 }
 
@@ -111,7 +169,14 @@ pub async fn run(
     let agent = Agent {
         http: http.build()?,
         url,
+        holder: if args.node {
+            Holder::Node
+        } else {
+            Holder::Instance
+        },
         key_file: args.key_file.clone(),
+        nginx_include: args.nginx_include.clone(),
+        reload: args.reload.clone(),
         grace_seconds: grace.as_secs(),
     };
     let mut shutdown = std::pin::pin!(shutdown);
@@ -126,10 +191,13 @@ pub async fn run(
 
 impl Agent {
     async fn work(&self, name: Option<String>, check_every: Duration) -> anyhow::Result<()> {
-        let mut key = match read_key(&self.key_file)? {
-            Some(key) => key,
-            None => self.enroll(name).await?,
+        let kind = self.holder.kind();
+        let mut key = match (read_key(&self.key_file, kind)?, self.holder) {
+            (Some(key), _) => key,
+            (None, Holder::Instance) => self.enroll(name).await?,
+            (None, Holder::Node) => self.adopt_node_key()?,
         };
+        self.publish(&key, false)?;
         let mut backoff = Duration::from_secs(1);
         loop {
             let wait = match self.check(&key).await {
@@ -157,6 +225,59 @@ impl Agent {
             };
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A node's first key, from KEYPLANE_NODE_KEY (or _FILE), kept in the file.
+    fn adopt_node_key(&self) -> anyhow::Result<KeySecret> {
+        let given = keyplane_client::secret_from_env("KEYPLANE_NODE_KEY")
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.variable, e.reason))?
+            .with_context(|| {
+                format!(
+                    "no key in {} and no KEYPLANE_NODE_KEY (or _FILE) to start from",
+                    self.key_file.display()
+                )
+            })?;
+        let key = KeySecret::parse_as(KeyKind::Node, given.expose_secret())
+            .map_err(|_| anyhow::anyhow!("KEYPLANE_NODE_KEY: not a node key (kpn_…)"))?;
+        write_key(&self.key_file, &key)?;
+        tracing::info!(key = %key.masked(), file = %self.key_file.display(), "keeping the node key");
+        Ok(key)
+    }
+
+    /// Writes `key` where the proxy reads it (the nginx include), when it is
+    /// not there already or `changed`, and runs the reload command.
+    fn publish(&self, key: &KeySecret, changed: bool) -> anyhow::Result<()> {
+        let Some(include) = &self.nginx_include else {
+            return if changed { self.run_reload() } else { Ok(()) };
+        };
+        let contents = nginx_include(key);
+        let current = std::fs::read_to_string(include).unwrap_or_default();
+        // Compared as digests: in constant time, whatever the file holds.
+        if KeyDigest::of(&current) == KeyDigest::of(&contents) {
+            return Ok(());
+        }
+        keyplane_client::write_private(include, contents.as_bytes())?;
+        tracing::info!(key = %key.masked(), file = %include.display(), "wrote the node key for nginx");
+        self.run_reload()
+    }
+
+    /// Runs the reload command, if there is one.
+    fn run_reload(&self) -> anyhow::Result<()> {
+        let Some(command) = &self.reload else {
+            return Ok(());
+        };
+        let status = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("KEYPLANE_AGENT_RELOAD: cannot run {command:?}"))?;
+        anyhow::ensure!(
+            status.success(),
+            "KEYPLANE_AGENT_RELOAD: {command:?} failed ({status})"
+        );
+        tracing::info!(command = %command, "reloaded");
+        Ok(())
     }
 
     /// Enrolls, retrying while keyplane is unreachable, and keeps the key.
@@ -212,34 +333,39 @@ impl Agent {
         let body = self
             .call(
                 self.http
-                    .get(format!("{}/v1/self", self.url))
+                    .get(format!("{}{}", self.url, self.holder.self_path()))
                     .bearer_auth(key.expose()),
             )
             .await?;
         let info: SelfInfo =
             serde_json::from_value(body).map_err(|e| Failure::Transient(e.to_string()))?;
-        if Utc::now() < info.rotation_due_at {
-            tracing::debug!(key_id = %info.id, due = %info.rotation_due_at, expires = %info.expires_at, "rotation not due");
+        if !info.rotation_due {
+            tracing::debug!(id = %info.id, due = %info.rotation_due_at, expires = %info.expires_at, "rotation not due");
             return Ok(None);
         }
         let body = self
             .call(
                 self.http
-                    .post(format!("{}/v1/self/rotate", self.url))
+                    .post(format!("{}{}", self.url, self.holder.rotate_path()))
                     .bearer_auth(key.expose())
                     .json(&json!({ "grace_seconds": self.grace_seconds })),
             )
             .await?;
         let created: Created =
             serde_json::from_value(body).map_err(|e| Failure::Transient(e.to_string()))?;
-        let successor = KeySecret::parse_as(KeyKind::Instance, &created.secret).map_err(|_| {
-            Failure::Transient("keyplane answered something that is not an API key".to_owned())
+        let successor = KeySecret::parse_as(self.holder.kind(), &created.secret).map_err(|_| {
+            Failure::Transient("keyplane answered something that is not the new key".to_owned())
         })?;
         // Written at once: the old key works only for the grace window. If
         // the write fails, the next check rotates again with the old key,
         // and keyplane replaces the successor no one ever used.
         write_key(&self.key_file, &successor)
             .map_err(|e| Failure::Transient(format!("cannot write the new key: {e:#}")))?;
+        // The proxy is told last; if that fails, the next check sees the
+        // new key in the file and tells it again.
+        if let Err(err) = self.publish(&successor, true) {
+            tracing::error!(error = %format!("{err:#}"), "the new key is in its file, but the proxy has not read it");
+        }
         tracing::info!(
             old_key_id = %info.id,
             old_key = %key.masked(),
@@ -281,12 +407,25 @@ impl Agent {
     }
 }
 
-/// The key kept in `path`, if there is one.
-fn read_key(path: &Path) -> anyhow::Result<Option<KeySecret>> {
+/// nginx's include file for `key`.
+fn nginx_include(key: &KeySecret) -> String {
+    format!(
+        "# Written by keyplane agent --node: this node's key, replaced at each rotation.\n\
+         set $keyplane_node_key \"{}\";\n",
+        key.expose()
+    )
+}
+
+/// The key of `kind` kept in `path`, if there is one.
+fn read_key(path: &Path, kind: KeyKind) -> anyhow::Result<Option<KeySecret>> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let key = KeySecret::parse_as(KeyKind::Instance, text.trim()).map_err(|_| {
-                anyhow::anyhow!("{} does not hold a keyplane API key", path.display())
+            let key = KeySecret::parse_as(kind, text.trim()).map_err(|_| {
+                anyhow::anyhow!(
+                    "{} does not hold a keyplane {} key",
+                    path.display(),
+                    kind.prefix()
+                )
             })?;
             Ok(Some(key))
         }

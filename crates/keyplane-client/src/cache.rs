@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, ConfigError};
 use crate::net::without_url;
+use crate::node_key::NodeKey;
 use crate::stream::{self, Follower, StreamState};
 
 /// Who a good key belongs to, as keyplane vouched for it.
@@ -194,6 +195,8 @@ pub(crate) struct Counters {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// The key presented to keyplane (starting as `config.node_key`).
+    node_key: NodeKey,
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: String,
     introspect_url: String,
@@ -353,6 +356,7 @@ impl Introspector {
             .build();
         let inner = Arc::new(Inner {
             introspect_url: format!("{base_url}/v1/introspect"),
+            node_key: NodeKey::new(config.node_key.clone()),
             base_url,
             config,
             http,
@@ -365,7 +369,7 @@ impl Introspector {
         let source = stream::Source {
             http: inner.http.clone(),
             base_url: inner.base_url.clone(),
-            node_key: inner.config.node_key.clone(),
+            node_key: inner.node_key.clone(),
         };
         let follower = tokio::spawn(stream::follow(source, inner.clone()));
         Ok(Introspector {
@@ -492,9 +496,21 @@ impl Introspector {
         &self.inner.http
     }
 
-    /// This node's key, for other calls to keyplane.
-    pub fn node_key(&self) -> &secrecy::SecretString {
-        &self.inner.config.node_key
+    /// This node's key now, for other calls to keyplane.
+    pub fn node_key(&self) -> secrecy::SecretString {
+        self.inner.node_key.get()
+    }
+
+    /// Presents `key` (this node's new key, after a rotation) from the next
+    /// call on; requests in flight finish with the old one, and the
+    /// revocation stream reconnects with the new one at once, resuming where
+    /// it was (nothing is missed, and cached answers stay trusted).
+    pub fn set_node_key(&self, key: secrecy::SecretString) -> Result<(), ConfigError> {
+        if KeySecret::parse_as(KeyKind::Node, key.expose_secret()).is_err() {
+            return Err(ConfigError::NodeKey);
+        }
+        self.inner.node_key.replace(key);
+        Ok(())
     }
 }
 
@@ -517,7 +533,7 @@ async fn fetch(
         .http
         .post(&inner.introspect_url)
         .headers(headers)
-        .bearer_auth(inner.config.node_key.expose_secret())
+        .bearer_auth(inner.node_key.get().expose_secret())
         .timeout(inner.config.timeout)
         .form(&form)
         .send()

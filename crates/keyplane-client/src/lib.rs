@@ -18,6 +18,7 @@ mod error;
 mod files;
 mod layer;
 mod net;
+mod node_key;
 mod stream;
 
 pub use cache::{Identity, Introspector, Metrics, Refusal};

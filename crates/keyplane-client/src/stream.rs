@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::net::without_url;
+use crate::node_key::NodeKey;
 
 /// What following the stream does to a cache of answers, and what it says
 /// of the stream's state.
@@ -32,8 +34,8 @@ pub(crate) struct Source {
     pub(crate) http: reqwest::Client,
     /// keyplane's base URL.
     pub(crate) base_url: String,
-    /// The node's key.
-    pub(crate) node_key: SecretString,
+    /// The node's key (a rotation replaces it).
+    pub(crate) node_key: NodeKey,
 }
 
 /// The revocation stream's state.
@@ -78,6 +80,8 @@ enum Ended {
     Retry,
     /// keyplane does not know our `Last-Event-ID`: start afresh.
     Restart,
+    /// The node key was replaced: reconnect with it at once, resuming.
+    KeyChanged,
 }
 
 /// Follows the stream for as long as the introspector lives, reconnecting
@@ -86,13 +90,28 @@ pub(crate) async fn follow(source: Source, cache: Arc<dyn Follower>) {
     let url = format!("{}/v1/revocations/stream", source.base_url);
     let mut last_id: Option<String> = None;
     let mut backoff = BACKOFF_FIRST;
+    let mut key_changes = source.node_key.changes();
     loop {
-        match connect(&source, cache.as_ref(), &url, &mut last_id).await {
+        match connect(
+            &source,
+            cache.as_ref(),
+            &url,
+            &mut last_id,
+            &mut key_changes,
+        )
+        .await
+        {
             Ended::Retry => {}
             Ended::Restart => {
                 // Events may have been missed: no cached answer can be trusted.
                 last_id = None;
                 cache.forget_all();
+            }
+            // The stream was up to date: the next connection resumes from
+            // its last event, so the state stays as it is.
+            Ended::KeyChanged => {
+                tracing::info!("node key replaced; reconnecting the revocation stream with it");
+                continue;
             }
         }
         let was_up = cache.stream_state() == StreamState::Up;
@@ -113,11 +132,13 @@ async fn connect(
     cache: &dyn Follower,
     url: &str,
     last_id: &mut Option<String>,
+    key_changes: &mut watch::Receiver<u64>,
 ) -> Ended {
+    key_changes.borrow_and_update();
     let mut request = source
         .http
         .get(url)
-        .bearer_auth(source.node_key.expose_secret())
+        .bearer_auth(source.node_key.get().expose_secret())
         .header(reqwest::header::ACCEPT, "text/event-stream");
     if let Some(id) = last_id.as_deref() {
         request = request.header("last-event-id", id);
@@ -153,7 +174,14 @@ async fn connect(
     let mut body = response.bytes_stream();
     let mut parser = Parser::default();
     loop {
-        let chunk = match tokio::time::timeout(IDLE_LIMIT, body.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(IDLE_LIMIT, body.next()) => next,
+            changed = key_changes.changed() => match changed {
+                Ok(()) => return Ended::KeyChanged,
+                Err(_) => return Ended::Retry,
+            },
+        };
+        let chunk = match next {
             Ok(Some(Ok(chunk))) => chunk,
             Ok(Some(Err(_)) | None) | Err(_) => return Ended::Retry,
         };

@@ -148,11 +148,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(introspector) = &introspector {
+    if let (Some(introspector), Some(keyplane)) = (&introspector, &settings.keyplane) {
         tokio::spawn(heartbeat::run(
             introspector.clone(),
             settings.public_routes.clone(),
             settings.heartbeat,
+            keyplane.node_key_file.clone(),
         ));
     }
 

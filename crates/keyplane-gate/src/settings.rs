@@ -96,6 +96,9 @@ pub struct Keyplane {
     pub url: String,
     /// This gate's node key.
     pub node_key: SecretString,
+    /// The file it came from (`KEYPLANE_NODE_KEY_FILE`), which the gate
+    /// then keeps: it rotates the key itself and picks up a key put there.
+    pub node_key_file: Option<PathBuf>,
 }
 
 /// Validated settings.
@@ -246,6 +249,9 @@ impl Settings {
                 Some(Keyplane {
                     url: keyplane_url(mode, &url)?,
                     node_key,
+                    node_key_file: std::env::var_os("KEYPLANE_NODE_KEY_FILE")
+                        .filter(|path| !path.is_empty())
+                        .map(PathBuf::from),
                 })
             }
         };

@@ -238,6 +238,7 @@ impl App {
             stopping: tokio::sync::watch::Sender::new(false),
             master,
             scheduler_leader: Arc::default(),
+            scheduler_ran: Arc::default(),
             streams: Arc::default(),
         });
         tasks.push(crate::ops::audit::checkpoint_periodically(

@@ -210,6 +210,8 @@ pub struct Scrape {
     pub lookups: (u64, u64),
     /// Whether this process runs the scheduler.
     pub scheduler_leader: bool,
+    /// When its last run began (Unix seconds, keyplane's clock), 0 if none.
+    pub scheduler_ran: i64,
     /// The database pool's idle and open connections.
     pub pool: (usize, u32),
 }
@@ -272,6 +274,16 @@ impl Metrics {
             "keyplane_scheduler_leader",
             "",
             u8::from(scrape.scheduler_leader),
+        );
+        out.family(
+            "keyplane_scheduler_last_run_timestamp_seconds",
+            "gauge",
+            "When this process's last complete scheduler run began (0: none yet); a leader whose value stops moving is stuck.",
+        );
+        out.sample(
+            "keyplane_scheduler_last_run_timestamp_seconds",
+            "",
+            scrape.scheduler_ran,
         );
         // Database-backed figures come from the last background read; they are
         // left out until there is one.

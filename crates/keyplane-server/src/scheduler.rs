@@ -96,6 +96,7 @@ async fn lead(state: &AppState, lock: &mut Option<PgConnection>) -> bool {
 /// One run of every job; a job that fails is retried next run and keeps
 /// none of the others from running.
 async fn run(state: &AppState, http: &reqwest::Client) {
+    let began = state.clock.now();
     let failed = |job: &str, err: anyhow::Error| {
         tracing::warn!(job, error = %format!("{err:#}"), "scheduled job failed; retrying next run");
     };
@@ -118,6 +119,9 @@ async fn run(state: &AppState, http: &reqwest::Client) {
             }
         }
     }
+    state
+        .scheduler_ran
+        .store(began.timestamp(), Ordering::Relaxed);
 }
 
 fn entry(

@@ -81,6 +81,9 @@ pub struct Shared {
     pub streams: Arc<crate::streams::StreamSlots>,
     /// True while this process runs the scheduler.
     pub scheduler_leader: Arc<std::sync::atomic::AtomicBool>,
+    /// When (Unix seconds, by keyplane's clock) the scheduler last finished
+    /// a run that began then; 0 before the first.
+    pub scheduler_ran: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Shared {

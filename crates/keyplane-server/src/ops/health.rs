@@ -111,6 +111,7 @@ pub fn metrics(state: &AppState) -> String {
     state.metrics.render(Scrape {
         lookups: state.introspector.lookups(),
         scheduler_leader: state.scheduler_leader.load(Ordering::Relaxed),
+        scheduler_ran: state.scheduler_ran.load(Ordering::Relaxed),
         pool: (pool.num_idle(), pool.size()),
     })
 }
