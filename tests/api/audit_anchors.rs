@@ -111,8 +111,8 @@ async fn plant_a_key(db: &sqlx::PgPool) {
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public = key.verifying_key().to_bytes();
     sqlx::query(
-        "insert into signing_keys (kid, public_key, sealed_private_key, created_at)
-         values ('planted', $1, $2, now() + interval '1 hour')",
+        "insert into signing_keys (kid, public_key, sealed_private_key, created_at, active_from)
+         values ('planted', $1, $2, now() + interval '1 hour', now())",
     )
     .bind(public.as_slice())
     .bind(vec![0u8; 60])

@@ -491,3 +491,91 @@ async fn a_bootstrap_token_left_set_in_prod_is_warned_of() {
     .await;
     assert!(!health.to_string().contains(BOOTSTRAP));
 }
+
+#[tokio::test]
+async fn signing_keys_renew_on_schedule_published_before_they_sign() {
+    let url = fresh_database().await;
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app = keyplane_server::App::build_with_clock(brisk(&url), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let server = TestServer::from_app(app);
+    let node = node(&server, "cortex-1").await;
+    let node_key = secret(&node);
+    let kids = || async {
+        let jwks: Value = server
+            .get("/.well-known/jwks.json")
+            .await
+            .json()
+            .await
+            .unwrap();
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect::<Vec<String>>()
+    };
+    let signed_by = || async {
+        let jwt = server
+            .as_(&node_key, Method::POST, "/v1/introspect")
+            .header("accept", "application/token-introspection+jwt")
+            .form(&[("token", "kpi_x")])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let header = jwt.split('.').next().unwrap();
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap(),
+        )
+        .unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    let first = kids().await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(signed_by().await, first[0]);
+
+    // A day before the key has signed for 30 days, the next one is
+    // published; the current one still signs.
+    clock.advance(Duration::days(29) + Duration::minutes(1));
+    let both = eventually(
+        StdDuration::from_secs(30),
+        "the next key published",
+        || async {
+            let kids = kids().await;
+            (kids.len() == 2).then_some(kids)
+        },
+    )
+    .await;
+    assert_eq!(
+        both[1], first[0],
+        "the next key comes first, the signing one after"
+    );
+    assert_eq!(signed_by().await, first[0]);
+
+    // Once its time comes, the next key signs; the old one stays published
+    // while answers it signed may be held, then leaves the JWKS.
+    clock.advance(Duration::days(1));
+    eventually(
+        StdDuration::from_secs(30),
+        "the next key to sign",
+        || async { (signed_by().await == both[0]).then_some(()) },
+    )
+    .await;
+    assert_eq!(kids().await, both);
+    clock.advance(Duration::days(2));
+    eventually(
+        StdDuration::from_secs(30),
+        "the old key to leave the JWKS",
+        || async { (kids().await == [both[0].clone()]).then_some(()) },
+    )
+    .await;
+    let (_, audit) = server
+        .admin(Method::GET, "/v1/audit?action=signing_key.renew", None)
+        .await;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+}

@@ -4,8 +4,9 @@
 //! nginx's include file and reloading it), an instance whose API key
 //! `keyplane agent` rotates, and an operator who rotates their admin key
 //! when it is due. Requests flow through the gate and nginx the whole time;
-//! not one may fail. Every credential rotates on schedule, and a credential
-//! left to expire is warned of once at 14, 7 and 1 days.
+//! not one may fail. Every credential rotates on schedule (keyplane's own
+//! signing keys too), and a credential left to expire is warned of once at
+//! 14, 7 and 1 days.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -374,6 +375,11 @@ async fn four_hundred_days_pass_without_one_request_failing_for_a_credential() {
         (DAYS / 72) as usize
     );
     assert_eq!(rotations("key.rotate").await.len(), (DAYS / 30) as usize);
+    // Signing keys renew every 30 days, each published a day ahead.
+    assert_eq!(
+        rotations("signing_key.renew").await.len(),
+        (DAYS / 30) as usize
+    );
 
     // The one credential left to expire was warned of once at each
     // threshold; nothing that rotated was warned of.

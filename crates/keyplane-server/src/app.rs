@@ -68,9 +68,6 @@ const CHECKPOINT_EVERY_MINUTES: i64 = 10;
 /// write an `auth.failed` audit entry (one per address per minute).
 const AUTH_FAILURES_AUDITED_AFTER: u64 = 5;
 
-/// A signing key older than this is replaced at start-up.
-const SIGNING_KEY_ROTATION_DAYS: i64 = 30;
-
 /// The master key: from the settings, or in `dev` the one kept in the data
 /// directory (made on first start, readable by this user only).
 fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
@@ -118,20 +115,34 @@ fn refresh_gauges(state: &AppState) -> JoinHandle<()> {
     })
 }
 
-/// Reloads the signing key when another replica rotates it.
-fn follow_signing_keys(signer: &Signer, events: &Events, pool: sqlx::PgPool) -> JoinHandle<()> {
+/// How often each process looks whether its signing key view went stale
+/// (the next key starts signing, a retired one leaves the JWKS).
+const SIGNING_KEY_CHECK: Duration = Duration::from_secs(1);
+
+/// Reloads the signing keys when another replica makes one, and when the
+/// schedule moves on.
+fn follow_signing_keys(
+    signer: &Signer,
+    events: &Events,
+    pool: sqlx::PgPool,
+    clock: Arc<dyn Clock>,
+) -> JoinHandle<()> {
     let mut receiver = events.subscribe();
     let signer = signer.clone();
     tokio::spawn(async move {
+        let mut every = tokio::time::interval(SIGNING_KEY_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match receiver.recv().await {
-                Ok(Event::SigningKeys | Event::Resync) | Err(RecvError::Lagged(_)) => {
-                    if let Err(err) = signer.reload(&pool).await {
-                        tracing::warn!(error = %format!("{err:#}"), "could not reload the signing key");
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Closed) => return,
+            let stale = tokio::select! {
+                _ = every.tick() => signer.stale(clock.now()),
+                event = receiver.recv() => match event {
+                    Ok(Event::SigningKeys | Event::Resync) | Err(RecvError::Lagged(_)) => true,
+                    Ok(_) => false,
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            if stale && let Err(err) = signer.reload(&pool, clock.now()).await {
+                tracing::warn!(error = %format!("{err:#}"), "could not reload the signing keys");
             }
         }
     })
@@ -187,7 +198,8 @@ impl App {
         let signer = Signer::load(
             db.pool(),
             master.clone(),
-            chrono::Duration::days(SIGNING_KEY_ROTATION_DAYS),
+            crate::signing::Schedule::default(),
+            clock.now(),
         )
         .await?;
         let events = Events::new(!db.is_embedded());
@@ -202,7 +214,7 @@ impl App {
             introspector.follow(&events),
             credentials.follow(&events, db.pool().clone(), clock.clone()),
             introspector.flush_every(USAGE_FLUSH_EVERY),
-            follow_signing_keys(&signer, &events, db.pool().clone()),
+            follow_signing_keys(&signer, &events, db.pool().clone(), clock.clone()),
         ];
         if !db.is_embedded() {
             tasks.push(events.listen(db.pool().clone()));

@@ -106,6 +106,9 @@ async fn run(state: &AppState, http: &reqwest::Client) {
     if let Err(err) = warn_expiring_credentials(state).await {
         failed("credential expiry warnings", err);
     }
+    if let Err(err) = renew_signing_key(state).await {
+        failed("signing key renewal", err);
+    }
     if let Err(err) = announce_ended(state).await {
         failed("ends of keys", err);
     }
@@ -207,6 +210,32 @@ async fn warn_expiring_credentials(state: &AppState) -> anyhow::Result<()> {
             "a credential expires soon and has no successor"
         );
     }
+    Ok(())
+}
+
+/// Makes the next signing key when the schedule says so; it is published at
+/// once and starts signing later (see [`crate::signing::Schedule`]).
+async fn renew_signing_key(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    let mut tx = state.db.pool().begin().await?;
+    let Some((kid, active_from)) = state.signer.renew(&mut tx, now).await? else {
+        tx.rollback().await?;
+        return Ok(());
+    };
+    let entry = audit::NewEntry {
+        at: now,
+        actor: "scheduler".to_owned(),
+        action: "signing_key.renew",
+        target_type: "signing_key",
+        target_id: Some(kid.clone()),
+        outcome: "success",
+        request_id: None,
+        client_ip: None,
+        details: json!({ "active_from": active_from }),
+    };
+    audit::append(&mut tx, &entry).await?;
+    state.events.commit(tx, &[Event::SigningKeys]).await?;
+    tracing::info!(%kid, %active_from, "next signing key published");
     Ok(())
 }
 

@@ -1,7 +1,11 @@
 //! Signed introspection answers (RFC 9701) and audit checkpoints: Ed25519
-//! keys whose private halves are sealed at rest with the master key, served
-//! as a JWKS that carries the current key and the previous one, so a
-//! rotation never breaks a node that fetched the JWKS a moment ago.
+//! keys whose private halves are sealed at rest with the master key.
+//!
+//! Keys renew on a [`Schedule`] while keyplane runs: the next key is made,
+//! and published in the JWKS, a while before it starts signing (its
+//! `active_from`), and a key that stopped signing stays published for as
+//! long as answers it signed may still be believed. A node holding a JWKS
+//! fetched a moment ago can always verify what it is sent.
 //!
 //! A key is trusted only if this keyplane's master key opens its sealed
 //! half and that half is the private key of the public one stored beside it:
@@ -222,11 +226,41 @@ fn jwk(kid: &str, public: &[u8]) -> Value {
     })
 }
 
+/// When signing keys renew.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// How long a key signs before the next one takes over.
+    pub renew_after: chrono::Duration,
+    /// How long the next key is published before it signs.
+    pub publish_ahead: chrono::Duration,
+    /// How long a key that stopped signing stays published (longer than
+    /// any signed answer may be cached).
+    pub retired_published: chrono::Duration,
+}
+
+impl Default for Schedule {
+    /// A new key every 30 days, published a day ahead, the old one kept a day.
+    fn default() -> Self {
+        Schedule {
+            renew_after: chrono::Duration::days(30),
+            publish_ahead: chrono::Duration::days(1),
+            retired_published: chrono::Duration::days(1),
+        }
+    }
+}
+
 /// The key that signs now, the JWKS to verify with, and every key this
 /// keyplane sealed (older checkpoints were signed by older keys).
 struct Current {
     kid: String,
     encoding: EncodingKey,
+    /// When the signing key started signing.
+    active_from: DateTime<Utc>,
+    /// Whether a next key is already made.
+    next_made: bool,
+    /// When this view goes stale: the next key starts signing, or a retired
+    /// key leaves the JWKS.
+    stale_at: Option<DateTime<Utc>>,
     jwks: Value,
     trusted: Arc<TrustedKeys>,
 }
@@ -236,6 +270,7 @@ struct Current {
 pub struct Signer {
     current: Arc<RwLock<Arc<Current>>>,
     master: Arc<MasterKey>,
+    schedule: Schedule,
 }
 
 impl std::fmt::Debug for Signer {
@@ -245,37 +280,70 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Loads the newest signing key, making the first one if there is none,
-    /// and a new one when the newest is older than `rotate_after`.
+    /// Loads the key that signs at `now`, making the first one if there is
+    /// none (renewals are [`Signer::renew`]'s, on schedule).
     pub async fn load(
         pool: &PgPool,
         master: MasterKey,
-        rotate_after: chrono::Duration,
+        schedule: Schedule,
+        now: DateTime<Utc>,
     ) -> anyhow::Result<Signer> {
         let master = Arc::new(master);
-        let current = match load_current(pool, &master).await {
-            Ok((current, created_at)) if Utc::now() - created_at <= rotate_after => current,
-            Ok(_) | Err(LoadError::NoKey) => {
-                add_key(pool, &master, Utc::now()).await?;
-                load_current(pool, &master).await?.0
+        let current = match load_current(pool, &master, &schedule, now).await {
+            Ok(current) => current,
+            Err(LoadError::NoKey) => {
+                add_key(pool, &master, now, now).await?;
+                load_current(pool, &master, &schedule, now).await?
             }
             Err(err) => return Err(err.into()),
         };
         Ok(Signer {
             current: Arc::new(RwLock::new(Arc::new(current))),
             master,
+            schedule,
         })
     }
 
-    /// Makes a new signing key in the caller's transaction; once committed,
-    /// [`Signer::reload`] makes it current and the previous one stays in the JWKS.
-    pub async fn add_key(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<String> {
-        add_key(conn, &self.master, Utc::now()).await
+    /// Makes a new signing key, signing from `now`, in the caller's
+    /// transaction; once committed, [`Signer::reload`] makes it current and
+    /// the previous one stays in the JWKS.
+    pub async fn add_key(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        add_key(conn, &self.master, now, now).await
     }
 
-    /// Picks up the newest key (after another replica rotated).
-    pub async fn reload(&self, pool: &PgPool) -> anyhow::Result<String> {
-        let (current, _) = load_current(pool, &self.master).await?;
+    /// Makes the next key when it is due (the current one signed for
+    /// `renew_after` less `publish_ahead`) and none is made yet, in the
+    /// caller's transaction: it starts signing `publish_ahead` from now at
+    /// the earliest. Answers its key id and when it signs, if it made one.
+    pub async fn renew(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<(String, DateTime<Utc>)>> {
+        let Some(current) = self.current() else {
+            return Ok(None);
+        };
+        let Schedule {
+            renew_after,
+            publish_ahead,
+            ..
+        } = self.schedule;
+        if current.next_made || now < current.active_from + renew_after - publish_ahead {
+            return Ok(None);
+        }
+        let active_from = (current.active_from + renew_after).max(now + publish_ahead);
+        let kid = add_key(conn, &self.master, now, active_from).await?;
+        Ok(Some((kid, active_from)))
+    }
+
+    /// Reads the keys again for `now` (after a change, or when the view
+    /// went stale).
+    pub async fn reload(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<String> {
+        let current = load_current(pool, &self.master, &self.schedule, now).await?;
         let kid = current.kid.clone();
         if let Ok(mut slot) = self.current.write() {
             *slot = Arc::new(current);
@@ -283,11 +351,20 @@ impl Signer {
         Ok(kid)
     }
 
+    /// Whether the keys should be read again at `now`: the next key starts
+    /// signing, or a retired one leaves the JWKS.
+    pub fn stale(&self, now: DateTime<Utc>) -> bool {
+        self.current()
+            .and_then(|current| current.stale_at)
+            .is_some_and(|at| now >= at)
+    }
+
     fn current(&self) -> Option<Arc<Current>> {
         self.current.read().ok().map(|c| c.clone())
     }
 
-    /// The JWKS: the current key and the previous one.
+    /// The JWKS: the next key (once made), the current one, and those
+    /// retired recently enough that answers they signed may still be held.
     pub fn jwks(&self) -> Value {
         self.current()
             .map(|c| c.jwks.clone())
@@ -317,6 +394,7 @@ async fn add_key(
     db: impl sqlx::PgExecutor<'_>,
     master: &MasterKey,
     now: DateTime<Utc>,
+    active_from: DateTime<Utc>,
 ) -> anyhow::Result<String> {
     let mut seed = Zeroizing::new([0u8; 32]);
     getrandom::fill(seed.as_mut()).map_err(|e| anyhow::anyhow!("random source failed: {e}"))?;
@@ -331,10 +409,11 @@ async fn add_key(
             public_key: public.to_vec(),
             sealed_private_key: sealed,
             created_at: now,
+            active_from,
         },
     )
     .await?;
-    tracing::info!(%kid, fingerprint = %fingerprint(&public), "signing key made");
+    tracing::info!(%kid, fingerprint = %fingerprint(&public), %active_from, "signing key made");
     Ok(kid)
 }
 
@@ -362,14 +441,17 @@ impl From<keyplane_store::StoreError> for LoadError {
     }
 }
 
-/// The newest key this keyplane sealed (and when it was made), with the
-/// JWKS of it and the one before and every sealed key as trusted. A stored
-/// key the master key does not open, or whose sealed half does not belong
-/// to its public half, is refused: logged, never published or believed.
+/// The key this keyplane sealed that signs at `now`, with the JWKS (the
+/// next key, this one, and those retired within `retired_published`) and
+/// every sealed key as trusted. A stored key the master key does not open,
+/// or whose sealed half does not belong to its public half, is refused:
+/// logged, never published or believed.
 async fn load_current(
     pool: &PgPool,
     master: &MasterKey,
-) -> Result<(Current, DateTime<Utc>), LoadError> {
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> Result<Current, LoadError> {
     let keys = signing_keys::newest(pool, i64::MAX).await?;
     let mut sealed = Vec::with_capacity(keys.len());
     for key in &keys {
@@ -380,12 +462,15 @@ async fn load_current(
             }
         }
     }
-    let Some((newest, seed)) = sealed.first() else {
+    // Newest first: those yet to sign, then the one signing, then retired ones.
+    let signing = sealed.iter().position(|(key, _)| key.active_from <= now);
+    let Some((newest, seed)) = signing.map(|at| &sealed[at]) else {
         return Err(match keys.first() {
             Some(key) => LoadError::NotOurs(key.kid.clone()),
             None => LoadError::NoKey,
         });
     };
+    let signing = signing.unwrap_or_default();
     let der = ed25519_dalek::SigningKey::from_bytes(seed)
         .to_pkcs8_der()
         .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
@@ -396,18 +481,37 @@ async fn load_current(
             .to_bytes();
         trusted.insert(&key.kid, public)?;
     }
-    let jwks = json!({
-        "keys": sealed.iter().take(2).map(|(key, _)| jwk(&key.kid, &key.public_key)).collect::<Vec<_>>()
-    });
-    Ok((
-        Current {
-            kid: newest.kid.clone(),
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            jwks,
-            trusted: Arc::new(trusted),
-        },
-        newest.created_at,
-    ))
+    // A retired key stays published until `retired_published` after its
+    // successor started signing.
+    let mut published = Vec::new();
+    let mut stale_at: Option<DateTime<Utc>> = None;
+    let mut earliest = |at: DateTime<Utc>| {
+        stale_at = Some(stale_at.map_or(at, |now: DateTime<Utc>| now.min(at)));
+    };
+    for (at, (key, _)) in sealed.iter().enumerate() {
+        if at < signing {
+            earliest(key.active_from);
+            published.push(jwk(&key.kid, &key.public_key));
+        } else if at == signing {
+            published.push(jwk(&key.kid, &key.public_key));
+        } else {
+            let retired_until = sealed[at - 1].0.active_from + schedule.retired_published;
+            if retired_until <= now {
+                break;
+            }
+            earliest(retired_until);
+            published.push(jwk(&key.kid, &key.public_key));
+        }
+    }
+    Ok(Current {
+        kid: newest.kid.clone(),
+        encoding: EncodingKey::from_ed_der(der.as_bytes()),
+        active_from: newest.active_from,
+        next_made: signing > 0,
+        stale_at,
+        jwks: json!({ "keys": published }),
+        trusted: Arc::new(trusted),
+    })
 }
 
 /// The private seed of `key`, if this master key sealed it for this key id

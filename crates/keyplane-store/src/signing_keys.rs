@@ -14,14 +14,16 @@ pub struct SigningKey {
     pub public_key: Vec<u8>,
     /// The private key, sealed with the master key.
     pub sealed_private_key: Vec<u8>,
-    /// When it was made; the newest signs.
+    /// When it was made.
     pub created_at: DateTime<Utc>,
+    /// When it starts signing: the newest key active by then signs.
+    pub active_from: DateTime<Utc>,
 }
 
-/// The newest `count` keys, newest first.
+/// The newest `count` keys by when they start signing, newest first.
 pub async fn newest(db: impl PgExecutor<'_>, count: i64) -> Result<Vec<SigningKey>, StoreError> {
     Ok(sqlx::query_as::<_, SigningKey>(
-        r#"select * from signing_keys order by created_at desc, kid desc limit $1"#,
+        r#"select * from signing_keys order by active_from desc, created_at desc, kid desc limit $1"#,
     )
     .bind(count)
     .fetch_all(db)
@@ -31,12 +33,14 @@ pub async fn newest(db: impl PgExecutor<'_>, count: i64) -> Result<Vec<SigningKe
 /// Stores a new key.
 pub async fn insert(db: impl PgExecutor<'_>, key: &SigningKey) -> Result<(), StoreError> {
     sqlx::query(
-        r#"insert into signing_keys (kid, public_key, sealed_private_key, created_at) values ($1, $2, $3, $4)"#,
+        r#"insert into signing_keys (kid, public_key, sealed_private_key, created_at, active_from)
+           values ($1, $2, $3, $4, $5)"#,
     )
     .bind(&key.kid)
     .bind(&key.public_key)
     .bind(&key.sealed_private_key)
     .bind(key.created_at)
+    .bind(key.active_from)
     .execute(db)
     .await?;
     Ok(())

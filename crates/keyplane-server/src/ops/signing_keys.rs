@@ -16,23 +16,25 @@ pub struct SigningKeyResponse {
 }
 
 impl Ops<Operator> {
-    /// Makes a new signing key. It signs from now on; the previous key stays
-    /// in the JWKS so answers signed a moment ago still verify.
+    /// Makes a new signing key that signs from now on (for when a key may
+    /// be compromised; renewal on schedule needs nothing). The previous key
+    /// stays in the JWKS so answers signed a moment ago still verify.
     pub async fn rotate_signing_key<R: Run>(
         &self,
         run: R,
     ) -> Result<R::Answer<SigningKeyResponse>, Refusal> {
         self.actor.require(Permission::SigningKeysWrite)?;
         let signer = &self.state.signer;
-        let mut change = self.begin(run, self.now()).await?;
-        let kid = signer.add_key(change.db()).await?;
+        let now = self.now();
+        let mut change = self.begin(run, now).await?;
+        let kid = signer.add_key(change.db(), now).await?;
         change
             .audit("signing_key.rotate", "signing_key", &kid, json!({}))
             .await?;
         change.publish(Event::SigningKeys);
         let answer = change.finish(SigningKeyResponse { kid }).await?;
         if !R::DRY {
-            signer.reload(self.state.db.pool()).await?;
+            signer.reload(self.state.db.pool(), now).await?;
         }
         Ok(answer)
     }
