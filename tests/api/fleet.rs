@@ -579,3 +579,115 @@ async fn signing_keys_renew_on_schedule_published_before_they_sign() {
         .await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
 }
+
+#[tokio::test]
+async fn the_master_key_rotates_and_every_sealed_secret_follows() {
+    let url = fresh_database().await;
+    let old = crate::support::MASTER_KEY;
+    let new = keyplane_server::signing::MasterKey::generate().unwrap();
+    let under = |key: &str| keyplane_server::Settings {
+        master_key: Some(secrecy::SecretString::from(key.to_owned())),
+        ..brisk(&url)
+    };
+    // Under the old key: a signing key and a webhook's secret.
+    let server = TestServer::start_with(under(old)).await;
+    let kid = || async {
+        let jwks: Value = server
+            .get("/.well-known/jwks.json")
+            .await
+            .json()
+            .await
+            .unwrap();
+        jwks["keys"][0]["kid"].clone()
+    };
+    let signing_kid = kid().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    let _receiving = receiver.clone().start(listener).await;
+    let (status, hook) = server
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["key.revoked"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    server.stop().await.unwrap();
+
+    let rotate = |master: &str, previous: Option<&str>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyplane"));
+        command
+            .args(["master-key", "rotate"])
+            .env("DATABASE_URL", &url)
+            .env("KEYPLANE_MASTER_KEY", master)
+            .env_remove("KEYPLANE_MASTER_KEY_PREVIOUS")
+            .env_remove("KEYPLANE_MODE");
+        if let Some(previous) = previous {
+            command.env("KEYPLANE_MASTER_KEY_PREVIOUS", previous);
+        }
+        async move {
+            let output = command.output().await.unwrap();
+            let err = String::from_utf8_lossy(&output.stderr).into_owned();
+            (output.status.code(), err)
+        }
+    };
+    // With a previous key that sealed nothing here: refused, nothing changed.
+    let stranger = keyplane_server::signing::MasterKey::generate().unwrap();
+    let (code, err) = rotate(&new, Some(&stranger)).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    // The rotation, then again (nothing left to do).
+    let (code, err) = rotate(&new, Some(old)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("1 signing keys, 1 webhook secrets (0 already"),
+        "{err}"
+    );
+    let (code, err) = rotate(&new, Some(old)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("0 signing keys, 0 webhook secrets (2 already"),
+        "{err}"
+    );
+    for secret in [&new, &stranger, &old.to_owned()] {
+        assert!(!err.contains(secret.as_str()));
+    }
+
+    // Under the new key alone: the same signing key signs, and the webhook's
+    // secret opens (its deliveries go out).
+    let server = TestServer::start_with(under(&new)).await;
+    let jwks: Value = server
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], signing_kid);
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(StdDuration::from_secs(30), "the delivery", || async {
+        (!receiver.of("key.revoked").is_empty()).then_some(())
+    })
+    .await;
+    // And a keyplane still on the old key alone is told, not fooled.
+    server.stop().await.unwrap();
+    let refused = keyplane_server::App::build(under(old)).await;
+    assert!(
+        refused.is_err(),
+        "the old key no longer opens the signing key"
+    );
+}

@@ -70,9 +70,13 @@ const AUTH_FAILURES_AUDITED_AFTER: u64 = 5;
 
 /// The master key: from the settings, or in `dev` the one kept in the data
 /// directory (made on first start, readable by this user only).
-fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     if let Some(key) = &settings.master_key {
-        return Ok(MasterKey::parse(key.expose_secret())?);
+        let key = MasterKey::parse(key.expose_secret())?;
+        return Ok(match &settings.master_key_previous {
+            Some(previous) => key.replacing(MasterKey::parse(previous.expose_secret())?),
+            None => key,
+        });
     }
     let path = settings.data_dir.join("master.key");
     if let Ok(text) = std::fs::read_to_string(&path) {

@@ -40,6 +40,9 @@ enum Command {
     /// Work with audit log exports.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rotate the master key that seals secrets at rest.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
     /// Run beside an instance: enroll on first start, keep its key in a file
     /// and rotate it when due.
     Agent(keyplane_agent::AgentArgs),
@@ -60,6 +63,15 @@ enum Command {
         #[arg(long, env = "KEYPLANE_CA_BUNDLE")]
         ca_bundle: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Re-seal every sealed secret (signing keys, webhook secrets) under
+    /// KEYPLANE_MASTER_KEY, in one transaction, opening each with it or with
+    /// KEYPLANE_MASTER_KEY_PREVIOUS (the key being replaced). Run it with
+    /// both set, restart keyplane with both, then drop the previous one.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +157,7 @@ fn main() -> ExitCode {
                 role,
                 expires_in,
             }) => create_admin_key(settings, &name, &role, expires_in.as_deref()).await,
+            Command::MasterKey(MasterKeyCommand::Rotate) => rotate_master_key(settings).await,
             Command::Openapi | Command::Audit(_) | Command::Agent(_) | Command::Scan { .. } => {
                 Ok(())
             }
@@ -260,6 +273,41 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     println!(
         "migrations applied to {}",
         describe_location(&settings.database)
+    );
+    Ok(())
+}
+
+async fn rotate_master_key(settings: Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.master_key.is_some(),
+        "KEYPLANE_MASTER_KEY: required: the new master key (and KEYPLANE_MASTER_KEY_PREVIOUS, \
+         the one it replaces)"
+    );
+    let master = keyplane_server::app::master_key(&settings)?;
+    let db = Database::connect(&settings.database, &settings.pool).await?;
+    let resealed = async {
+        db.migrate().await?;
+        let events = Events::new(!db.is_embedded());
+        let sinks = Sinks {
+            pool: db.pool(),
+            events: &events,
+            credentials: None,
+        };
+        let origin = Origin::default();
+        let now = chrono::Utc::now();
+        let mut change = Change::begin(sinks, &Actor::Cli, &origin, now, Apply).await?;
+        let resealed = keyplane_server::ops::master_key::reseal(&mut change, &master).await?;
+        change.finish(()).await?;
+        anyhow::Ok(resealed)
+    }
+    .await;
+    db.close().await;
+    let resealed = resealed?;
+    eprintln!(
+        "re-sealed under the new master key: {} signing keys, {} webhook secrets ({} already \
+         were); restart keyplane with KEYPLANE_MASTER_KEY set to it, then remove \
+         KEYPLANE_MASTER_KEY_PREVIOUS",
+        resealed.signing_keys, resealed.webhook_secrets, resealed.already
     );
     Ok(())
 }

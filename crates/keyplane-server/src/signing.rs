@@ -30,14 +30,36 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use zeroize::Zeroizing;
 
-/// The key that seals signing keys at rest: 32 bytes, given in base64 or hex.
+/// The key that seals secrets at rest (signing keys, webhook secrets): 32
+/// bytes, given in base64 or hex; while it is being rotated, with the key
+/// it replaces, which still opens what it sealed.
 #[derive(Clone)]
-pub struct MasterKey(Zeroizing<[u8; 32]>);
+pub struct MasterKey(Zeroizing<[u8; 32]>, Option<Zeroizing<[u8; 32]>>);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(..)")
     }
+}
+
+/// Opens `sealed` with `key` if it sealed it with `context`.
+fn open_with(key: &[u8; 32], sealed: &[u8], context: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < 12 {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().ok()?;
+    let cipher = ChaCha20Poly1305::new(key.into());
+    cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: body,
+                aad: context,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
 }
 
 /// A master key that is not 32 bytes of base64 or hex.
@@ -60,7 +82,18 @@ impl MasterKey {
             },
         );
         let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| MasterKeyError)?;
-        Ok(MasterKey(Zeroizing::new(key)))
+        Ok(MasterKey(Zeroizing::new(key), None))
+    }
+
+    /// This key, also opening what `previous` sealed (while secrets are
+    /// re-sealed from one to the other).
+    pub fn replacing(self, previous: MasterKey) -> MasterKey {
+        MasterKey(self.0, Some(previous.0))
+    }
+
+    /// Whether this key itself (not the one it replaces) opens `sealed`.
+    pub(crate) fn sealed_it(&self, sealed: &[u8], context: &[u8]) -> bool {
+        open_with(&self.0, sealed, context).is_some()
     }
 
     /// A fresh random master key, as base64 (for `dev`).
@@ -70,7 +103,8 @@ impl MasterKey {
         Ok(STANDARD.encode(bytes.as_ref()))
     }
 
-    /// Seals `plain`, bound to `context` (the key id), as nonce + ciphertext.
+    /// Seals `plain`, bound to `context` (what it is for), as nonce +
+    /// ciphertext; always with this key, never the one it replaces.
     pub(crate) fn seal(&self, plain: &[u8], context: &[u8]) -> anyhow::Result<Vec<u8>> {
         let cipher = ChaCha20Poly1305::new(self.0.as_ref().into());
         let mut nonce = [0u8; 12];
@@ -87,24 +121,10 @@ impl MasterKey {
         Ok([nonce.as_slice(), &sealed].concat())
     }
 
-    /// Opens what [`MasterKey::seal`] sealed with the same key and context.
+    /// Opens what [`MasterKey::seal`] sealed with this key, or the key it
+    /// replaces, and the same context.
     pub(crate) fn open(&self, sealed: &[u8], context: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        if sealed.len() < 12 {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().ok()?;
-        let cipher = ChaCha20Poly1305::new(self.0.as_ref().into());
-        cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: body,
-                    aad: context,
-                },
-            )
-            .ok()
-            .map(Zeroizing::new)
+        open_with(&self.0, sealed, context).or_else(|| open_with(self.1.as_ref()?, sealed, context))
     }
 }
 

@@ -35,7 +35,7 @@ pub const EVENTS: [&str; 7] = [
 ];
 
 /// Binds sealed secrets to their purpose.
-const SEAL_CONTEXT: &[u8] = b"keyplane webhook secret";
+pub(crate) const SEAL_CONTEXT: &[u8] = b"keyplane webhook secret";
 /// The prefix of a secret as shown to operators.
 const SECRET_PREFIX: &str = "whsec_";
 /// A failing delivery is given up after this many attempts.

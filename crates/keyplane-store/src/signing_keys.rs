@@ -1,7 +1,7 @@
 //! Signing keys, their private halves sealed with the master key.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{PgConnection, PgExecutor};
 
 use crate::StoreError;
 
@@ -43,5 +43,25 @@ pub async fn insert(db: impl PgExecutor<'_>, key: &SigningKey) -> Result<(), Sto
     .bind(key.active_from)
     .execute(db)
     .await?;
+    Ok(())
+}
+
+/// Every key, locked until the transaction ends: for re-sealing under a new
+/// master key.
+pub async fn lock_all(conn: &mut PgConnection) -> Result<Vec<SigningKey>, StoreError> {
+    Ok(
+        sqlx::query_as::<_, SigningKey>(r#"select * from signing_keys order by kid for update"#)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Replaces a key's sealed private half (the same key, sealed anew).
+pub async fn reseal(conn: &mut PgConnection, kid: &str, sealed: &[u8]) -> Result<(), StoreError> {
+    sqlx::query(r#"update signing_keys set sealed_private_key = $2 where kid = $1"#)
+        .bind(kid)
+        .bind(sealed)
+        .execute(conn)
+        .await?;
     Ok(())
 }

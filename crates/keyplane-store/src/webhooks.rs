@@ -251,3 +251,29 @@ pub async fn count(db: impl PgExecutor<'_>) -> Result<i64, StoreError> {
             .await?,
     )
 }
+
+/// Every endpoint's sealed secret (deleted ones too), locked until the
+/// transaction ends: for re-sealing under a new master key.
+pub async fn lock_sealed_secrets(
+    conn: &mut PgConnection,
+) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+    Ok(sqlx::query_as::<_, (Uuid, Vec<u8>)>(
+        r#"select id, secret_sealed from webhooks order by id for update"#,
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Replaces an endpoint's sealed secret (the same secret, sealed anew).
+pub async fn reseal_secret(
+    conn: &mut PgConnection,
+    id: Uuid,
+    sealed: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(r#"update webhooks set secret_sealed = $2 where id = $1"#)
+        .bind(id)
+        .bind(sealed)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -125,6 +125,9 @@ pub struct Settings {
     /// Seals signing keys at rest; in `dev` without one, a key is kept in
     /// `data_dir/master.key`.
     pub master_key: Option<SecretString>,
+    /// The master key being rotated away from: it still opens what it
+    /// sealed, and never seals (`keyplane master-key rotate`).
+    pub master_key_previous: Option<SecretString>,
     /// Where `dev` keeps local state (the embedded database, the dev master key).
     pub data_dir: PathBuf,
 }
@@ -159,6 +162,7 @@ impl Default for Settings {
             forward_auth_proxy: ForwardAuthProxy::Nginx,
             issuer: None,
             master_key: None,
+            master_key_previous: None,
             data_dir: PathBuf::from("keyplane-data"),
         }
     }

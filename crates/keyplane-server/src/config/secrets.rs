@@ -48,6 +48,19 @@ pub(super) fn read(settings: &mut Settings) -> Result<(), ConfigError> {
         }
         None => {}
     }
+    // The key being rotated away from: it opens what it sealed, never seals.
+    let previous = secret_from_env("KEYPLANE_MASTER_KEY_PREVIOUS")?;
+    if let Some(key) = &previous {
+        MasterKey::parse(key.expose_secret())
+            .map_err(|err| ConfigError::new("KEYPLANE_MASTER_KEY_PREVIOUS", err.to_string()))?;
+        if master_key.is_none() {
+            return Err(ConfigError::new(
+                "KEYPLANE_MASTER_KEY_PREVIOUS",
+                "set only beside KEYPLANE_MASTER_KEY (the key it is being replaced by)",
+            ));
+        }
+    }
     settings.master_key = master_key;
+    settings.master_key_previous = previous;
     Ok(())
 }

@@ -29,6 +29,7 @@ pub mod input;
 pub mod instances;
 pub mod keys;
 pub mod leaks;
+pub mod master_key;
 pub mod node_calls;
 pub mod nodes;
 pub mod roles;
