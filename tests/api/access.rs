@@ -371,6 +371,13 @@ async fn every_management_route_enforces_the_role_matrix() {
             None,
         ),
         (
+            Method::POST,
+            format!("/v1/webhooks/{webhook_id}/rotate-secret"),
+            "/v1/webhooks/{id}/rotate-secret",
+            "webhooks:write",
+            None,
+        ),
+        (
             Method::DELETE,
             format!("/v1/webhooks/{webhook_id}"),
             "/v1/webhooks/{id}",

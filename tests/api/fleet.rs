@@ -440,22 +440,40 @@ async fn every_fleet_credential_is_warned_of_once_before_it_expires() {
         "/healthz to calm down",
         || async {
             let health: Value = server.get("/healthz").await.json().await.unwrap();
-            health["warnings"]
+            let kinds: Vec<&str> = health["warnings"]
                 .as_array()
                 .unwrap()
-                .is_empty()
-                .then_some(())
+                .iter()
+                .filter_map(|w| w["kind"].as_str())
+                .collect();
+            // The webhook's own secret, never rotated here, is due too.
+            (kinds == ["webhook_secret"]).then_some(())
         },
     )
     .await;
 
-    // Each credential was warned of once, and all is in the audit log.
+    // Each credential was warned of once (the webhook's own secret, 90 days
+    // old by now, too), and all is in the audit log.
     let warnings = receiver.of("credential.expiring");
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    let mut kinds: Vec<&str> = warnings
+        .iter()
+        .map(|w| w["data"]["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "admin_key",
+            "enrollment_token",
+            "node_key",
+            "webhook_secret"
+        ],
+        "{warnings:?}"
+    );
     let (_, audit) = server
         .admin(Method::GET, "/v1/audit?action=credential.expiring", None)
         .await;
-    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+    assert_eq!(audit["items"].as_array().unwrap().len(), 4, "{audit}");
 }
 
 #[tokio::test]
@@ -689,5 +707,105 @@ async fn the_master_key_rotates_and_every_sealed_secret_follows() {
     assert!(
         refused.is_err(),
         "the old key no longer opens the signing key"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_secret_rotates_with_both_signatures_through_the_overlap() {
+    let url = fresh_database().await;
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app = keyplane_server::App::build_with_clock(brisk(&url), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let server = TestServer::from_app(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = Receiver::default();
+    let _receiving = receiver.clone().start(listener).await;
+    let (status, hook) = server
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["key.revoked", "credential.expiring"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let id = hook["id"].as_str().unwrap();
+    let (status, rotated) = server
+        .admin(
+            Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    assert_ne!(rotated["secret"], hook["secret"]);
+    assert!(rotated["previous_secret_until"].is_string());
+
+    let instance = server.instance("jan", &["inference:chat"]).await;
+    // Revokes a fresh key and answers the signatures its delivery carried,
+    // each checked against the secrets.
+    let delivered_signatures = || async {
+        let key = server
+            .key(
+                &instance,
+                json!({"name": "k", "scopes": ["inference:chat"]}),
+            )
+            .await;
+        let path = format!("/v1/keys/{}/revoke", key["id"].as_str().unwrap());
+        assert_eq!(server.admin(Method::POST, &path, None).await.0, 200);
+        let (headers, body) = eventually(StdDuration::from_secs(30), "the delivery", || async {
+            let got = receiver.got.lock().unwrap().clone();
+            got.into_iter()
+                .find(|(_, body)| body["data"]["key_id"] == key["id"])
+        })
+        .await;
+        let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+        let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let verifies = |secret: &Value| {
+            let raw = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                secret.as_str().unwrap().trim_start_matches("whsec_"),
+            )
+            .unwrap();
+            let expected =
+                keyplane_server::webhooks::signature(&raw, &id, timestamp.parse().unwrap(), &bytes);
+            header("webhook-signature")
+                .split(' ')
+                .any(|s| s == expected)
+        };
+        let count = header("webhook-signature").split(' ').count();
+        (
+            count,
+            verifies(&hook["secret"]),
+            verifies(&rotated["secret"]),
+        )
+    };
+    // Through the overlap, a receiver holding either secret verifies...
+    assert_eq!(delivered_signatures().await, (2, true, true));
+    // ...and after it, only the new one signs.
+    clock.advance(Duration::hours(2));
+    assert_eq!(delivered_signatures().await, (1, false, true));
+
+    // A secret lives no longer than a key, and its end is warned of.
+    clock.advance(Duration::days(77));
+    let warned = eventually(
+        StdDuration::from_secs(30),
+        "the secret's warning",
+        || async {
+            receiver
+                .of("credential.expiring")
+                .into_iter()
+                .find(|w| w["data"]["kind"] == "webhook_secret")
+        },
+    )
+    .await;
+    assert_eq!(warned["data"]["id"], json!(id));
+    assert_eq!(warned["data"]["days_left"], 14);
+    assert!(
+        !warned
+            .to_string()
+            .contains(rotated["secret"].as_str().unwrap())
     );
 }

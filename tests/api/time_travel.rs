@@ -3,7 +3,7 @@
 //! key, an nginx node whose key `keyplane agent --node` rotates (rewriting
 //! nginx's include file and reloading it), an instance whose API key
 //! `keyplane agent` rotates, and an operator who rotates their admin key
-//! when it is due. Requests flow through the gate and nginx the whole time;
+//! and their webhook's secret when they are due. Requests flow through the gate and nginx the whole time;
 //! not one may fail. Every credential rotates on schedule (keyplane's own
 //! signing keys too), and a credential left to expire is warned of once at
 //! 14, 7 and 1 days.
@@ -77,7 +77,7 @@ async fn four_hundred_days_pass_without_one_request_failing_for_a_credential() {
     let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
     let receiver = Receiver::default();
     let _receiving = receiver.clone().start(listener).await;
-    let (status, _) = server
+    let (status, hook) = server
         .admin(
             Method::POST,
             "/v1/webhooks",
@@ -85,6 +85,7 @@ async fn four_hundred_days_pass_without_one_request_failing_for_a_credential() {
         )
         .await;
     assert_eq!(status, 201);
+    let hook_path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
 
     // The operator's own admin key, rotated when due; and one nobody
     // rotates, warned of at 14, 7 and 1 days before it expires.
@@ -302,6 +303,13 @@ async fn four_hundred_days_pass_without_one_request_failing_for_a_credential() {
             assert_eq!(status, 201, "day {day}: {rotated}");
             operator = rotated["secret"].as_str().unwrap().to_owned();
         }
+        // And their webhook's signing secret, four fifths into its life.
+        let (_, hooks) = as_operator(&operator, Method::GET, "/v1/webhooks", None).await;
+        if at(&hooks["items"][0]["secret_expires_at"]) <= now + chrono::Duration::days(18) {
+            let path = format!("{hook_path}/rotate-secret");
+            let (status, _) = as_operator(&operator, Method::POST, &path, None).await;
+            assert_eq!(status, 201, "day {day}");
+        }
         // Every due rotation is made, and its new key in use, before the
         // next day dawns.
         let what = format!("day {day} to settle");
@@ -375,6 +383,10 @@ async fn four_hundred_days_pass_without_one_request_failing_for_a_credential() {
         (DAYS / 72) as usize
     );
     assert_eq!(rotations("key.rotate").await.len(), (DAYS / 30) as usize);
+    assert_eq!(
+        rotations("webhook.rotate_secret").await.len(),
+        (DAYS / 72) as usize
+    );
     // Signing keys renew every 30 days, each published a day ahead.
     assert_eq!(
         rotations("signing_key.renew").await.len(),

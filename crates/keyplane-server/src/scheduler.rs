@@ -171,7 +171,7 @@ async fn warn_expiring(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// `credential.expiring` at 14, 7 and 1 days before a node key, an admin
-/// key or an enrollment token expires without a successor (see
+/// key, an enrollment token or a webhook's secret expires without a successor (see
 /// [`scheduler::claim_credential_warnings`]).
 async fn warn_expiring_credentials(state: &AppState) -> anyhow::Result<()> {
     let now = state.clock.now();
@@ -245,6 +245,7 @@ fn target_type(kind: &str) -> &'static str {
         "node_key" => "node",
         "admin_key" => "admin_key",
         "enrollment_token" => "enrollment_token",
+        "webhook_secret" => "webhook",
         _ => "credential",
     }
 }

@@ -169,14 +169,14 @@ async fn attempt(
 ) -> anyhow::Result<()> {
     let outcome = match &hook {
         None => Err((None, "endpoint deleted".to_owned())),
-        Some(hook) => match state.master.open(&hook.secret_sealed, SEAL_CONTEXT) {
+        Some(hook) => match secrets(state, hook) {
             None => Err((
                 None,
                 "secret cannot be opened with this master key".to_owned(),
             )),
-            Some(secret) => match reachable(&state.destinations, &hook.url).await {
+            Some(secrets) => match reachable(&state.destinations, &hook.url).await {
                 Err(refused) => Err((None, refused)),
-                Ok(()) => send(http, hook, delivery, &secret).await,
+                Ok(()) => send(http, hook, delivery, &secrets).await,
             },
         },
     };
@@ -220,6 +220,19 @@ async fn attempt(
     Ok(())
 }
 
+/// The secrets a delivery to `hook` is signed with now: its own, and after
+/// a rotation, the previous one until its grace window ends.
+fn secrets(state: &AppState, hook: &webhooks::Webhook) -> Option<Vec<Zeroizing<Vec<u8>>>> {
+    let mut secrets = vec![state.master.open(&hook.secret_sealed, SEAL_CONTEXT)?];
+    if let (Some(previous), Some(until)) =
+        (&hook.previous_secret_sealed, hook.previous_secret_until)
+        && state.clock.now() < until
+    {
+        secrets.push(state.master.open(previous, SEAL_CONTEXT)?);
+    }
+    Some(secrets)
+}
+
 /// Whether an endpoint may be reached now (its name resolved again): an
 /// address literal is checked here, as the client's resolver sees only names.
 async fn reachable(destinations: &Destinations, url: &str) -> Result<(), String> {
@@ -232,7 +245,7 @@ async fn send(
     http: &reqwest::Client,
     hook: &webhooks::Webhook,
     delivery: &Delivery,
-    secret: &[u8],
+    secrets: &[Zeroizing<Vec<u8>>],
 ) -> Result<i32, (Option<i32>, String)> {
     let body = serde_json::to_vec(&delivery.payload.0).map_err(|e| (None, e.to_string()))?;
     let id = delivery.id.to_string();
@@ -243,9 +256,15 @@ async fn send(
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
+        // One signature per secret, space-separated (Standard Webhooks):
+        // a receiver holding either verifies.
         .header(
             "webhook-signature",
-            signature(secret, &id, timestamp, &body),
+            secrets
+                .iter()
+                .map(|secret| signature(secret, &id, timestamp, &body))
+                .collect::<Vec<_>>()
+                .join(" "),
         )
         .body(body)
         .send()

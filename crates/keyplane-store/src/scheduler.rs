@@ -79,11 +79,11 @@ pub struct Warned {
     pub days: i64,
 }
 
-/// A fleet credential (a node key, an admin key, an enrollment token)
-/// warned of its expiry.
+/// A fleet credential (a node key, an admin key, an enrollment token, a
+/// webhook's secret) warned of its expiry.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CredentialWarned {
-    /// `node_key`, `admin_key` or `enrollment_token`.
+    /// `node_key`, `admin_key`, `enrollment_token` or `webhook_secret`.
     pub kind: String,
     /// The credential's id (a node key's is its node's).
     pub id: Uuid,

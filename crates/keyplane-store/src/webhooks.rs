@@ -28,6 +28,15 @@ pub struct Webhook {
     pub enabled: bool,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// When its signing secret was made.
+    pub secret_created_at: DateTime<Utc>,
+    /// When its signing secret expires (rotate it before).
+    pub secret_expires_at: DateTime<Utc>,
+    /// The secret it had before a rotation, sealed, while deliveries are
+    /// still signed with it too.
+    pub previous_secret_sealed: Option<Vec<u8>>,
+    /// Until when deliveries are signed with the previous secret too.
+    pub previous_secret_until: Option<DateTime<Utc>>,
 }
 
 /// One event on its way to one endpoint.
@@ -60,9 +69,10 @@ pub struct Delivery {
 /// Registers an endpoint.
 pub async fn insert(conn: &mut PgConnection, hook: &Webhook) -> Result<Webhook, StoreError> {
     Ok(sqlx::query_as::<_, Webhook>(
-        r#"insert into webhooks (id, url, events, description, secret_sealed, enabled, created_at)
-           values ($1, $2, $3, $4, $5, $6, $7)
-           returning id, url, events, description, secret_sealed, enabled, created_at"#,
+        r#"insert into webhooks (id, url, events, description, secret_sealed, enabled, created_at,
+                                   secret_created_at, secret_expires_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+             returning *"#,
     )
     .bind(hook.id)
     .bind(&hook.url)
@@ -71,6 +81,7 @@ pub async fn insert(conn: &mut PgConnection, hook: &Webhook) -> Result<Webhook, 
     .bind(&hook.secret_sealed)
     .bind(hook.enabled)
     .bind(hook.created_at)
+    .bind(hook.secret_expires_at)
     .fetch_one(conn)
     .await?)
 }
@@ -82,12 +93,11 @@ pub async fn list(
     limit: i64,
 ) -> Result<(Vec<Webhook>, Option<After>), StoreError> {
     let rows = sqlx::query_as::<_, Webhook>(
-        r#"select id, url, events, description, secret_sealed, enabled, created_at
-             from webhooks
-            where deleted_at is null
-              and ($1::timestamptz is null or (created_at, id) > ($1, $2))
-            order by created_at, id
-            limit $3"#,
+        r#"select * from webhooks
+          where deleted_at is null
+            and ($1::timestamptz is null or (created_at, id) > ($1, $2))
+          order by created_at, id
+          limit $3"#,
     )
     .bind(after.map(|a| a.created_at))
     .bind(after.map(|a| a.id))
@@ -103,8 +113,7 @@ pub async fn list(
 /// One endpoint, if not deleted.
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Webhook>, StoreError> {
     Ok(sqlx::query_as::<_, Webhook>(
-        r#"select id, url, events, description, secret_sealed, enabled, created_at
-             from webhooks where id = $1 and deleted_at is null"#,
+        r#"select * from webhooks where id = $1 and deleted_at is null"#,
     )
     .bind(id)
     .fetch_optional(db)
@@ -252,28 +261,72 @@ pub async fn count(db: impl PgExecutor<'_>) -> Result<i64, StoreError> {
     )
 }
 
-/// Every endpoint's sealed secret (deleted ones too), locked until the
-/// transaction ends: for re-sealing under a new master key.
+/// Every endpoint's sealed secrets (deleted ones too), current and
+/// previous, locked until the transaction ends: for re-sealing under a new
+/// master key.
 pub async fn lock_sealed_secrets(
     conn: &mut PgConnection,
-) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
-    Ok(sqlx::query_as::<_, (Uuid, Vec<u8>)>(
-        r#"select id, secret_sealed from webhooks order by id for update"#,
+) -> Result<Vec<(Uuid, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+    Ok(sqlx::query_as::<_, (Uuid, Vec<u8>, Option<Vec<u8>>)>(
+        r#"select id, secret_sealed, previous_secret_sealed from webhooks order by id for update"#,
     )
     .fetch_all(conn)
     .await?)
 }
 
-/// Replaces an endpoint's sealed secret (the same secret, sealed anew).
+/// Gives a live endpoint (locked by the caller: see [`lock`]) a new signing
+/// secret made at `now`; the one it replaces signs too until `previous_until`
+/// (None: it stops at once).
+pub async fn rotate_secret(
+    conn: &mut PgConnection,
+    id: Uuid,
+    sealed: &[u8],
+    expires_at: DateTime<Utc>,
+    previous_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Webhook, StoreError> {
+    Ok(sqlx::query_as::<_, Webhook>(
+        r#"update webhooks
+            set previous_secret_sealed = case when $4::timestamptz is null then null
+                                              else secret_sealed end,
+                previous_secret_until = $4,
+                secret_sealed = $2, secret_expires_at = $3, secret_created_at = $5
+          where id = $1 and deleted_at is null
+      returning *"#,
+    )
+    .bind(id)
+    .bind(sealed)
+    .bind(expires_at)
+    .bind(previous_until)
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// A live endpoint, locked until the transaction ends.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+    Ok(sqlx::query_as::<_, Webhook>(
+        r#"select * from webhooks where id = $1 and deleted_at is null for update"#,
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Replaces an endpoint's sealed secrets (the same secrets, sealed anew).
 pub async fn reseal_secret(
     conn: &mut PgConnection,
     id: Uuid,
     sealed: &[u8],
+    previous: Option<&[u8]>,
 ) -> Result<(), StoreError> {
-    sqlx::query(r#"update webhooks set secret_sealed = $2 where id = $1"#)
-        .bind(id)
-        .bind(sealed)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        r#"update webhooks set secret_sealed = $2, previous_secret_sealed = $3 where id = $1"#,
+    )
+    .bind(id)
+    .bind(sealed)
+    .bind(previous)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -35,7 +35,7 @@ pub async fn readiness(state: &AppState) -> Result<String, Refusal> {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Warning {
     /// What it is about: a kind of credential (`node_key`, `admin_key`,
-    /// `enrollment_token`, `api_key`) or `bootstrap_token`.
+    /// `enrollment_token`, `webhook_secret`, `api_key`) or `bootstrap_token`.
     #[schema(example = "node_key")]
     pub kind: &'static str,
     /// What to do, for people.
@@ -49,10 +49,11 @@ pub struct Warning {
 }
 
 /// The kinds of credential warned about, with how people name them.
-const KINDS: [(&str, &str); 4] = [
+const KINDS: [(&str, &str); 5] = [
     ("node_key", "node keys"),
     ("admin_key", "admin keys"),
     ("enrollment_token", "enrollment tokens"),
+    ("webhook_secret", "webhook secrets"),
     ("api_key", "instance keys"),
 ];
 

@@ -53,18 +53,34 @@ pub async fn reseal(
         }
     }
     let context = crate::webhooks::SEAL_CONTEXT;
-    for (id, sealed) in webhooks::lock_sealed_secrets(change.db()).await? {
-        if master.sealed_it(&sealed, context) {
+    for (id, sealed, previous) in webhooks::lock_sealed_secrets(change.db()).await? {
+        let ours = |sealed: &[u8]| master.sealed_it(sealed, context);
+        if ours(&sealed) && previous.as_deref().is_none_or(ours) {
             done.already += 1;
             continue;
         }
-        match master.open(&sealed, context) {
-            Some(plain) => {
-                let sealed = master.seal(&plain, context).map_err(internal)?;
-                webhooks::reseal_secret(change.db(), id, &sealed).await?;
+        let resealed = |sealed: &[u8]| {
+            master
+                .open(sealed, context)
+                .map(|plain| master.seal(&plain, context))
+        };
+        match (resealed(&sealed), previous.as_deref().map(resealed)) {
+            (Some(current), None) => {
+                webhooks::reseal_secret(change.db(), id, &current.map_err(internal)?, None).await?;
                 done.webhook_secrets += 1;
             }
-            None => unopened.push(format!("webhook {id}'s secret")),
+            (Some(current), Some(Some(previous))) => {
+                let previous = previous.map_err(internal)?;
+                webhooks::reseal_secret(
+                    change.db(),
+                    id,
+                    &current.map_err(internal)?,
+                    Some(&previous),
+                )
+                .await?;
+                done.webhook_secrets += 1;
+            }
+            _ => unopened.push(format!("webhook {id}'s secret")),
         }
     }
     if !unopened.is_empty() {

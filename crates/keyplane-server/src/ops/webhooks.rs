@@ -9,6 +9,8 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::ops::keys::{RotateKeyRequest, max_lifetime_seconds};
+use crate::ops::rotation;
 use crate::ops::{Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
 use crate::webhooks::{EVENTS, endpoint_url, host_and_port, masked_url, new_secret};
@@ -27,9 +29,9 @@ pub struct CreateWebhookRequest {
     pub url: String,
     /// Events to receive: `key.expiring`, `key.rotated`, `key.revoked`,
     /// `instance.decommissioned`, `node.mode_weaker`, `credential.expiring`
-    /// (a node key, admin key or enrollment token 14, 7 or 1 days before it
-    /// expires without a successor), `key.leaked` (a reported leak stopped
-    /// a working key).
+    /// (a node key, admin key, enrollment token or webhook secret 14, 7 or 1
+    /// days before it expires without a successor), `key.leaked` (a
+    /// reported leak stopped a working key).
     pub events: Vec<String>,
     /// Free text.
     pub description: Option<String>,
@@ -51,6 +53,12 @@ pub struct WebhookResponse {
     pub enabled: bool,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
+    /// When its signing secret expires (it lives no longer than any key):
+    /// rotate it before, with `POST /v1/webhooks/{id}/rotate-secret`.
+    pub secret_expires_at: DateTime<Utc>,
+    /// After a rotation, until when deliveries are signed with the
+    /// previous secret too.
+    pub previous_secret_until: Option<DateTime<Utc>>,
 }
 
 /// An endpoint just registered, with its signing secret, shown once.
@@ -104,8 +112,15 @@ impl WebhookResponse {
             description: row.description,
             enabled: row.enabled,
             created_at: row.created_at,
+            secret_expires_at: row.secret_expires_at,
+            previous_secret_until: row.previous_secret_until,
         }
     }
+}
+
+/// How long a webhook's signing secret lives: as long as any key may.
+fn secret_lifetime(settings: &crate::config::Settings) -> chrono::Duration {
+    chrono::Duration::seconds(max_lifetime_seconds(settings))
 }
 
 impl From<webhooks::Delivery> for DeliveryResponse {
@@ -180,6 +195,10 @@ impl Ops<Operator> {
                 secret_sealed: sealed,
                 enabled: true,
                 created_at: now,
+                secret_created_at: now,
+                secret_expires_at: now + secret_lifetime(&self.state.settings),
+                previous_secret_sealed: None,
+                previous_secret_until: None,
             },
         )
         .await?;
@@ -189,6 +208,52 @@ impl Ops<Operator> {
                 "webhook",
                 row.id,
                 json!({ "events": row.events }),
+            )
+            .await?;
+        change
+            .finish(CreatedWebhookResponse {
+                webhook: WebhookResponse::seen_by(row, self.actor.role),
+                secret,
+            })
+            .await
+    }
+
+    /// Gives an endpoint a new signing secret, answered once. For
+    /// `grace_seconds` (default 3600) each delivery carries a signature
+    /// with either secret (Standard Webhooks allows several), so the
+    /// receiver can switch to the new one without missing an event.
+    pub async fn rotate_webhook_secret<R: Run>(
+        &self,
+        run: R,
+        id: Uuid,
+        input: RotateKeyRequest,
+    ) -> Result<R::Answer<CreatedWebhookResponse>, Refusal> {
+        self.actor.require(Permission::WebhooksWrite)?;
+        let settings = &self.state.settings;
+        let grace = rotation::grace_seconds(input.grace_seconds, max_lifetime_seconds(settings))?;
+        let (sealed, secret) = new_secret(&self.state.master)?;
+        let now = self.now();
+        let mut change = self.begin(run, now).await?;
+        let old = webhooks::lock(change.db(), id)
+            .await?
+            .ok_or_else(|| Refusal::NotFound("no webhook with this id".to_owned()))?;
+        let previous_until = (grace > 0 && old.secret_expires_at > now)
+            .then(|| rotation::grace_until(now, grace, old.secret_expires_at));
+        let row = webhooks::rotate_secret(
+            change.db(),
+            id,
+            &sealed,
+            now + secret_lifetime(settings),
+            previous_until,
+            now,
+        )
+        .await?;
+        change
+            .audit(
+                "webhook.rotate_secret",
+                "webhook",
+                id,
+                json!({ "grace_seconds": grace, "previous_secret_until": previous_until }),
             )
             .await?;
         change

@@ -120,6 +120,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(self_service::rotate_self))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
         .routes(routes!(webhooks::delete_webhook))
+        .routes(routes!(webhooks::rotate_webhook_secret))
         .routes(routes!(webhooks::list_webhook_deliveries))
         .routes(routes!(leaks::report_leaks))
         .routes(routes!(node_api::introspect))

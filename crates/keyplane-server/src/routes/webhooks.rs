@@ -7,7 +7,8 @@ use axum::response::Response;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::ops::keys::RotateKeyRequest;
 use crate::ops::webhooks::{
     CreateWebhookRequest, CreatedWebhookResponse, DeliveryPage, WebhookPage,
 };
@@ -47,6 +48,29 @@ pub async fn list_webhooks(
     ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Json<WebhookPage>, ApiError> {
     Ok(Json(ops.list_webhooks(page).await?))
+}
+
+/// Give a webhook endpoint a new signing secret, shown in this response
+/// only. For `grace_seconds` (default 3600) every delivery carries a
+/// signature with each secret, so the receiver switches without missing an
+/// event. A secret lives no longer than any key: rotate before
+/// `secret_expires_at` (keyplane warns 14, 7 and 1 days ahead).
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/rotate-secret", operation_id = "rotate_webhook_secret", tag = "webhooks",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    request_body(content = RotateKeyRequest, description = "Optional"),
+    responses(
+        (status = 201, description = "The endpoint with its new secret, shown only here", body = CreatedWebhookResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn rotate_webhook_secret(
+    ops: Ops<Operator>,
+    ApiPath(id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<RotateKeyRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(ops.rotate_webhook_secret(Apply, id, body).await?))
 }
 
 /// Delete a webhook endpoint; its pending deliveries are dropped.
