@@ -1,7 +1,6 @@
 //! The fleet's own credentials: node keys and admin keys rotate with
 //! overlap, keep their identity, and tell their holders when to rotate.
 
-use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
@@ -9,19 +8,11 @@ use keyplane_server::clock::ManualClock;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{
-    BOOTSTRAP, Receiver, TestServer, admin_settings_for, call, eventually, fresh_database,
-};
+use crate::support::{BOOTSTRAP, TestServer, admin_settings_for, call, eventually, fresh_database};
 
 /// A server whose clock moves only when the test says so.
 async fn server_with_clock() -> (TestServer, ManualClock) {
-    let url = fresh_database().await;
-    let clock = ManualClock::at(chrono::Utc::now());
-    let app =
-        keyplane_server::App::build_with_clock(admin_settings_for(&url), Arc::new(clock.clone()))
-            .await
-            .unwrap();
-    (TestServer::from_app(app), clock)
+    TestServer::start_with_clock(admin_settings_for(&fresh_database().await)).await
 }
 
 /// Registers a node; answers its body (with `secret`).
@@ -306,24 +297,8 @@ fn brisk(url: &str) -> keyplane_server::Settings {
 
 #[tokio::test]
 async fn every_fleet_credential_is_warned_of_once_before_it_expires() {
-    let url = fresh_database().await;
-    let clock = ManualClock::at(chrono::Utc::now());
-    let app = keyplane_server::App::build_with_clock(brisk(&url), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let server = TestServer::from_app(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let receiver = Receiver::default();
-    let _receiving = receiver.clone().start(listener).await;
-    let (status, _) = server
-        .admin(
-            Method::POST,
-            "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["credential.expiring"]})),
-        )
-        .await;
-    assert_eq!(status, 201);
+    let (server, clock) = TestServer::start_with_clock(brisk(&fresh_database().await)).await;
+    let (receiver, _receiving, _) = server.subscribe(&["credential.expiring"]).await;
 
     let node = node(&server, "gate-1").await; // 90 days
     let node_key = secret(&node);
@@ -512,12 +487,7 @@ async fn a_bootstrap_token_left_set_in_prod_is_warned_of() {
 
 #[tokio::test]
 async fn signing_keys_renew_on_schedule_published_before_they_sign() {
-    let url = fresh_database().await;
-    let clock = ManualClock::at(chrono::Utc::now());
-    let app = keyplane_server::App::build_with_clock(brisk(&url), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let server = TestServer::from_app(app);
+    let (server, clock) = TestServer::start_with_clock(brisk(&fresh_database().await)).await;
     let node = node(&server, "cortex-1").await;
     let node_key = secret(&node);
     let kids = || async {
@@ -619,18 +589,7 @@ async fn the_master_key_rotates_and_every_sealed_secret_follows() {
         jwks["keys"][0]["kid"].clone()
     };
     let signing_kid = kid().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let receiver = Receiver::default();
-    let _receiving = receiver.clone().start(listener).await;
-    let (status, hook) = server
-        .admin(
-            Method::POST,
-            "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["key.revoked"]})),
-        )
-        .await;
-    assert_eq!(status, 201, "{hook}");
+    let (receiver, _receiving, _) = server.subscribe(&["key.revoked"]).await;
     server.stop().await.unwrap();
 
     let rotate = |master: &str, previous: Option<&str>| {
@@ -712,24 +671,10 @@ async fn the_master_key_rotates_and_every_sealed_secret_follows() {
 
 #[tokio::test]
 async fn a_webhook_secret_rotates_with_both_signatures_through_the_overlap() {
-    let url = fresh_database().await;
-    let clock = ManualClock::at(chrono::Utc::now());
-    let app = keyplane_server::App::build_with_clock(brisk(&url), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let server = TestServer::from_app(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let receiver = Receiver::default();
-    let _receiving = receiver.clone().start(listener).await;
-    let (status, hook) = server
-        .admin(
-            Method::POST,
-            "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["key.revoked", "credential.expiring"]})),
-        )
+    let (server, clock) = TestServer::start_with_clock(brisk(&fresh_database().await)).await;
+    let (receiver, _receiving, hook) = server
+        .subscribe(&["key.revoked", "credential.expiring"])
         .await;
-    assert_eq!(status, 201, "{hook}");
     let id = hook["id"].as_str().unwrap();
     let (status, rotated) = server
         .admin(

@@ -334,6 +334,37 @@ impl TestServer {
         TestServer::start_with(admin_settings_for(&url)).await
     }
 
+    /// Starts a server with `settings` on a clock that moves only when the
+    /// test says so.
+    pub async fn start_with_clock(
+        settings: Settings,
+    ) -> (TestServer, keyplane_server::clock::ManualClock) {
+        let clock = keyplane_server::clock::ManualClock::at(chrono::Utc::now());
+        let app = App::build_with_clock(settings, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        (TestServer::from_app(app), clock)
+    }
+
+    /// Registers a webhook endpoint for `events`, delivered to a new
+    /// [`Receiver`] (serving while the handle lives); answers the receiver,
+    /// the handle and the endpoint (with its secret).
+    pub async fn subscribe(&self, events: &[&str]) -> (Receiver, JoinHandle<()>, Value) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let receiver = Receiver::default();
+        let serving = receiver.clone().start(listener).await;
+        let (status, hook) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/webhooks",
+                Some(serde_json::json!({ "url": url, "events": events })),
+            )
+            .await;
+        assert_eq!(status, 201, "{hook}");
+        (receiver, serving, hook)
+    }
+
     /// A request to `path` authenticated with `token`.
     pub fn as_(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client

@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyplane_server::clock::{Clock, ManualClock};
+use keyplane_server::clock::Clock;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Gate, Nginx, Receiver, TestServer, admin_settings_for, call, eventually, fresh_database,
-    stub_upstream,
+    Gate, Nginx, TestServer, admin_settings_for, call, eventually, fresh_database, stub_upstream,
 };
 
 const DAYS: i64 = 400;
@@ -57,34 +56,20 @@ fn at(value: &Value) -> DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_hundred_days_pass_without_one_request_failing_for_a_credential() {
-    let url = fresh_database().await;
-    let clock = ManualClock::at(Utc::now());
     let settings = keyplane_server::Settings {
         scheduler_interval: Duration::from_millis(100),
         metrics_refresh: Duration::from_millis(100),
-        ..admin_settings_for(&url)
+        ..admin_settings_for(&fresh_database().await)
     };
-    let app = keyplane_server::App::build_with_clock(settings, Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let server = TestServer::from_app(app);
+    let (server, clock) = TestServer::start_with_clock(settings).await;
     let keyplane = format!("http://{}", server.addr);
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);
 
     // Operators hear of expiries.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let receiver = Receiver::default();
-    let _receiving = receiver.clone().start(listener).await;
-    let (status, hook) = server
-        .admin(
-            Method::POST,
-            "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["credential.expiring", "key.expiring"]})),
-        )
+    let (receiver, _receiving, hook) = server
+        .subscribe(&["credential.expiring", "key.expiring"])
         .await;
-    assert_eq!(status, 201);
     let hook_path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
 
     // The operator's own admin key, rotated when due; and one nobody
