@@ -197,7 +197,10 @@ impl Agent {
             (None, Holder::Instance) => self.enroll(name).await?,
             (None, Holder::Node) => self.adopt_node_key()?,
         };
-        self.publish(&key, false)?;
+        // The proxy may not run yet (it reads the file when it starts).
+        if let Err(err) = self.publish(&key, false) {
+            tracing::warn!(error = %format!("{err:#}"), "could not hand the key to the proxy yet");
+        }
         let mut backoff = Duration::from_secs(1);
         loop {
             let wait = match self.check(&key).await {

@@ -6,6 +6,7 @@ use keyplane_domain::{ForwardAuthProxy, KeyKind, KeySecret, Mode, Permission, Ro
 use keyplane_store::nodes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -202,7 +203,8 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NodeKeyState {
     /// `current`, or `previous` (replaced by a rotation, working until
-    /// `key_expires_at`); `certificate` when the node sent no key.
+    /// `key_expires_at`); `certificate` when the node sent no key;
+    /// `replaced` for a key that stopped a moment ago.
     #[schema(example = "current")]
     pub presented_key: &'static str,
     /// When the presented key stops working.
@@ -240,6 +242,11 @@ fn proxy_setting(text: Option<&str>) -> Result<Option<String>, Refusal> {
     .transpose()
 }
 
+/// Whether a stored digest is `digest` (compared in constant time).
+fn same(stored: &[u8], digest: &[u8; 32]) -> bool {
+    stored.ct_eq(digest.as_slice()).into()
+}
+
 /// Which of a node's keys `presented` (a digest; None for a certificate) is.
 fn key_state(row: &nodes::Node, presented: Option<&[u8; 32]>, now: DateTime<Utc>) -> NodeKeyState {
     let current = NodeKeyState {
@@ -252,12 +259,25 @@ fn key_state(row: &nodes::Node, presented: Option<&[u8; 32]>, now: DateTime<Utc>
             presented_key: "certificate",
             ..current
         },
-        Some(digest) if row.previous_digest.as_deref() == Some(digest.as_slice()) => NodeKeyState {
-            presented_key: "previous",
-            key_expires_at: row.previous_until.unwrap_or(now),
+        Some(digest)
+            if row
+                .previous_digest
+                .as_deref()
+                .is_some_and(|d| same(d, digest)) =>
+        {
+            NodeKeyState {
+                presented_key: "previous",
+                key_expires_at: row.previous_until.unwrap_or(now),
+                rotation_due: false,
+            }
+        }
+        Some(digest) if same(&row.digest, digest) => current,
+        // A key replaced a moment ago (a cached answer not yet dropped).
+        Some(_) => NodeKeyState {
+            presented_key: "replaced",
+            key_expires_at: now,
             rotation_due: false,
         },
-        Some(_) => current,
     }
 }
 
@@ -555,7 +575,11 @@ impl Ops<Node> {
             (details, refusal)
         };
         let retry = state.presented_key == "previous";
-        let allowed = if retry {
+        let allowed = if state.presented_key == "replaced" {
+            Err(Refusal::Conflict(
+                "this node key has been replaced: use the node's current key".to_owned(),
+            ))
+        } else if retry {
             rotation::may_retry(
                 row.rotated_by.as_deref(),
                 row.rotated_at,
