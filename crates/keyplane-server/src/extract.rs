@@ -21,11 +21,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(&request) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = read_body(request, state).await?;
-        object(&bytes).map(ApiJson)
+        object(&json_body(request, state).await?).map(ApiJson)
     }
 }
 
@@ -42,13 +38,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(&request) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = read_body(request, state).await?;
+        let bytes = json_body(request, state).await?;
         let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
         Ok(SignedJson(value, bytes))
     }
+}
+
+/// The whole body of a request that says it is JSON.
+async fn json_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(&request) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    read_body(request, state).await
 }
 
 /// Reads the whole body, within the size limit.

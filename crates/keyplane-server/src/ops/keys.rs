@@ -456,6 +456,25 @@ pub(crate) fn new_secret() -> Result<KeySecret, Refusal> {
     KeySecret::generate(KeyKind::Instance).map_err(|e| Refusal::Internal(e.into()))
 }
 
+/// Revokes `key` (locked within `change`) for good: saved, put on the
+/// revocation stream and dropped from every cache. Auditing it and telling
+/// operators is the caller's, who knows why.
+pub(crate) async fn revoke_locked<R: Run>(
+    change: &mut Change<'_, R>,
+    mut key: keys::ApiKey,
+    reason: Option<String>,
+) -> Result<keys::ApiKey, Refusal> {
+    let now = change.at();
+    change.concerns(KeysOf::Ids(&[key.id])).await?;
+    key.revoked_at = Some(now);
+    key.revoked_reason = reason;
+    let key = keys::save(change.db(), &key, now).await?;
+    change.revoke(&[key.id], "revoked").await?;
+    change.publish(Event::Key { id: key.id });
+    change.publish(Event::Revocations);
+    Ok(key)
+}
+
 /// One rotation: the key rotated (whose row lock the change holds), how
 /// long it keeps working, and who asked.
 pub(crate) struct Rotation<'k> {
@@ -764,15 +783,13 @@ impl Ops<Operator> {
         let mut key = keys::lock(change.db(), id, now)
             .await?
             .ok_or_else(not_found)?;
-        // Revoking a revoked key changes nothing, yet still tells every cache
-        // to drop it: a node that missed the first time hears it now.
-        change.publish(Event::Key { id });
-        if key.revoked_at.is_none() {
-            change.concerns(KeysOf::Ids(&[id])).await?;
-            key.revoked_at = Some(now);
-            key.revoked_reason = reason;
-            key = keys::save(change.db(), &key, now).await?;
-            change.revoke(&[id], "revoked").await?;
+        if key.revoked_at.is_some() {
+            // Revoking a revoked key changes nothing, yet still tells every
+            // cache to drop it: a node that missed the first time hears it now.
+            change.publish(Event::Key { id });
+            change.publish(Event::Revocations);
+        } else {
+            key = revoke_locked(&mut change, key, reason).await?;
             change
                 .audit(
                     "key.revoke",
@@ -794,7 +811,6 @@ impl Ops<Operator> {
                 .await?;
         }
         let view = view_one(change.db(), key).await?;
-        change.publish(Event::Revocations);
         change.finish(view).await
     }
 }

@@ -11,13 +11,13 @@
 use std::collections::HashSet;
 
 use keyplane_domain::{KeyKind, KeySecret};
-use keyplane_store::introspection::KeysOf;
 use keyplane_store::{admin_keys, enrollment, keys, nodes};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::events::Event;
+use crate::ops::keys::revoke_locked;
 use crate::ops::{Actor, Apply, Change, Credential, Ops, Refusal};
 
 /// The most strings one report may carry.
@@ -167,19 +167,13 @@ async fn stop(
     let reason = "leaked: reported by a leak report";
     let (target_type, id, mut data) = match key.kind() {
         KeyKind::Instance => {
-            let Some(mut row) = keys::lock_by_digest(change.db(), digest, now)
+            let Some(row) = keys::lock_by_digest(change.db(), digest, now)
                 .await?
                 .filter(|row| matches!(row.status.as_str(), "active" | "rotating" | "disabled"))
             else {
                 return Ok(());
             };
-            change.concerns(KeysOf::Ids(&[row.id])).await?;
-            row.revoked_at = Some(now);
-            row.revoked_reason = Some(reason.to_owned());
-            let row = keys::save(change.db(), &row, now).await?;
-            change.revoke(&[row.id], "revoked").await?;
-            change.publish(Event::Key { id: row.id });
-            change.publish(Event::Revocations);
+            let row = revoke_locked(change, row, Some(reason.to_owned())).await?;
             let data = json!({
                 "kind": "api_key",
                 "key_id": row.id,
