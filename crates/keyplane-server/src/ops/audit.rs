@@ -285,7 +285,11 @@ pub fn checkpoint_periodically(
     every: chrono::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(30));
+        // The first look comes a period after start, not at once: a start
+        // racing the first writes must not checkpoint a half-made history
+        // of its own accord.
+        let period = std::time::Duration::from_secs(30);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             ticks.tick().await;
             let latest = audit::checkpoints(state.db.pool(), 1)
