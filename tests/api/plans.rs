@@ -3,7 +3,10 @@
 //! what the plan said.
 
 use keyplane_domain::ManagementRole;
+use std::time::Duration;
+
 use keyplane_server::App;
+use keyplane_server::events::Event;
 use keyplane_server::ops::instances::{InstanceStatus, UpdateInstanceRequest};
 use keyplane_server::ops::keys::{CreateKeyRequest, RevokeKeyRequest};
 use keyplane_server::ops::roles::PutRoleRequest;
@@ -12,6 +15,7 @@ use keyplane_server::ops::{Actor, Apply, DryRun, Holder, Operator, Ops, Origin, 
 use keyplane_server::state::AppState;
 use reqwest::Method;
 use serde_json::json;
+use tokio::sync::broadcast::Receiver;
 use uuid::Uuid;
 
 use crate::support::{TestServer, admin_settings_for, fresh_database};
@@ -48,6 +52,39 @@ async fn snapshot(db: &sqlx::PgPool) -> Vec<i64> {
         counts.push(sqlx::query_scalar(query).fetch_one(db).await.unwrap());
     }
     counts
+}
+
+/// Waits until every event published so far has reached `events`, echoes
+/// that PostgreSQL delivers later by `NOTIFY` included, and answers what
+/// arrived first. It changes the `barrier` instance and waits for both copies
+/// of that change's event: PostgreSQL delivers notifications in commit order,
+/// so once the echo is in, every earlier one is too.
+async fn settle(server: &TestServer, barrier: &str, events: &mut Receiver<Event>) -> Vec<Event> {
+    let (status, body) = server
+        .admin(
+            Method::PATCH,
+            &format!("/v1/instances/{barrier}"),
+            Some(json!({"description": Uuid::new_v4().to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let marker = Event::Instance {
+        id: barrier.parse().unwrap(),
+    };
+    let mut before = Vec::new();
+    let mut seen = 0;
+    while seen < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("the barrier's events arrive")
+            .expect("the event channel stays open");
+        if event == marker {
+            seen += 1;
+        } else if seen == 0 {
+            before.push(event);
+        }
+    }
+    before
 }
 
 fn id(value: &serde_json::Value) -> Uuid {
@@ -90,8 +127,11 @@ async fn a_role_change_planned_names_every_key_that_carries_it_and_changes_nothi
         .admin(Method::POST, "/v1/nodes", Some(json!({"name": "gpu-1"})))
         .await;
 
+    let barrier = server.instance("barrier", &[]).await;
+
     let ops = admin(&state);
     let mut events = state.events.subscribe();
+    settle(&server, &barrier, &mut events).await;
     let before = snapshot(&db).await;
     let narrower = || PutRoleRequest {
         description: None,
@@ -137,7 +177,11 @@ async fn a_role_change_planned_names_every_key_that_carries_it_and_changes_nothi
     assert_eq!(plan.nodes, vec![id(&node)], "keys for any node: every node");
     assert_eq!(plan.actions, vec!["role.replace"]);
     assert_eq!(snapshot(&db).await, before, "a dry run writes nothing");
-    assert!(events.try_recv().is_err(), "a dry run announces nothing");
+    assert_eq!(
+        settle(&server, &barrier, &mut events).await,
+        vec![],
+        "a dry run announces nothing"
+    );
     let (_, role) = server.admin(Method::GET, "/v1/roles", None).await;
     assert_eq!(
         role["items"][0]["scopes"],
