@@ -384,6 +384,43 @@ async fn every_management_route_enforces_the_role_matrix() {
             "webhooks:write",
             None,
         ),
+        // Sessions are people's; keys see who they are, and admins look
+        // after everyone's sessions (people's own are in people.rs).
+        (
+            Method::GET,
+            "/v1/auth/session".into(),
+            "/v1/auth/session",
+            "own key",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/auth/logout".into(),
+            "/v1/auth/logout",
+            "own key",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/sessions".into(),
+            "/v1/sessions",
+            "sessions:admin",
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/sessions/{}", uuid::Uuid::new_v4()),
+            "/v1/sessions/{id}",
+            "sessions:admin",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/sessions/revoke-all".into(),
+            "/v1/sessions/revoke-all",
+            "sessions:admin",
+            Some(json!({"subject": "nobody"})),
+        ),
     ];
 
     // Node routes take node keys only, and instances' routes their own
@@ -431,8 +468,17 @@ async fn every_management_route_enforces_the_role_matrix() {
         })
         .collect();
     // Anyone may report a leaked key: no credential, and none needed (its
-    // own tests are in leak_reports.rs).
-    let public_routes = [(Method::POST, "/v1/leaks")];
+    // own tests are in leak_reports.rs). Signing in starts without one too
+    // (people.rs).
+    let public_routes = [
+        (Method::POST, "/v1/leaks"),
+        (Method::GET, "/v1/auth/oidc/login"),
+        (Method::GET, "/v1/auth/oidc/callback"),
+        (Method::POST, "/v1/auth/device"),
+        (Method::GET, "/v1/auth/device/verify"),
+        (Method::POST, "/v1/auth/device/verify"),
+        (Method::POST, "/v1/auth/token"),
+    ];
     let tested: BTreeSet<(String, String)> = routes
         .iter()
         .map(|(method, _, template, _, _)| (method.to_string(), template.to_string()))

@@ -138,6 +138,22 @@ pub fn certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, st
     (cert, key)
 }
 
+/// Sign-in settings that prod accepts, with `changes`.
+fn oidc(changes: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env = vec![
+        ("KEYPLANE_OIDC_ISSUER", "https://login.example.com"),
+        ("KEYPLANE_OIDC_CLIENT_ID", "keyplane"),
+        (
+            "KEYPLANE_OIDC_REDIRECT_URL",
+            "https://keyplane.example.com/v1/auth/oidc/callback",
+        ),
+        ("KEYPLANE_OIDC_ROLE_MAP", "keyplane-admins=admin"),
+    ];
+    env.retain(|(name, _)| !changes.iter().any(|(changed, _)| changed == name));
+    env.extend_from_slice(changes);
+    env
+}
+
 #[test]
 fn prod_refuses_to_start_on_anything_insecure_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -234,6 +250,33 @@ fn prod_refuses_to_start_on_anything_insecure_with_one_line_naming_it() {
         (
             with(&[("KEYPLANE_FORWARD_AUTH_PROXY", "haproxy")], &[]),
             "KEYPLANE_FORWARD_AUTH_PROXY: expected nginx, traefik, caddy or envoy",
+        ),
+        (
+            with(&oidc(&[("KEYPLANE_OIDC_REQUIRE_AMR", "none")]), &[]),
+            "KEYPLANE_OIDC_REQUIRE_AMR: prod mode signs people in only with MFA",
+        ),
+        (
+            with(
+                &oidc(&[("KEYPLANE_OIDC_ISSUER", "http://login.example.com")]),
+                &[],
+            ),
+            "KEYPLANE_OIDC_ISSUER: must be an https:// URL in prod mode",
+        ),
+        (
+            with(
+                &[("KEYPLANE_OIDC_ISSUER", "https://login.example.com")],
+                &[],
+            ),
+            "KEYPLANE_OIDC_CLIENT_ID: required with the other KEYPLANE_OIDC_ settings",
+        ),
+        (
+            // Everything but the role map.
+            with(&oidc(&[])[..3], &[]),
+            "KEYPLANE_OIDC_ROLE_MAP: required with KEYPLANE_OIDC_ISSUER",
+        ),
+        (
+            with(&[("KEYPLANE_ADMIN_KEYS", "disabled")], &[]),
+            "KEYPLANE_ADMIN_KEYS: disabled leaves no one able to manage keyplane",
         ),
     ];
     for (env, expected) in cases {

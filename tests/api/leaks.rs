@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::idp::{Browser, CLIENT_ID, CLIENT_SECRET, Idp, Person, set_cookie};
 use crate::support::{
     BOOTSTRAP, Gate, MASTER_KEY, eventually, free_port, fresh_database, stub_upstream,
 };
@@ -17,9 +18,19 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
     let url = fresh_database().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let idp = Idp::start(&format!("{base}/v1/auth/oidc/callback")).await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyplane"))
         .arg("serve")
+        .env("KEYPLANE_OIDC_ISSUER", &idp.issuer)
+        .env("KEYPLANE_OIDC_CLIENT_ID", CLIENT_ID)
+        .env("KEYPLANE_OIDC_CLIENT_SECRET", CLIENT_SECRET)
+        .env(
+            "KEYPLANE_OIDC_REDIRECT_URL",
+            format!("{base}/v1/auth/oidc/callback"),
+        )
+        .env("KEYPLANE_OIDC_ROLE_MAP", "keyplane-admins=admin")
+        .env("KEYPLANE_OIDC_REQUIRE_AMR", "mfa,otp")
         .env("DATABASE_URL", &url)
         .env("KEYPLANE_LISTEN", format!("127.0.0.1:{port}"))
         .env("KEYPLANE_BOOTSTRAP_TOKEN", BOOTSTRAP)
@@ -38,7 +49,11 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
     .await;
 
     let mut bodies: Vec<String> = Vec::new();
-    let mut secrets: Vec<String> = vec![BOOTSTRAP.to_owned(), MASTER_KEY.to_owned()];
+    let mut secrets: Vec<String> = vec![
+        BOOTSTRAP.to_owned(),
+        MASTER_KEY.to_owned(),
+        CLIENT_SECRET.to_owned(),
+    ];
     macro_rules! send {
         ($token:expr, $method:expr, $path:expr, $body:expr) => {{
             let request = client
@@ -314,6 +329,94 @@ async fn no_whole_key_appears_in_logs_errors_audit_or_metrics() {
     let gate_logs = std::fs::read_to_string(gate_log.path()).unwrap();
     assert!(gate_logs.contains("refused"), "the gate's log was captured");
     bodies.push(gate_logs);
+
+    // People: a sign-in (its PKCE verifier in a cookie, the provider's
+    // code in the callback's query, the session token in the session
+    // cookie), a refused one, a terminal's device flow, and a session
+    // token reported leaked.
+    let browser = Browser::default();
+    let person = Person::in_group("alice", "keyplane-admins");
+    let login = browser
+        .client
+        .get(format!("{base}/v1/auth/oidc/login"))
+        .send()
+        .await
+        .unwrap();
+    secrets.push(set_cookie(&login, "keyplane_sign_in").unwrap());
+    let to_idp = login.headers()["location"].to_str().unwrap().to_owned();
+    let callback = browser.authorize(&to_idp, &person).await;
+    let code = reqwest::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(name, _)| name == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    secrets.push(code);
+    let signed_in = browser.client.get(&callback).send().await.unwrap();
+    let session = set_cookie(&signed_in, "keyplane_session").unwrap();
+    secrets.push(session.clone());
+    let again = browser.client.get(&callback).send().await.unwrap();
+    bodies.push(again.text().await.unwrap());
+    send!(&session, Method::GET, "/v1/auth/session", None::<Value>);
+    send!(&session, Method::GET, "/v1/sessions", None::<Value>);
+    send!(
+        &format!("{session}x"),
+        Method::GET,
+        "/v1/sessions",
+        None::<Value>
+    );
+    let refused = Browser::default()
+        .sign_in(
+            &format!("{base}/v1/auth/oidc/login"),
+            &Person {
+                mischief: Some("tampered"),
+                ..Person::in_group("mallory", "keyplane-admins")
+            },
+        )
+        .await;
+    bodies.push(refused.text().await.unwrap());
+    let device: Value = client
+        .post(format!("{base}/v1/auth/device"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_code = device["device_code"].as_str().unwrap().to_owned();
+    secrets.push(device_code.clone());
+    let approved = Browser::default()
+        .approve_terminal(&base, device["user_code"].as_str().unwrap(), &person)
+        .await;
+    bodies.push(approved.text().await.unwrap());
+    let terminal: Value = client
+        .post(format!("{base}/v1/auth/token"))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let terminal_token = terminal["access_token"].as_str().unwrap().to_owned();
+    secrets.push(terminal_token.clone());
+    send!(&terminal_token, Method::GET, "/v1/instances", None::<Value>);
+    let reported = client
+        .post(format!("{base}/v1/leaks"))
+        .json(&json!({"token": terminal_token, "url": "https://paste.example/1", "source": "test"}))
+        .send()
+        .await
+        .unwrap();
+    bodies.push(reported.text().await.unwrap());
+    let after = send!(&terminal_token, Method::GET, "/v1/instances", None::<Value>);
+    assert_eq!(
+        after["code"], "session_ended",
+        "a leaked session token stops"
+    );
 
     // Errors of every kind, several carrying keys where they do not belong.
     send!(&first_key, Method::GET, "/v1/instances", None::<Value>);

@@ -78,6 +78,7 @@ pub fn settings_for(database_url: &str) -> Settings {
             self_service_per_minute: 1_000_000,
             self_rotations_per_hour: 1_000_000,
             leak_reports_per_minute: 1_000_000,
+            sign_ins_per_minute: 1_000_000,
         },
         ..Settings::default()
     }

@@ -33,15 +33,18 @@ pub enum KeyKind {
     Node,
     /// A one-time (or n-use) enrollment token.
     Enrollment,
+    /// A person's session, after signing in with the identity provider.
+    Session,
 }
 
 impl KeyKind {
     /// Every kind.
-    pub const ALL: [KeyKind; 4] = [
+    pub const ALL: [KeyKind; 5] = [
         KeyKind::Admin,
         KeyKind::Instance,
         KeyKind::Node,
         KeyKind::Enrollment,
+        KeyKind::Session,
     ];
 
     /// The prefix the key's text starts with.
@@ -51,6 +54,7 @@ impl KeyKind {
             KeyKind::Instance => "kpi_",
             KeyKind::Node => "kpn_",
             KeyKind::Enrollment => "kpe_",
+            KeyKind::Session => "kps_",
         }
     }
 

@@ -233,6 +233,10 @@ impl App {
             settings.webhook_allow_networks.clone(),
             settings.mode == keyplane_domain::Mode::Dev,
         );
+        let identity = match settings.oidc.clone() {
+            Some(oidc) => Some(Arc::new(crate::oidc::IdentityProvider::new(oidc)?)),
+            None => None,
+        };
         let state = AppState::new(Shared {
             routes: Arc::new(settings.routes.clone()),
             db,
@@ -256,6 +260,7 @@ impl App {
             scheduler_leader: Arc::default(),
             scheduler_ran: Arc::default(),
             streams: Arc::default(),
+            identity,
         });
         tasks.push(crate::ops::audit::checkpoint_periodically(
             state.clone(),

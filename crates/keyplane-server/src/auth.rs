@@ -5,7 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE, USER_AGENT};
 use axum::http::request::Parts;
 use keyplane_domain::{KeyKind, KeySecret};
 
@@ -13,8 +14,9 @@ use crate::error::ApiError;
 use crate::ops::denials::{self, Denial};
 use crate::ops::enrollment::bad_token;
 use crate::ops::leaks::Reporter;
+use crate::ops::people::csrf_token;
 use crate::ops::self_service::bad_key;
-use crate::ops::{Actor, Enrollee, Holder, Operator, Ops, Refusal, authn};
+use crate::ops::{Actor, Enrollee, Holder, Operator, Ops, Refusal, Visitor, authn};
 use crate::request::{CallerSlot, origin};
 use crate::state::AppState;
 
@@ -63,18 +65,32 @@ impl FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let address = peer(parts);
-        let token = bearer(parts).ok_or(MISSING)?;
+        let (token, from_cookie) = match bearer(parts) {
+            Some(token) => (token.to_owned(), false),
+            None => (session_cookie(&parts.headers, state).ok_or(MISSING)?, true),
+        };
+        let token = token.as_str();
+        let session = KeySecret::parse_as(KeyKind::Session, token).ok();
         let admin_key = KeySecret::parse_as(KeyKind::Admin, token).ok();
         // A live admin key is checked whatever its address did before; any
-        // other credential (the bootstrap token, a guess) is refused unseen
-        // once it, or its address, keeps failing.
+        // other credential (a session, the bootstrap token, a guess) is
+        // refused unseen once it, or its address, keeps failing.
         let known = admin_key
             .as_ref()
             .is_some_and(|key| state.credentials.admin(key.digest().as_bytes()));
         if !known {
             state.limits.check_unknown(address, token)?;
         }
-        let operator = authn::operator(state, token, admin_key).await;
+        let operator = match session {
+            Some(session) => {
+                if from_cookie && !parts.method.is_safe() {
+                    check_csrf(parts, token)?;
+                }
+                authn::person(state, &session).await
+            }
+            None if from_cookie => Err(authn::no_session()),
+            None => authn::operator(state, token, admin_key).await,
+        };
         match &operator {
             Err(Refusal::Unauthenticated { .. }) => {
                 state.limits.note_failure(address, Some(token));
@@ -89,6 +105,78 @@ impl FromRequestParts<AppState> for Operator {
             Err(_) => {}
         }
         Ok(operator?)
+    }
+}
+
+/// The session cookie's name: `__Host-` prefixed (HTTPS only, this host
+/// only, path `/`) when browsers reach keyplane over HTTPS.
+pub fn session_cookie_name(state: &AppState) -> &'static str {
+    match state
+        .settings
+        .oidc
+        .as_ref()
+        .is_some_and(|o| o.secure_cookies())
+    {
+        true => "__Host-keyplane_session",
+        false => "keyplane_session",
+    }
+}
+
+/// The sign-in cookie's name (the PKCE verifier, while a sign-in is out).
+pub fn sign_in_cookie_name(state: &AppState) -> &'static str {
+    match state
+        .settings
+        .oidc
+        .as_ref()
+        .is_some_and(|o| o.secure_cookies())
+    {
+        true => "__Host-keyplane_sign_in",
+        false => "keyplane_sign_in",
+    }
+}
+
+/// The value of the cookie `name`, if the request carries it.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+        .filter(|value| !value.is_empty() && value.len() <= 512)
+}
+
+/// The browser session's token, from its cookie.
+pub fn session_cookie(headers: &HeaderMap, state: &AppState) -> Option<String> {
+    state.settings.oidc.as_ref()?;
+    cookie(headers, session_cookie_name(state))
+}
+
+/// A state-changing request from a browser session carries the session's
+/// CSRF token in `X-CSRF-Token` (another site can make the browser send
+/// the cookie, never read the token).
+fn check_csrf(parts: &Parts, token: &str) -> Result<(), ApiError> {
+    let sent = parts
+        .headers
+        .get("x-csrf-token")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let expected = csrf_token(token);
+    let matches = sent.len() == expected.len()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            sent.as_bytes(),
+            expected.as_bytes(),
+        ));
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "a change made with a browser session needs its X-CSRF-Token header \
+             (GET /v1/auth/session answers it)"
+                .to_owned(),
+        ))
     }
 }
 
@@ -146,6 +234,28 @@ impl FromRequestParts<AppState> for Reporter {
             }
         };
         Ok(Reporter { signature })
+    }
+}
+
+/// Anyone: a browser signing in, a terminal asking for a token.
+impl FromRequestParts<AppState> for Visitor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| {
+                keyplane_domain::scrub_keys(agent)
+                    .chars()
+                    .take(200)
+                    .collect()
+            });
+        Ok(Visitor { user_agent })
     }
 }
 

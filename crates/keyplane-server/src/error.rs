@@ -58,6 +58,14 @@ pub enum ApiError {
         /// What is wrong, without echoing the credential.
         detail: &'static str,
     },
+    /// 401: a person's sign-in is too old for this operation (RFC 9470).
+    #[error(
+        "this operation needs a sign-in with MFA within the last {max_age} seconds: sign in again"
+    )]
+    StepUpRequired {
+        /// How recent, in seconds.
+        max_age: u64,
+    },
     /// 403: authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -124,7 +132,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } | ApiError::StepUpRequired { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -145,6 +155,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unavailable { code, .. }
             | ApiError::Unauthorized { code, .. } => code,
+            ApiError::StepUpRequired { .. } => "step_up_required",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -193,7 +204,17 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
-        if status == StatusCode::UNAUTHORIZED {
+        if let ApiError::StepUpRequired { max_age } = &self {
+            // RFC 9470: the client signs the person in again, no longer ago than max_age.
+            let challenge = format!(
+                r#"Bearer error="insufficient_user_authentication", error_description="a more recent sign-in with MFA is required", max_age="{max_age}""#
+            );
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        } else if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -222,7 +243,15 @@ pub(crate) fn render_problem(mut response: Response, request_id: &str) -> Respon
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if already_rendered || !(status.is_client_error() || status.is_server_error()) {
+    // A page for people (a refused sign-in) and an OAuth error (RFC 6749
+    // §5.2, for terminals) say what went wrong themselves.
+    let own_words = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"text/html") || v.as_bytes().starts_with(b"application/json")
+        });
+    if already_rendered || own_words || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
     let pending = pending.unwrap_or_else(|| generic_problem(status));
@@ -276,6 +305,7 @@ impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::Unauthenticated { code, detail } => ApiError::Unauthorized { code, detail },
+            Refusal::StepUp { max_age } => ApiError::StepUpRequired { max_age },
             Refusal::Forbidden(detail) => ApiError::Forbidden(detail),
             Refusal::NotFound(detail) => ApiError::NotFound(detail),
             Refusal::Conflict(detail) => ApiError::Conflict(detail),

@@ -18,6 +18,7 @@ pub mod extract;
 pub mod introspection;
 pub mod limits;
 pub mod metrics;
+pub mod oidc;
 pub mod ops;
 pub mod pagination;
 pub mod refusal;

@@ -56,6 +56,9 @@ pub struct LimitSettings {
     /// Leak reports per client address per minute (signed reports are
     /// not counted).
     pub leak_reports_per_minute: u32,
+    /// Sign-ins and device authorizations begun per client address per
+    /// minute (each stores a row until it finishes or expires).
+    pub sign_ins_per_minute: u32,
 }
 
 impl Default for LimitSettings {
@@ -70,6 +73,7 @@ impl Default for LimitSettings {
             self_service_per_minute: 60,
             self_rotations_per_hour: 12,
             leak_reports_per_minute: 60,
+            sign_ins_per_minute: 60,
         }
     }
 }
@@ -86,6 +90,7 @@ pub struct Limits {
     self_service: DefaultKeyedRateLimiter<Uuid>,
     self_rotations: DefaultKeyedRateLimiter<Uuid>,
     leak_reports: WindowCounter,
+    sign_ins: WindowCounter,
 }
 
 fn at_least_one(n: u32) -> NonZeroU32 {
@@ -142,6 +147,7 @@ impl Limits {
                 settings.self_rotations_per_hour,
             ))),
             leak_reports: WindowCounter::new(settings.leak_reports_per_minute, MINUTE),
+            sign_ins: WindowCounter::new(settings.sign_ins_per_minute, MINUTE),
         }
     }
 
@@ -209,6 +215,14 @@ impl Limits {
     /// one budget.
     pub fn check_leak_report(&self, address: Option<IpAddr>) -> Result<(), Limited> {
         self.leak_reports
+            .spend(address.map(source_of))
+            .map_err(too_many)
+    }
+
+    /// Spends one of an address's sign-ins (or device authorizations); an
+    /// unknown address shares one budget.
+    pub fn check_sign_in(&self, address: Option<IpAddr>) -> Result<(), Limited> {
+        self.sign_ins
             .spend(address.map(source_of))
             .map_err(too_many)
     }

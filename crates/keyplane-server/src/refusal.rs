@@ -15,6 +15,13 @@ pub enum Refusal {
         /// What is wrong, without echoing the credential.
         detail: &'static str,
     },
+    /// A person must sign in with MFA again: their last sign-in is older
+    /// than this operation allows.
+    #[error("this operation needs a sign-in with MFA within the last {max_age} seconds")]
+    StepUp {
+        /// How recent, in seconds.
+        max_age: u64,
+    },
     /// The actor is known, but its role does not allow this.
     #[error("{0}")]
     Forbidden(String),

@@ -36,6 +36,7 @@ impl Finding {
             KeyKind::Instance => "instance key",
             KeyKind::Node => "node key",
             KeyKind::Enrollment => "enrollment token",
+            KeyKind::Session => "session token",
         };
         format!(
             "{}:{}: {} ({kind})",

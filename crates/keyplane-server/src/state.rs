@@ -84,6 +84,8 @@ pub struct Shared {
     /// When (Unix seconds, by keyplane's clock) the scheduler last finished
     /// a run that began then; 0 before the first.
     pub scheduler_ran: Arc<std::sync::atomic::AtomicI64>,
+    /// The organisation's identity provider, when people sign in with one.
+    pub identity: Option<Arc<crate::oidc::IdentityProvider>>,
 }
 
 impl Shared {

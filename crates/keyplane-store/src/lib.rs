@@ -18,6 +18,7 @@ pub mod introspection;
 pub mod keys;
 pub mod nodes;
 mod page;
+pub mod people;
 pub mod revocations;
 pub mod roles;
 pub mod scheduler;

@@ -144,4 +144,45 @@ pub struct SettingsArgs {
     /// carrying a signature must verify against one of them.
     #[arg(long, env = "KEYPLANE_LEAK_REPORT_KEYS", global = true)]
     pub leak_report_keys: Option<PathBuf>,
+
+    // People: signing in with the identity provider.
+    #[arg(long, env = "KEYPLANE_ADMIN_KEYS", global = true)]
+    /// Whether admin keys and the bootstrap token are accepted: `enabled` or `disabled`.
+    pub admin_keys: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_ISSUER", global = true)]
+    /// The OpenID provider people sign in with (its issuer URL).
+    pub oidc_issuer: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_CLIENT_ID", global = true)]
+    /// keyplane's client id at the provider.
+    pub oidc_client_id: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_REDIRECT_URL", global = true)]
+    /// keyplane's `/v1/auth/oidc/callback`, as browsers reach it.
+    pub oidc_redirect_url: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_SCOPES", global = true)]
+    /// What keyplane asks the provider for (default `openid email profile groups`).
+    pub oidc_scopes: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_REQUIRE_AMR", global = true)]
+    /// `amr` values, any of which proves MFA (default `mfa`; `none` for no check).
+    pub oidc_require_amr: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_REQUIRE_ACR", global = true)]
+    /// `acr` values, any of which a sign-in must carry.
+    pub oidc_require_acr: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_ROLE_CLAIM", global = true)]
+    /// The ID token claim the role map reads (default `groups`).
+    pub oidc_role_claim: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_ROLE_MAP", global = true)]
+    /// `value=role` pairs, e.g. `keyplane-admins=admin,keyplane-ops=operator`.
+    pub oidc_role_map: Option<String>,
+    #[arg(long, env = "KEYPLANE_OIDC_STEP_UP", global = true)]
+    /// How recent an MFA sign-in dangerous operations need (default `10m`).
+    pub oidc_step_up: Option<String>,
+    #[arg(long, env = "KEYPLANE_SESSION_TTL", global = true)]
+    /// A browser session's life (default `8h`).
+    pub session_ttl: Option<String>,
+    #[arg(long, env = "KEYPLANE_SESSION_IDLE", global = true)]
+    /// How long a browser session may sit unused (default `30m`).
+    pub session_idle: Option<String>,
+    #[arg(long, env = "KEYPLANE_DEVICE_TOKEN_TTL", global = true)]
+    /// A terminal's token life (default `1h`).
+    pub device_token_ttl: Option<String>,
 }

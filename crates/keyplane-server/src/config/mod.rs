@@ -9,6 +9,7 @@
 
 mod args;
 mod database;
+mod people;
 mod policy;
 mod rates;
 mod secrets;
@@ -30,6 +31,7 @@ use secrecy::SecretString;
 
 pub use args::SettingsArgs;
 pub use database::describe_location;
+pub use people::{AdminKeys, OidcSettings};
 pub use sources::secret_from_env;
 pub use tls::TlsSettings;
 
@@ -130,6 +132,10 @@ pub struct Settings {
     pub master_key_previous: Option<SecretString>,
     /// Where `dev` keeps local state (the embedded database, the dev master key).
     pub data_dir: PathBuf,
+    /// Signing people in with the organisation's identity provider, if set up.
+    pub oidc: Option<OidcSettings>,
+    /// Whether admin keys and the bootstrap token are accepted.
+    pub admin_keys: AdminKeys,
 }
 
 impl Default for Settings {
@@ -164,6 +170,8 @@ impl Default for Settings {
             master_key: None,
             master_key_previous: None,
             data_dir: PathBuf::from("keyplane-data"),
+            oidc: None,
+            admin_keys: AdminKeys::Enabled,
         }
     }
 }
@@ -183,6 +191,7 @@ impl Settings {
         policy::read(&sources, &mut settings)?;
         rates::read(&sources, &mut settings)?;
         webhooks::read(&sources, &mut settings)?;
+        people::read(&sources, &mut settings)?;
         secrets::read(&mut settings)?;
         Ok(settings)
     }
@@ -232,6 +241,23 @@ impl Settings {
                     "set (hidden)"
                 } else {
                     "not set"
+                }
+                .to_owned(),
+            ),
+            (
+                "oidc",
+                self.oidc.as_ref().map_or("off".to_owned(), |oidc| {
+                    format!(
+                        "{} as {}; requires amr {:?} acr {:?}",
+                        oidc.issuer, oidc.client_id, oidc.require_amr, oidc.require_acr
+                    )
+                }),
+            ),
+            (
+                "admin_keys",
+                match self.admin_keys {
+                    AdminKeys::Enabled => "enabled",
+                    AdminKeys::Disabled => "disabled",
                 }
                 .to_owned(),
             ),

@@ -16,10 +16,11 @@ use secrecy::SecretString;
 use crate::config::{ConfigError, SettingsArgs};
 
 /// Settings that are secrets and so may never come from the configuration file.
-const SECRET_SETTINGS: [&str; 3] = [
+const SECRET_SETTINGS: [&str; 4] = [
     "DATABASE_URL",
     "KEYPLANE_BOOTSTRAP_TOKEN",
     "KEYPLANE_MASTER_KEY",
+    "KEYPLANE_OIDC_CLIENT_SECRET",
 ];
 
 /// The variable naming the configuration file itself.

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use keyplane_domain::{KeySecret, ManagementRole, Permission};
 use uuid::Uuid;
 
@@ -16,6 +17,8 @@ pub enum Actor {
     Bootstrap,
     /// An admin key.
     AdminKey(Uuid),
+    /// A person, signed in with the identity provider.
+    Person(Person),
     /// `keyplane admin-key create`, working on the database directly.
     Cli,
     /// An instance key, acting on itself.
@@ -37,6 +40,7 @@ impl fmt::Display for Actor {
         match self {
             Actor::Bootstrap => f.write_str("bootstrap"),
             Actor::AdminKey(id) => write!(f, "admin_key:{id}"),
+            Actor::Person(person) => write!(f, "oidc:{}", person.subject),
             Actor::Cli => f.write_str("cli"),
             Actor::ApiKey(id) => write!(f, "api_key:{id}"),
             Actor::EnrollmentToken(id) => write!(f, "enrollment_token:{id}"),
@@ -46,6 +50,27 @@ impl fmt::Display for Actor {
             Actor::Anonymous => f.write_str("anonymous"),
         }
     }
+}
+
+/// A person signed in with the identity provider, in one of their sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// The provider's id for them.
+    pub subject: String,
+    /// Their email, as the provider said.
+    pub email: Option<String>,
+    /// The session they act in.
+    pub session: Uuid,
+    /// When they last signed in with MFA.
+    pub authenticated_at: DateTime<Utc>,
+}
+
+/// Someone with no credential yet: a browser signing in, a terminal asking
+/// for a token.
+#[derive(Debug, Clone, Default)]
+pub struct Visitor {
+    /// The browser or tool, as it names itself (cut short).
+    pub user_agent: Option<String>,
 }
 
 /// An authenticated operator: the bootstrap token, a live admin key or the

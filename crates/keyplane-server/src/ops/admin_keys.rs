@@ -230,6 +230,7 @@ impl Ops<Operator> {
         input: CreateAdminKeyRequest,
     ) -> Result<R::Answer<CreatedAdminKeyResponse>, Refusal> {
         self.actor.require(Permission::AdminKeysWrite)?;
+        self.dangerous::<R>()?;
         let name = input::name("name", &input.name)?;
         let role: ManagementRole =
             input
@@ -274,6 +275,7 @@ impl Ops<Operator> {
         input: RotateKeyRequest,
     ) -> Result<R::Answer<CreatedAdminKeyResponse>, Refusal> {
         self.actor.require(Permission::AdminKeysWrite)?;
+        self.dangerous::<R>()?;
         let settings = &self.state.settings;
         let grace = rotation::grace_seconds(input.grace_seconds, max_lifetime_seconds(settings))?;
         let now = self.now();
@@ -382,6 +384,7 @@ impl Ops<Operator> {
         input: RevokeKeyRequest,
     ) -> Result<R::Answer<AdminKeyResponse>, Refusal> {
         self.actor.require(Permission::AdminKeysWrite)?;
+        self.dangerous::<R>()?;
         let reason = reason(input.reason)?;
         let now = self.now();
         let mut change = self.begin(run, now).await?;

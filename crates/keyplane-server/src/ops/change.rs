@@ -101,6 +101,14 @@ struct Grant {
     audience: Vec<Uuid>,
 }
 
+/// A person's email, for the audit log to name them by.
+fn email_of(actor: &Actor) -> Option<String> {
+    match actor {
+        Actor::Person(person) => person.email.clone(),
+        _ => None,
+    }
+}
+
 /// One operation's transaction and everything that goes with it.
 pub struct Change<'a, R: Run> {
     tx: Transaction<'static, Postgres>,
@@ -108,6 +116,8 @@ pub struct Change<'a, R: Run> {
     events_out: &'a Events,
     credentials: Option<&'a KnownCredentials>,
     actor: String,
+    /// A person's email, written beside their subject in every entry.
+    actor_email: Option<String>,
     origin: &'a Origin,
     at: DateTime<Utc>,
     events: Vec<Event>,
@@ -161,6 +171,7 @@ impl<'a, R: Run> Change<'a, R> {
             events_out: sinks.events,
             credentials: sinks.credentials,
             actor: actor.to_string(),
+            actor_email: email_of(actor),
             origin,
             at,
             events: Vec::new(),
@@ -185,6 +196,7 @@ impl<'a, R: Run> Change<'a, R> {
     /// inside the change says who the caller is).
     pub fn acting_as(&mut self, actor: &Actor) {
         self.actor = actor.to_string();
+        self.actor_email = email_of(actor);
     }
 
     /// The audit log's name of whoever makes the change.
@@ -199,8 +211,11 @@ impl<'a, R: Run> Change<'a, R> {
         action: &'static str,
         target_type: &'static str,
         target_id: impl fmt::Display,
-        details: Value,
+        mut details: Value,
     ) -> NewEntry {
+        if let (Some(email), Some(details)) = (&self.actor_email, details.as_object_mut()) {
+            details.insert("actor_email".to_owned(), Value::String(email.clone()));
+        }
         NewEntry {
             at: self.at,
             actor: self.actor.clone(),

@@ -247,6 +247,10 @@ impl Ops<Operator> {
         input: UpdateInstanceRequest,
     ) -> Result<R::Answer<InstanceResponse>, Refusal> {
         self.actor.require(Permission::InstancesWrite)?;
+        if input.status == Some(InstanceStatus::Suspended) {
+            // A suspension revokes every key of the instance at once.
+            self.dangerous::<R>()?;
+        }
         if input.status == Some(InstanceStatus::Decommissioned) {
             return Err(Refusal::invalid(
                 "status",
@@ -338,6 +342,7 @@ impl Ops<Operator> {
         id: Uuid,
     ) -> Result<R::Answer<()>, Refusal> {
         self.actor.require(Permission::InstancesWrite)?;
+        self.dangerous::<R>()?;
         let now = self.now();
 
         let mut change = self.begin(run, now).await?;

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use keyplane_domain::{KeyKind, KeySecret};
-use keyplane_store::{admin_keys, enrollment, keys, nodes};
+use keyplane_store::{admin_keys, enrollment, keys, nodes, people};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -214,6 +214,16 @@ async fn stop(
             let data =
                 json!({ "kind": "enrollment_token", "token_id": row.id, "masked_key": row.masked });
             ("enrollment_token", row.id, data)
+        }
+        KeyKind::Session => {
+            let Some(row) =
+                people::revoke_session_by_digest(change.db(), digest, reason, now).await?
+            else {
+                return Ok(());
+            };
+            let data = json!({ "kind": "session", "session_id": row.id,
+                               "subject": row.subject, "masked_key": row.masked });
+            ("session", row.id, data)
         }
     };
     if let (Some(data), Some(found)) = (data.as_object_mut(), found.as_object()) {

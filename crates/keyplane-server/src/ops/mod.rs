@@ -32,6 +32,7 @@ pub mod leaks;
 pub mod master_key;
 pub mod node_calls;
 pub mod nodes;
+pub mod people;
 pub mod roles;
 pub mod rotation;
 pub mod self_service;
@@ -43,7 +44,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 
 pub use crate::refusal::Refusal;
-pub use actor::{Actor, Enrollee, Holder, Node, Operator};
+pub use actor::{Actor, Enrollee, Holder, Node, Operator, Person, Visitor};
 pub use change::{Apply, Change, Credential, DryRun, KeyChange, Plan, Run, Sinks};
 
 use crate::state::AppState;
@@ -83,6 +84,11 @@ impl<A> Ops<A> {
     /// Where from.
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// The state the operations work on.
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     fn now(&self) -> DateTime<Utc> {

@@ -92,6 +92,7 @@ impl Ops<Operator> {
         input: PutRoleRequest,
     ) -> Result<R::Answer<(Put, RoleResponse)>, Refusal> {
         self.actor.require(Permission::RolesWrite)?;
+        self.dangerous::<R>()?;
         let name = role_name(name)?;
         let description = input::description(input.description)?;
         let scopes = input::scopes("scopes", &input.scopes)?;
@@ -130,6 +131,7 @@ impl Ops<Operator> {
     /// Deletes a role that no live key carries.
     pub async fn delete_role<R: Run>(&self, run: R, name: &str) -> Result<R::Answer<()>, Refusal> {
         self.actor.require(Permission::RolesWrite)?;
+        self.dangerous::<R>()?;
         let name = role_name(name)?;
         let now = self.now();
 

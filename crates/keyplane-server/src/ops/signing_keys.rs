@@ -24,6 +24,7 @@ impl Ops<Operator> {
         run: R,
     ) -> Result<R::Answer<SigningKeyResponse>, Refusal> {
         self.actor.require(Permission::SigningKeysWrite)?;
+        self.dangerous::<R>()?;
         let signer = &self.state.signer;
         let now = self.now();
         let mut change = self.begin(run, now).await?;

@@ -151,6 +151,7 @@ impl Ops<Operator> {
         input: CreateWebhookRequest,
     ) -> Result<R::Answer<CreatedWebhookResponse>, Refusal> {
         self.actor.require(Permission::WebhooksWrite)?;
+        self.dangerous::<R>()?;
         let url = endpoint_url(self.state.settings.mode, &input.url)?;
         let (host, port) = host_and_port(&url)
             .ok_or_else(|| Refusal::invalid("url", "url must be an absolute http(s) URL"))?;
@@ -229,6 +230,7 @@ impl Ops<Operator> {
         input: RotateKeyRequest,
     ) -> Result<R::Answer<CreatedWebhookResponse>, Refusal> {
         self.actor.require(Permission::WebhooksWrite)?;
+        self.dangerous::<R>()?;
         let settings = &self.state.settings;
         let grace = rotation::grace_seconds(input.grace_seconds, max_lifetime_seconds(settings))?;
         let (sealed, secret) = new_secret(&self.state.master)?;
@@ -282,6 +284,7 @@ impl Ops<Operator> {
     /// Deletes a webhook endpoint; its pending deliveries are dropped.
     pub async fn delete_webhook<R: Run>(&self, run: R, id: Uuid) -> Result<R::Answer<()>, Refusal> {
         self.actor.require(Permission::WebhooksWrite)?;
+        self.dangerous::<R>()?;
         let now = self.now();
         let mut change = self.begin(run, now).await?;
         if !webhooks::delete(change.db(), id, now).await? {

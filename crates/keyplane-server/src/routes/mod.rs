@@ -10,6 +10,7 @@ pub mod keys;
 pub mod leaks;
 pub mod node_api;
 pub mod nodes;
+pub mod people;
 pub mod roles;
 pub mod self_service;
 pub mod signing_keys;
@@ -47,6 +48,7 @@ use crate::state::AppState;
         (name = "self-service", description = "A key holder's own key: read it, rotate it"),
         (name = "webhooks", description = "Event deliveries to operators' endpoints (Standard Webhooks)"),
         (name = "leaks", description = "Reports of leaked keys, from anyone"),
+        (name = "people", description = "Signing in with the identity provider, and sessions"),
     ),
     paths(node_api::check_access_envoy),
     components(schemas(Problem)),
@@ -123,6 +125,19 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::rotate_webhook_secret))
         .routes(routes!(webhooks::list_webhook_deliveries))
         .routes(routes!(leaks::report_leaks))
+        .routes(routes!(people::sign_in))
+        .routes(routes!(people::sign_in_callback))
+        .routes(routes!(people::sign_out))
+        .routes(routes!(people::who_am_i))
+        .routes(routes!(people::authorize_device))
+        .routes(routes!(
+            people::device_verification_page,
+            people::approve_device
+        ))
+        .routes(routes!(people::device_token))
+        .routes(routes!(people::list_sessions))
+        .routes(routes!(people::revoke_session))
+        .routes(routes!(people::revoke_all_sessions))
         .routes(routes!(node_api::introspect))
         .routes(routes!(node_api::check_access, node_api::check_access_post))
         // Envoy's path goes on past the prefix: a catch-all route, for any
