@@ -622,3 +622,79 @@ async fn with_admin_keys_disabled_only_people_manage_keyplane() {
     assert_eq!(status, 200);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_browser_session_ends_after_its_idle_time_and_its_life() {
+    let url = fresh_database().await;
+    let (settings, _idp, origin) = keyplane_with_idp(admin_settings_for(&url)).await;
+    let (server, clock) = TestServer::start_with_clock(settings).await;
+    let person = Person::in_group("mia", "keyplane-ops");
+
+    // Used every 20 minutes, a session lives on past the idle time...
+    let (browser, _) = signed_in(&origin, &person).await;
+    for _ in 0..3 {
+        clock.advance(chrono::Duration::minutes(20));
+        let (status, _) = browse(&browser, &origin, Method::GET, "/v1/instances", None, None).await;
+        assert_eq!(status, 200);
+    }
+    // ...but not past its life (8 hours), however busy.
+    for _ in 0..22 {
+        clock.advance(chrono::Duration::minutes(20));
+        browse(&browser, &origin, Method::GET, "/v1/instances", None, None).await;
+    }
+    let (status, problem) =
+        browse(&browser, &origin, Method::GET, "/v1/instances", None, None).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (401, Some("session_ended"))
+    );
+
+    // Left alone for 31 minutes, it ends.
+    let (browser, _) = signed_in(&origin, &person).await;
+    clock.advance(chrono::Duration::minutes(31));
+    let (status, _) = browse(&browser, &origin, Method::GET, "/v1/instances", None, None).await;
+    assert_eq!(status, 401);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_https_the_cookies_are_secure_and_bound_to_the_host() {
+    let url = fresh_database().await;
+    let (settings, _idp, _) = keyplane_with_idp(admin_settings_for(&url)).await;
+    let mut oidc = settings.oidc.clone().unwrap();
+    oidc.redirect_url = "https://keyplane.example/v1/auth/oidc/callback"
+        .parse()
+        .unwrap();
+    let server = TestServer::start_with(keyplane_server::config::Settings {
+        oidc: Some(oidc),
+        ..settings
+    })
+    .await;
+    let response = Browser::default()
+        .client
+        .get(server.url("/v1/auth/oidc/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-keyplane_sign_in="), "{cookie}");
+    for attribute in [
+        "Path=/",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Max-Age=600",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location
+            .contains("redirect_uri=https%3A%2F%2Fkeyplane.example%2Fv1%2Fauth%2Foidc%2Fcallback")
+            && location.contains("code_challenge_method=S256"),
+        "{location}"
+    );
+    server.stop().await.unwrap();
+}

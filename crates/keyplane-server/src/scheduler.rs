@@ -112,6 +112,9 @@ async fn run(state: &AppState, http: &reqwest::Client) {
     if let Err(err) = announce_ended(state).await {
         failed("ends of keys", err);
     }
+    if let Err(err) = forget_ended_sessions(state).await {
+        failed("ended sessions", err);
+    }
     loop {
         match webhooks::deliver_due(state, http).await {
             Ok(0) => break,
@@ -125,6 +128,14 @@ async fn run(state: &AppState, http: &reqwest::Client) {
     state
         .scheduler_ran
         .store(began.timestamp(), Ordering::Relaxed);
+}
+
+/// Sessions that ended (expired or revoked) over a week ago are deleted:
+/// the audit log keeps their story, and the table stays small.
+async fn forget_ended_sessions(state: &AppState) -> anyhow::Result<()> {
+    let before = state.clock.now() - chrono::Duration::days(7);
+    keyplane_store::people::delete_sessions_ended_before(state.db.pool(), before).await?;
+    Ok(())
 }
 
 fn entry(

@@ -256,6 +256,21 @@ pub async fn revoke_sessions_of(
     .await?)
 }
 
+/// Deletes the sessions that ended (expired or revoked) before `before`.
+pub async fn delete_sessions_ended_before(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        r#"delete from sessions
+            where expires_at < $1 or (revoked_at is not null and revoked_at < $1)"#,
+    )
+    .bind(before)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 /// A device authorization (RFC 8628): a terminal waiting for a person.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeviceGrant {
