@@ -384,6 +384,28 @@ async fn every_management_route_enforces_the_role_matrix() {
             "webhooks:write",
             None,
         ),
+        // Fleet-wide operations, on a selector that matches nothing here.
+        (
+            Method::POST,
+            "/v1/keys/rotate".into(),
+            "/v1/keys/rotate",
+            "keys:write",
+            Some(json!({"selector": "matrix=none"})),
+        ),
+        (
+            Method::POST,
+            "/v1/keys/revoke".into(),
+            "/v1/keys/revoke",
+            "keys:write",
+            Some(json!({"selector": "matrix=none"})),
+        ),
+        (
+            Method::POST,
+            "/v1/instances/suspend".into(),
+            "/v1/instances/suspend",
+            "instances:write",
+            Some(json!({"selector": "matrix=none"})),
+        ),
         // Sessions are people's; keys see who they are, and admins look
         // after everyone's sessions (people's own are in people.rs).
         (

@@ -28,6 +28,7 @@ mod leaks;
 mod lifecycle;
 mod people;
 mod plans;
+mod selectors;
 mod self_service;
 mod time_travel;
 mod tls;

@@ -397,6 +397,11 @@ async fn dangerous_operations_demand_a_recent_mfa_sign_in() {
         ),
         (
             Method::POST,
+            "/v1/keys/revoke",
+            json!({"selector": "env=prod"}),
+        ),
+        (
+            Method::POST,
             "/v1/webhooks",
             json!({"url": "https://hooks.example/x", "events": ["key.revoked"]}),
         ),
@@ -420,6 +425,17 @@ async fn dangerous_operations_demand_a_recent_mfa_sign_in() {
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["code"], "step_up_required");
     }
+    let (status, plan) = call(
+        server.as_(&token, Method::PUT, "/v1/roles/chatter?dry_run=true"),
+        Some(json!({"scopes": ["inference:chat"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, plan["dry_run"].clone()),
+        (200, json!(true)),
+        "a dry run changes nothing and needs no step-up: {plan}"
+    );
+
     // Signing in again, now, with MFA: the same browser's session is replaced.
     let step_up = format!("{origin}/v1/auth/oidc/login?step_up=true&return_to=/console/");
     let response = browser

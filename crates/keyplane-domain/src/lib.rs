@@ -13,6 +13,7 @@ mod mode;
 mod name;
 mod route;
 mod scope;
+mod selector;
 
 pub use access::{ManagementRole, ManagementRoleError, Permission};
 pub use audit::{ChainedFields, GENESIS, chain_hash};
@@ -27,3 +28,4 @@ pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
 pub use route::{Access, PathError, RouteError, RouteMap, decoded_segments};
 pub use scope::{CATALOG as SCOPE_CATALOG, Scope, ScopeError, ScopeSet, effective_scopes};
+pub use selector::{Requirement, Selector, SelectorError};

@@ -110,12 +110,14 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Instance>,
 pub async fn list(
     db: impl PgExecutor<'_>,
     status: Option<&str>,
+    labels: Option<&LabelQuery>,
     after: Option<After>,
     limit: i64,
 ) -> Result<(Vec<Instance>, Option<After>), StoreError> {
     let rows = sqlx::query_as::<_, Instance>(
         r#"select * from instances
             where (($1::text is null and status <> 'decommissioned') or status = $1)
+              and ($5::jsonb is null or (labels @> $5 and labels_match(labels, $6)))
               and ($2::timestamptz is null or (created_at, id) > ($2, $3))
             order by created_at, id
             limit $4"#,
@@ -124,12 +126,71 @@ pub async fn list(
     .bind(after.map(|a| a.created_at))
     .bind(after.map(|a| a.id))
     .bind(limit + 1)
+    .bind(labels.map(|l| &l.contains))
+    .bind(labels.map(|l| &l.requirements))
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |i| After {
         created_at: i.created_at,
         id: i.id,
     }))
+}
+
+/// The active instances whose labels match, in creation order.
+pub async fn active_matching(
+    db: impl PgExecutor<'_>,
+    labels: &LabelQuery,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Uuid>(
+        r#"select id from instances
+            where status = 'active' and labels @> $1 and labels_match(labels, $2)
+            order by created_at, id"#,
+    )
+    .bind(&labels.contains)
+    .bind(&labels.requirements)
+    .fetch_all(db)
+    .await?)
+}
+
+/// A label selector as the database asks it: the labels an instance must
+/// have (answered by the index), and the other requirements (checked by
+/// `labels_match`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelQuery {
+    /// `{"env": "prod"}`: what `labels @>` must hold.
+    pub contains: serde_json::Value,
+    /// `[{"op": "in", "key": "tier", "values": ["gpu"]}, ...]`.
+    pub requirements: serde_json::Value,
+}
+
+impl From<&keyplane_domain::Selector> for LabelQuery {
+    fn from(selector: &keyplane_domain::Selector) -> LabelQuery {
+        use keyplane_domain::Requirement;
+        use serde_json::json;
+        let (equal, others) = selector.split();
+        let requirements = others
+            .into_iter()
+            .map(|requirement| match requirement {
+                Requirement::Equals(key, value) => {
+                    // A second `key=` for a key already required equal.
+                    json!({"op": "in", "key": key, "values": [value]})
+                }
+                Requirement::NotEquals(key, value) => {
+                    json!({"op": "ne", "key": key, "values": [value]})
+                }
+                Requirement::In(key, values) => json!({"op": "in", "key": key, "values": values}),
+                Requirement::NotIn(key, values) => {
+                    json!({"op": "notin", "key": key, "values": values})
+                }
+                Requirement::Exists(key) => json!({"op": "exists", "key": key}),
+                Requirement::Absent(key) => json!({"op": "absent", "key": key}),
+            })
+            .collect();
+        LabelQuery {
+            contains: json!(equal),
+            requirements: serde_json::Value::Array(requirements),
+        }
+    }
 }
 
 /// The ceilings (`allowed_scopes`) of the instances among `ids`.

@@ -5,6 +5,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::instances::LabelQuery;
 use crate::page::{After, paginate};
 
 /// An instance key's metadata (its digest included, its secret never).
@@ -164,32 +165,72 @@ pub async fn lock(
 /// A page of keys, optionally of one instance and in one status.
 pub async fn list(
     db: impl PgExecutor<'_>,
-    instance_id: Option<Uuid>,
-    status: Option<&str>,
+    filter: &ListFilter<'_>,
     after: Option<After>,
     limit: i64,
     now: DateTime<Utc>,
 ) -> Result<(Vec<ApiKey>, Option<After>), StoreError> {
+    let labels = filter.labels;
     let rows = sqlx::query_as::<_, ApiKey>(
         r#"select k.*, api_key_status(k, $3) as status from api_keys k
             where ($1::uuid is null or instance_id = $1)
               and ($2::text is null or api_key_status(k, $3) = $2)
+              and ($7::jsonb is null or instance_id in (
+                    select i.id from instances i
+                     where i.labels @> $7 and labels_match(i.labels, $8)))
               and ($4::timestamptz is null or (created_at, id) > ($4, $5))
             order by created_at, id
             limit $6"#,
     )
-    .bind(instance_id)
-    .bind(status)
+    .bind(filter.instance_id)
+    .bind(filter.status)
     .bind(now)
     .bind(after.map(|a| a.created_at))
     .bind(after.map(|a| a.id))
     .bind(limit + 1)
+    .bind(labels.map(|l| &l.contains))
+    .bind(labels.map(|l| &l.requirements))
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |k| After {
         created_at: k.created_at,
         id: k.id,
     }))
+}
+
+/// Which keys a list shows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ListFilter<'a> {
+    /// Only this instance's.
+    pub instance_id: Option<Uuid>,
+    /// Only in this status (`active`, `rotating`, ...).
+    pub status: Option<&'a str>,
+    /// Only of instances whose labels match.
+    pub labels: Option<&'a LabelQuery>,
+}
+
+/// The keys in `statuses` of the active instances whose labels match, in
+/// creation order.
+pub async fn of_instances_matching(
+    db: impl PgExecutor<'_>,
+    labels: &LabelQuery,
+    statuses: &[&str],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let statuses: Vec<String> = statuses.iter().map(|s| (*s).to_owned()).collect();
+    Ok(sqlx::query_scalar::<_, Uuid>(
+        r#"select k.id from api_keys k
+             join instances i on i.id = k.instance_id
+            where i.status = 'active' and i.labels @> $1 and labels_match(i.labels, $2)
+              and api_key_status(k, $3) = any($4)
+            order by k.created_at, k.id"#,
+    )
+    .bind(&labels.contains)
+    .bind(&labels.requirements)
+    .bind(now)
+    .bind(&statuses)
+    .fetch_all(db)
+    .await?)
 }
 
 /// Revokes every key of an instance that is not revoked yet; answers their ids.

@@ -82,7 +82,7 @@ pub struct Plan {
 
 /// One key whose working scopes would change. A key that would stop
 /// working loses them all; one that would start gains them all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyChange {
     /// The key.
     pub key_id: Uuid,

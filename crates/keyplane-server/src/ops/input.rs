@@ -123,3 +123,11 @@ where
 {
     serde::Deserialize::deserialize(deserializer).map(Some)
 }
+
+/// A label selector (`env=prod,tier in (gpu,cpu)`), as the database asks it.
+pub fn selector(field: &str, text: &str) -> Result<keyplane_store::instances::LabelQuery, Refusal> {
+    let selector: keyplane_domain::Selector = text
+        .parse()
+        .map_err(|err: keyplane_domain::SelectorError| Refusal::invalid(field, err.to_string()))?;
+    Ok((&selector).into())
+}

@@ -135,7 +135,7 @@ fn not_found() -> Refusal {
 }
 
 /// What the audit log keeps of an instance.
-fn summary(row: &instances::Instance) -> serde_json::Value {
+pub(crate) fn summary(row: &instances::Instance) -> serde_json::Value {
     json!({
         "name": row.name,
         "status": row.status,
@@ -216,13 +216,18 @@ impl Ops<Operator> {
     pub async fn list_instances(
         &self,
         status: Option<InstanceStatus>,
+        selector: Option<&str>,
         page: PageParams,
     ) -> Result<InstancePage, Refusal> {
         self.actor.require(Permission::InstancesRead)?;
+        let labels = selector
+            .map(|text| input::selector("selector", text))
+            .transpose()?;
         let cursors = &self.state.cursors;
         let (limit, after) = page.resolve(cursors, LIST)?;
         let status = status.map(InstanceStatus::as_str);
-        let (rows, next) = instances::list(self.state.db.pool(), status, after, limit).await?;
+        let (rows, next) =
+            instances::list(self.state.db.pool(), status, labels.as_ref(), after, limit).await?;
         Ok(InstancePage {
             items: rows.into_iter().map(Into::into).collect(),
             next_cursor: next.map(|after| cursors.encode(LIST, after)),

@@ -174,6 +174,8 @@ pub struct KeyFilter {
     pub instance_id: Option<Uuid>,
     /// Only keys in this status.
     pub status: Option<KeyStatus>,
+    /// Only keys of instances whose labels match this selector.
+    pub selector: Option<String>,
 }
 
 const LIST: &str = "keys";
@@ -475,6 +477,37 @@ pub(crate) async fn revoke_locked<R: Run>(
     Ok(key)
 }
 
+/// Revokes `key` (locked within `change`) at an operator's word: revoked
+/// as [`revoke_locked`] does, audited (`key.revoke`) and told to webhooks
+/// (`key.revoked`).
+pub(crate) async fn revoke_announced<R: Run>(
+    change: &mut Change<'_, R>,
+    key: keys::ApiKey,
+    reason: Option<String>,
+) -> Result<keys::ApiKey, Refusal> {
+    let key = revoke_locked(change, key, reason).await?;
+    change
+        .audit(
+            "key.revoke",
+            "api_key",
+            key.id,
+            json!({ "masked": key.masked, "reason": key.revoked_reason }),
+        )
+        .await?;
+    change
+        .notify(
+            "key.revoked",
+            json!({
+                "key_id": key.id,
+                "instance_id": key.instance_id,
+                "masked_key": key.masked,
+                "reason": key.revoked_reason,
+            }),
+        )
+        .await?;
+    Ok(key)
+}
+
 /// One rotation: the key rotated (whose row lock the change holds), how
 /// long it keeps working, and who asked.
 pub(crate) struct Rotation<'k> {
@@ -652,11 +685,19 @@ impl Ops<Operator> {
         self.actor.require(Permission::KeysRead)?;
         let cursors = &self.state.cursors;
         let (limit, after) = page.resolve(cursors, LIST)?;
+        let labels = filter
+            .selector
+            .as_deref()
+            .map(|text| input::selector("selector", text))
+            .transpose()?;
         let now = self.now();
         let mut conn = self.state.db.pool().acquire().await?;
-        let status = filter.status.map(KeyStatus::as_str);
-        let (rows, next) =
-            keys::list(&mut *conn, filter.instance_id, status, after, limit, now).await?;
+        let list = keys::ListFilter {
+            instance_id: filter.instance_id,
+            status: filter.status.map(KeyStatus::as_str),
+            labels: labels.as_ref(),
+        };
+        let (rows, next) = keys::list(&mut *conn, &list, after, limit, now).await?;
         Ok(KeyPage {
             items: view(&mut conn, rows).await?,
             next_cursor: next.map(|after| cursors.encode(LIST, after)),
@@ -789,26 +830,7 @@ impl Ops<Operator> {
             change.publish(Event::Key { id });
             change.publish(Event::Revocations);
         } else {
-            key = revoke_locked(&mut change, key, reason).await?;
-            change
-                .audit(
-                    "key.revoke",
-                    "api_key",
-                    id,
-                    json!({ "masked": key.masked, "reason": key.revoked_reason }),
-                )
-                .await?;
-            change
-                .notify(
-                    "key.revoked",
-                    json!({
-                        "key_id": id,
-                        "instance_id": key.instance_id,
-                        "masked_key": key.masked,
-                        "reason": key.revoked_reason,
-                    }),
-                )
-                .await?;
+            key = revoke_announced(&mut change, key, reason).await?;
         }
         let view = view_one(change.db(), key).await?;
         change.finish(view).await

@@ -24,6 +24,7 @@ pub mod authn;
 pub mod change;
 pub mod denials;
 pub mod enrollment;
+pub mod fleet;
 pub mod health;
 pub mod input;
 pub mod instances;

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -11,8 +12,9 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ops::instances::{
     CreateInstanceRequest, InstancePage, InstanceResponse, InstanceStatus, UpdateInstanceRequest,
 };
-use crate::ops::{Apply, Operator, Ops};
+use crate::ops::{Apply, DryRun, Operator, Ops};
 use crate::pagination::PageParams;
+use crate::routes::{DryRunParams, planned};
 
 /// Filters for listing instances.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -20,6 +22,8 @@ use crate::pagination::PageParams;
 pub struct ListInstancesParams {
     /// Only instances in this status (decommissioned ones are listed only when asked for).
     pub status: Option<InstanceStatus>,
+    /// Only instances whose labels match, e.g. `env=prod,team!=ml` or `tier in (gpu,cpu)`.
+    pub selector: Option<String>,
     /// How many items to return, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -62,7 +66,10 @@ pub async fn list_instances(
         limit: params.limit,
         cursor: params.cursor,
     };
-    Ok(Json(ops.list_instances(params.status, page).await?))
+    Ok(Json(
+        ops.list_instances(params.status, params.selector.as_deref(), page)
+            .await?,
+    ))
 }
 
 /// Get one instance.
@@ -86,10 +93,10 @@ pub async fn get_instance(
 /// (`active` / `suspended`). Suspending stops all its keys at once.
 #[utoipa::path(
     patch, path = "/v1/instances/{id}", operation_id = "update_instance", tag = "instances",
-    params(("id" = Uuid, Path, description = "The instance's id")),
+    params(("id" = Uuid, Path, description = "The instance's id"), DryRunParams),
     request_body = UpdateInstanceRequest,
     responses(
-        (status = 200, description = "The changed instance", body = InstanceResponse),
+        (status = 200, description = "The changed instance (or, with `dry_run=true`, a `PlanResponse`)", body = InstanceResponse),
         (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -97,9 +104,13 @@ pub async fn get_instance(
 pub async fn update_instance(
     ops: Ops<Operator>,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(run): ApiQuery<DryRunParams>,
     ApiJson(body): ApiJson<UpdateInstanceRequest>,
-) -> Result<Json<InstanceResponse>, ApiError> {
-    Ok(Json(ops.update_instance(Apply, id, body).await?))
+) -> Result<Response, ApiError> {
+    if run.planning() {
+        return Ok(planned(ops.update_instance(DryRun, id, body).await?));
+    }
+    Ok(Json(ops.update_instance(Apply, id, body).await?).into_response())
 }
 
 /// Decommission an instance: it and all its keys stop working at once, in one

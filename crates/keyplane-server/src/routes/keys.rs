@@ -24,6 +24,8 @@ pub struct ListKeysParams {
     pub instance_id: Option<Uuid>,
     /// Only keys in this status.
     pub status: Option<KeyStatus>,
+    /// Only keys of instances whose labels match, e.g. `env=prod,team!=ml`.
+    pub selector: Option<String>,
     /// How many items to return, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -66,6 +68,7 @@ pub async fn list_keys(
     let filter = KeyFilter {
         instance_id: params.instance_id,
         status: params.status,
+        selector: params.selector,
     };
     let page = PageParams {
         limit: params.limit,

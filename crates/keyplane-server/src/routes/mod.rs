@@ -4,6 +4,7 @@
 pub mod admin_keys;
 pub mod audit;
 pub mod enrollment;
+pub mod fleet;
 pub mod health;
 pub mod instances;
 pub mod keys;
@@ -51,7 +52,7 @@ use crate::state::AppState;
         (name = "people", description = "Signing in with the identity provider, and sessions"),
     ),
     paths(node_api::check_access_envoy),
-    components(schemas(Problem)),
+    components(schemas(Problem, PlanResponse)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;
@@ -92,6 +93,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::get_key, keys::update_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(fleet::rotate_keys))
+        .routes(routes!(fleet::revoke_keys))
+        .routes(routes!(fleet::suspend_instances))
         .routes(routes!(roles::list_roles))
         .routes(routes!(roles::put_role, roles::delete_role))
         .routes(routes!(nodes::create_node, nodes::list_nodes))
@@ -156,6 +160,46 @@ fn api_router() -> OpenApiRouter<AppState> {
             audit::list_audit_checkpoints,
             audit::create_audit_checkpoint
         ))
+}
+
+/// `?dry_run=true`: answer what would change, and change nothing.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DryRunParams {
+    /// Plan only: answer which keys would gain or lose which scopes, and
+    /// which nodes would see it; change nothing.
+    pub dry_run: Option<bool>,
+}
+
+impl DryRunParams {
+    /// Whether to plan only.
+    pub fn planning(&self) -> bool {
+        self.dry_run == Some(true)
+    }
+}
+
+/// What a change would do, as a dry run answers it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PlanResponse {
+    /// Always true: nothing was changed.
+    pub dry_run: bool,
+    /// The keys whose working scopes would change.
+    pub changes: Vec<crate::ops::KeyChange>,
+    /// The live nodes that would see the change.
+    pub nodes: Vec<uuid::Uuid>,
+    /// The audit entries it would write, by action.
+    pub actions: Vec<&'static str>,
+}
+
+/// Answers a plan: 200, `dry_run: true`.
+pub fn planned(plan: crate::ops::Plan) -> axum::response::Response {
+    axum::Json(PlanResponse {
+        dry_run: true,
+        changes: plan.changes,
+        nodes: plan.nodes,
+        actions: plan.actions,
+    })
+    .into_response()
 }
 
 /// Answers a freshly made secret: 201, never cached.

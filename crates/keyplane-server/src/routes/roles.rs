@@ -2,12 +2,14 @@
 
 use axum::Json;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::ops::roles::{Put, PutRoleRequest, RolePage, RoleResponse};
-use crate::ops::{Apply, Operator, Ops};
+use crate::ops::{Apply, DryRun, Operator, Ops};
 use crate::pagination::PageParams;
+use crate::routes::{DryRunParams, planned};
 
 /// List roles, by name.
 #[utoipa::path(
@@ -29,10 +31,10 @@ pub async fn list_roles(
 /// Create or replace a role.
 #[utoipa::path(
     put, path = "/v1/roles/{name}", operation_id = "put_role", tag = "roles",
-    params(("name" = String, Path, description = "The role's name")),
+    params(("name" = String, Path, description = "The role's name"), DryRunParams),
     request_body = PutRoleRequest,
     responses(
-        (status = 200, description = "Replaced", body = RoleResponse),
+        (status = 200, description = "Replaced (or, with `dry_run=true`, a `PlanResponse`)", body = RoleResponse),
         (status = 201, description = "Created", body = RoleResponse),
         (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
     ),
@@ -41,14 +43,18 @@ pub async fn list_roles(
 pub async fn put_role(
     ops: Ops<Operator>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(run): ApiQuery<DryRunParams>,
     ApiJson(body): ApiJson<PutRoleRequest>,
-) -> Result<(StatusCode, Json<RoleResponse>), ApiError> {
+) -> Result<Response, ApiError> {
+    if run.planning() {
+        return Ok(planned(ops.put_role(DryRun, &name, body).await?));
+    }
     let (put, role) = ops.put_role(Apply, &name, body).await?;
     let status = match put {
         Put::Created => StatusCode::CREATED,
         Put::Replaced => StatusCode::OK,
     };
-    Ok((status, Json(role)))
+    Ok((status, Json(role)).into_response())
 }
 
 /// Delete a role that no live key carries.
