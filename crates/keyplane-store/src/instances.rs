@@ -117,7 +117,7 @@ pub async fn list(
     let rows = sqlx::query_as::<_, Instance>(
         r#"select * from instances
             where (($1::text is null and status <> 'decommissioned') or status = $1)
-              and ($5::jsonb is null or (labels @> $5 and labels_match(labels, $6)))
+              and ($5::jsonb is null or (labels @> $5 and labels @@ $6::jsonpath))
               and ($2::timestamptz is null or (created_at, id) > ($2, $3))
             order by created_at, id
             limit $4"#,
@@ -127,7 +127,7 @@ pub async fn list(
     .bind(after.map(|a| a.id))
     .bind(limit + 1)
     .bind(labels.map(|l| &l.contains))
-    .bind(labels.map(|l| &l.requirements))
+    .bind(labels.map(|l| &l.path))
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |i| After {
@@ -143,52 +143,53 @@ pub async fn active_matching(
 ) -> Result<Vec<Uuid>, StoreError> {
     Ok(sqlx::query_scalar::<_, Uuid>(
         r#"select id from instances
-            where status = 'active' and labels @> $1 and labels_match(labels, $2)
+            where status = 'active' and labels @> $1 and labels @@ $2::jsonpath
             order by created_at, id"#,
     )
     .bind(&labels.contains)
-    .bind(&labels.requirements)
+    .bind(&labels.path)
     .fetch_all(db)
     .await?)
 }
 
 /// A label selector as the database asks it: the labels an instance must
-/// have (answered by the index), and the other requirements (checked by
-/// `labels_match`).
+/// have (a containment the index answers), and the whole selector as a
+/// jsonpath predicate (`labels @@ path`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelQuery {
     /// `{"env": "prod"}`: what `labels @>` must hold.
     pub contains: serde_json::Value,
-    /// `[{"op": "in", "key": "tier", "values": ["gpu"]}, ...]`.
-    pub requirements: serde_json::Value,
+    /// `$."env" == "prod" && !exists($."legacy")`.
+    pub path: String,
 }
 
 impl From<&keyplane_domain::Selector> for LabelQuery {
     fn from(selector: &keyplane_domain::Selector) -> LabelQuery {
         use keyplane_domain::Requirement;
-        use serde_json::json;
-        let (equal, others) = selector.split();
-        let requirements = others
-            .into_iter()
+        // Keys and values are written as JSON strings, which jsonpath reads
+        // the same way: no text of the selector is ever jsonpath syntax.
+        let quoted = |text: &str| serde_json::to_string(text).unwrap_or_default();
+        let equals = |key: &str, value: &str| format!("$.{} == {}", quoted(key), quoted(value));
+        let any_of = |key: &str, values: &std::collections::BTreeSet<String>| {
+            let each: Vec<String> = values.iter().map(|value| equals(key, value)).collect();
+            format!("({})", each.join(" || "))
+        };
+        let predicates: Vec<String> = selector
+            .requirements()
+            .iter()
             .map(|requirement| match requirement {
-                Requirement::Equals(key, value) => {
-                    // A second `key=` for a key already required equal.
-                    json!({"op": "in", "key": key, "values": [value]})
-                }
-                Requirement::NotEquals(key, value) => {
-                    json!({"op": "ne", "key": key, "values": [value]})
-                }
-                Requirement::In(key, values) => json!({"op": "in", "key": key, "values": values}),
-                Requirement::NotIn(key, values) => {
-                    json!({"op": "notin", "key": key, "values": values})
-                }
-                Requirement::Exists(key) => json!({"op": "exists", "key": key}),
-                Requirement::Absent(key) => json!({"op": "absent", "key": key}),
+                Requirement::Equals(key, value) => equals(key, value),
+                Requirement::NotEquals(key, value) => format!("!({})", equals(key, value)),
+                Requirement::In(key, values) => any_of(key, values),
+                Requirement::NotIn(key, values) => format!("!{}", any_of(key, values)),
+                Requirement::Exists(key) => format!("exists($.{})", quoted(key)),
+                Requirement::Absent(key) => format!("!exists($.{})", quoted(key)),
             })
             .collect();
+        let (equal, _) = selector.split();
         LabelQuery {
-            contains: json!(equal),
-            requirements: serde_json::Value::Array(requirements),
+            contains: serde_json::json!(equal),
+            path: predicates.join(" && "),
         }
     }
 }
@@ -204,4 +205,23 @@ pub async fn ceilings(
     .bind(ids)
     .fetch_all(db)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selector_becomes_a_containment_and_a_jsonpath_with_every_text_quoted() {
+        let selector: keyplane_domain::Selector =
+            r#"env=prod, team!=m"l, tier in (gpu,cpu), zone notin (edge), canary, !legacy"#
+                .parse()
+                .unwrap();
+        let query = LabelQuery::from(&selector);
+        assert_eq!(query.contains, serde_json::json!({"env": "prod"}));
+        assert_eq!(
+            query.path,
+            r#"$."env" == "prod" && !($."team" == "m\"l") && ($."tier" == "cpu" || $."tier" == "gpu") && !($."zone" == "edge") && exists($."canary") && !exists($."legacy")"#
+        );
+    }
 }

@@ -175,9 +175,10 @@ pub async fn list(
         r#"select k.*, api_key_status(k, $3) as status from api_keys k
             where ($1::uuid is null or instance_id = $1)
               and ($2::text is null or api_key_status(k, $3) = $2)
-              and ($7::jsonb is null or instance_id in (
-                    select i.id from instances i
-                     where i.labels @> $7 and labels_match(i.labels, $8)))
+              and ($7::jsonb is null or exists (
+                    select 1 from instances i
+                     where i.id = k.instance_id and i.labels @> $7
+                       and i.labels @@ $8::jsonpath))
               and ($4::timestamptz is null or (created_at, id) > ($4, $5))
             order by created_at, id
             limit $6"#,
@@ -189,7 +190,7 @@ pub async fn list(
     .bind(after.map(|a| a.id))
     .bind(limit + 1)
     .bind(labels.map(|l| &l.contains))
-    .bind(labels.map(|l| &l.requirements))
+    .bind(labels.map(|l| &l.path))
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |k| After {
@@ -221,12 +222,12 @@ pub async fn of_instances_matching(
     Ok(sqlx::query_scalar::<_, Uuid>(
         r#"select k.id from api_keys k
              join instances i on i.id = k.instance_id
-            where i.status = 'active' and i.labels @> $1 and labels_match(i.labels, $2)
+            where i.status = 'active' and i.labels @> $1 and i.labels @@ $2::jsonpath
               and api_key_status(k, $3) = any($4)
             order by k.created_at, k.id"#,
     )
     .bind(&labels.contains)
-    .bind(&labels.requirements)
+    .bind(&labels.path)
     .bind(now)
     .bind(&statuses)
     .fetch_all(db)
