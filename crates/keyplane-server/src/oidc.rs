@@ -467,3 +467,140 @@ fn describe(err: &reqwest::Error) -> &'static str {
         "the request failed"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keyplane_domain::ManagementRole;
+    use serde_json::json;
+
+    use super::*;
+
+    fn provider() -> IdentityProvider {
+        IdentityProvider::new(OidcSettings {
+            issuer: "https://idp.example".to_owned(),
+            client_id: "keyplane".to_owned(),
+            client_secret: None,
+            redirect_url: Url::parse("https://keyplane.example/v1/auth/oidc/callback").unwrap(),
+            scopes: "openid".to_owned(),
+            require_amr: vec!["mfa".to_owned()],
+            require_acr: Vec::new(),
+            role_claim: "groups".to_owned(),
+            role_map: vec![("ops".to_owned(), ManagementRole::Operator)],
+            step_up: Duration::from_secs(600),
+            session_ttl: Duration::from_secs(3600),
+            session_idle: Duration::from_secs(600),
+            device_token_ttl: Duration::from_secs(3600),
+        })
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn claims() -> Value {
+        json!({"sub": "alice", "aud": "keyplane", "iat": now(), "nonce": "n-1",
+               "auth_time": now(), "amr": ["pwd", "mfa"], "groups": "ops",
+               "email": "alice@example.com"})
+    }
+
+    #[test]
+    fn the_claims_a_signature_does_not_prove_are_checked() {
+        let provider = provider();
+        let identity = provider.check_claims(&claims(), "n-1").unwrap();
+        assert_eq!(identity.subject, "alice");
+        assert_eq!(
+            identity.role_values,
+            vec!["ops"],
+            "a single string is one value"
+        );
+        assert_eq!(identity.amr, vec!["pwd", "mfa"]);
+
+        let refused = |change: Value, nonce: &str| {
+            let mut claims = claims();
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(change.as_object().unwrap().clone());
+            provider.check_claims(&claims, nonce).unwrap_err()
+        };
+        assert!(
+            matches!(refused(json!({}), "n-2"), OidcError::BadToken(why) if why.contains("nonce"))
+        );
+        assert!(
+            matches!(refused(json!({"azp": "other"}), "n-1"), OidcError::BadToken(why) if why.contains("azp"))
+        );
+        assert!(matches!(
+            refused(json!({"aud": ["keyplane", "other"]}), "n-1"),
+            OidcError::BadToken(why) if why.contains("several audiences")
+        ));
+        assert!(
+            provider
+                .check_claims(
+                    &{
+                        let mut c = claims();
+                        c["aud"] = json!(["keyplane", "other"]);
+                        c["azp"] = json!("keyplane");
+                        c
+                    },
+                    "n-1"
+                )
+                .is_ok()
+        );
+        assert!(
+            matches!(refused(json!({"iat": now() + 3600}), "n-1"), OidcError::BadToken(why) if why.contains("iat"))
+        );
+        assert!(
+            matches!(refused(json!({"iat": now() - 7200}), "n-1"), OidcError::BadToken(why) if why.contains("iat"))
+        );
+        assert!(
+            matches!(refused(json!({"auth_time": null}), "n-1"), OidcError::BadToken(why) if why.contains("auth_time"))
+        );
+        assert!(
+            matches!(refused(json!({"sub": ""}), "n-1"), OidcError::BadToken(why) if why.contains("subject"))
+        );
+    }
+
+    #[test]
+    fn a_key_is_picked_only_for_an_algorithm_of_its_own_type_and_curve() {
+        let set: JwkSet = serde_json::from_value(json!({"keys": [
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "use": "sig",
+             "x": "uAhA44_9vMUBTDCIgEq9fOiV2O1ey2TwUbe_ec9VGeQ",
+             "y": "ODfqFZAqjY_wdZFJiwo-1T1GU0F_YyN8lDZlFlLHrC4"},
+            {"kty": "RSA", "kid": "rsa", "alg": "RS256", "n": "sXch", "e": "AQAB"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "enc", "crv": "P-256", "use": "enc",
+             "x": "uAhA44_9vMUBTDCIgEq9fOiV2O1ey2TwUbe_ec9VGeQ",
+             "y": "ODfqFZAqjY_wdZFJiwo-1T1GU0F_YyN8lDZlFlLHrC4"}
+        ]}))
+        .unwrap();
+        assert!(pick(&set, Some("ec"), Algorithm::ES256).is_some());
+        assert!(
+            pick(&set, Some("ec"), Algorithm::ES384).is_none(),
+            "wrong curve"
+        );
+        assert!(
+            pick(&set, Some("ec"), Algorithm::RS256).is_none(),
+            "wrong type"
+        );
+        assert!(pick(&set, Some("rsa"), Algorithm::RS256).is_some());
+        assert!(
+            pick(&set, Some("rsa"), Algorithm::PS256).is_none(),
+            "the key names RS256"
+        );
+        assert!(pick(&set, Some("hmac"), Algorithm::ES256).is_none());
+        assert!(
+            pick(&set, Some("enc"), Algorithm::ES256).is_none(),
+            "not a signing key"
+        );
+        assert!(pick(&set, Some("missing"), Algorithm::ES256).is_none());
+        assert!(
+            !ALGORITHMS
+                .iter()
+                .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+        );
+    }
+}

@@ -83,9 +83,11 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
         settings.admin_keys = admin_keys;
     }
 
-    let issuer = sources.text("KEYPLANE_OIDC_ISSUER", &args.oidc_issuer)?;
-    let client_id = sources.text("KEYPLANE_OIDC_CLIENT_ID", &args.oidc_client_id)?;
-    let redirect = sources.text("KEYPLANE_OIDC_REDIRECT_URL", &args.oidc_redirect_url)?;
+    // An empty value (a Compose pass-through of an unset variable) is unset.
+    let set = |text: Option<String>| text.filter(|t| !t.trim().is_empty());
+    let issuer = set(sources.text("KEYPLANE_OIDC_ISSUER", &args.oidc_issuer)?);
+    let client_id = set(sources.text("KEYPLANE_OIDC_CLIENT_ID", &args.oidc_client_id)?);
+    let redirect = set(sources.text("KEYPLANE_OIDC_REDIRECT_URL", &args.oidc_redirect_url)?);
     let (issuer, client_id, redirect) = match (issuer, client_id, redirect) {
         (None, None, None) => {
             if settings.admin_keys == AdminKeys::Disabled {
