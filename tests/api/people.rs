@@ -607,6 +607,33 @@ async fn a_terminal_signs_in_through_a_browser_and_its_token_works_expires_and_c
     let (_, error) = poll(device_code).await;
     assert_eq!(error["error"], "access_denied");
 
+    // An approval needs an authentication made now, not one the provider
+    // kept from before (max_age=0), and comes from keyplane's own page.
+    let codes = authorize().await;
+    let stale = Person {
+        auth_age: 3600,
+        ..Person::in_group("kim", "keyplane-ops")
+    };
+    let refused = Browser::default()
+        .approve_terminal(&origin, codes["user_code"].as_str().unwrap(), &stale)
+        .await;
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("afresh"));
+    let forged = Browser::default()
+        .client
+        .post(format!("{origin}/v1/auth/device/verify"))
+        .header("origin", "https://attacker.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("user_code", codes["user_code"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.status(),
+        403,
+        "another site cannot post the approval form"
+    );
+
     // A code nobody waits for is a page, not a sign-in.
     let response = Browser::default()
         .client

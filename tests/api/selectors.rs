@@ -17,7 +17,7 @@ async fn fleet(server: &TestServer) -> Vec<(&'static str, String, Value)> {
         ("a", json!({"env": "prod", "team": "ml", "tier": "gpu"})),
         ("b", json!({"env": "prod", "team": "web", "tier": "cpu"})),
         ("c", json!({"env": "dev", "tier": "gpu"})),
-        ("d", json!({})),
+        ("d", json!({"owner": "nobody"})),
     ] {
         let (status, instance) = server
             .admin(
@@ -201,7 +201,7 @@ async fn bulk_operations_plan_first_then_change_every_matching_key_once() {
         .admin(
             Method::POST,
             "/v1/instances/suspend",
-            Some(json!({"selector": "!env"})),
+            Some(json!({"selector": "owner"})),
         )
         .await;
     assert_eq!(status, 200, "{suspended}");
@@ -222,6 +222,8 @@ async fn bulk_operations_plan_first_then_change_every_matching_key_once() {
         json!({}),
         json!({"selector": ""}),
         json!({"selector": "tier in gpu"}),
+        json!({"selector": "!nonexistent"}),
+        json!({"selector": "env!=prod,tier notin (gpu)"}),
     ] {
         let (status, problem) = server
             .admin(Method::POST, "/v1/keys/revoke", Some(body.clone()))

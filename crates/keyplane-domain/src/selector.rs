@@ -188,6 +188,18 @@ impl Selector {
         (equal, others)
     }
 
+    /// Whether it names a label instances must have (`key=value`,
+    /// `key in (...)` or `key`): one made only of `!=`, `notin` and `!key`
+    /// matches every instance without those labels, most of a fleet.
+    pub fn names_a_label(&self) -> bool {
+        self.requirements.iter().any(|r| {
+            matches!(
+                r,
+                Requirement::Equals(..) | Requirement::In(..) | Requirement::Exists(_)
+            )
+        })
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| match r {
@@ -249,6 +261,9 @@ mod tests {
         let (equal, others) = selector.split();
         assert_eq!(equal, labels(&[("env", "prod")]));
         assert_eq!(others.len(), 5);
+        assert!(selector.names_a_label());
+        let negative: Selector = "team!=ml,!legacy,zone notin (edge)".parse().unwrap();
+        assert!(!negative.names_a_label());
     }
 
     #[test]

@@ -320,6 +320,9 @@ impl IdentityProvider {
             .ok_or(OidcError::BadToken(
                 "it lacks auth_time (keyplane asks with max_age)",
             ))?;
+        if auth_time.timestamp() > i64::try_from(now + LEEWAY).unwrap_or(i64::MAX) {
+            return Err(OidcError::BadToken("its auth_time is in the future"));
+        }
         let strings = |value: &Value| -> Vec<String> {
             match value {
                 Value::String(one) => vec![one.clone()],
@@ -357,16 +360,26 @@ impl IdentityProvider {
         if let Some(jwk) = fresh {
             return Ok(jwk);
         }
-        {
-            let mut last = self.last_fetch.lock().await;
-            let cached = self.keys.read().await.is_some();
-            if cached && last.is_some_and(|at| at.elapsed() < REFETCH_EVERY) {
+        // One fetch at a time: a sign-in that waited here looks again at
+        // what the one before it fetched.
+        let mut last = self.last_fetch.lock().await;
+        let cached = self
+            .keys
+            .read()
+            .await
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < KEYS_TTL)
+            .map(|(set, _)| pick(set, kid, alg));
+        match cached {
+            Some(Some(jwk)) => return Ok(jwk),
+            Some(None) if last.is_some_and(|at| at.elapsed() < REFETCH_EVERY) => {
                 return Err(OidcError::BadToken(
                     "it is signed by a key the provider does not publish",
                 ));
             }
-            *last = Some(Instant::now());
+            _ => {}
         }
+        *last = Some(Instant::now());
         let metadata = self.metadata().await?;
         // Keys keyplane cannot read (for encryption, of other types) are
         // skipped, not a reason to refuse the ones it can.

@@ -370,6 +370,22 @@ pub async fn lock_device_grant_by_code(
     .await?)
 }
 
+/// Denies the device authorizations `subject` approved that no terminal
+/// has collected yet.
+pub async fn deny_device_grants_of(
+    db: impl PgExecutor<'_>,
+    subject: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        r#"update device_grants set status = 'denied'
+            where subject = $1 and status = 'approved'"#,
+    )
+    .bind(subject)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 /// Saves a device authorization's state.
 pub async fn save_device_grant(
     db: &mut PgConnection,

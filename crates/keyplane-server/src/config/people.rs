@@ -149,17 +149,19 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
             .map(str::to_owned)
             .collect()
     };
-    let require_amr = sources
-        .text("KEYPLANE_OIDC_REQUIRE_AMR", &args.oidc_require_amr)?
+    // Only `none` turns the amr check off; an empty value is unset (`mfa`).
+    let require_amr = set(sources.text("KEYPLANE_OIDC_REQUIRE_AMR", &args.oidc_require_amr)?)
         .map_or_else(|| vec!["mfa".to_owned()], |text| list(&text));
     let require_acr = sources
         .text("KEYPLANE_OIDC_REQUIRE_ACR", &args.oidc_require_acr)?
         .map_or_else(Vec::new, |text| list(&text));
-    if mode == Mode::Prod && require_amr.is_empty() && require_acr.is_empty() {
+    if mode != Mode::Dev && require_amr.is_empty() && require_acr.is_empty() {
         return Err(ConfigError::new(
             "KEYPLANE_OIDC_REQUIRE_AMR",
-            "prod mode signs people in only with MFA: name the amr values \
-             (e.g. mfa) or KEYPLANE_OIDC_REQUIRE_ACR values that prove it",
+            format!(
+                "{mode} mode signs people in only with MFA: name the amr values \
+                 (e.g. mfa) or KEYPLANE_OIDC_REQUIRE_ACR values that prove it"
+            ),
         ));
     }
 

@@ -2,10 +2,12 @@
 //! labels match a selector, or suspend those instances, in one request.
 //!
 //! Each key goes through the same steps as its one-key operation (the same
-//! rotation, the same revocation, its own audit entry and webhook); the set
-//! is written in batches, one transaction each, and the operation itself
-//! gets one more entry naming the selector. Run as a [`DryRun`], the whole
-//! set is planned in one transaction and nothing changes.
+//! rotation, the same revocation, its own audit entry and webhook); the
+//! operation is audited first, naming the selector, and the set is written
+//! in batches, one transaction each. A batch that fails ends the operation:
+//! the answer lists what the batches before it did, and says it is
+//! incomplete. Run as a [`DryRun`], the whole set is planned in one
+//! transaction and nothing changes.
 //!
 //! [`DryRun`]: crate::ops::DryRun
 
@@ -63,6 +65,9 @@ pub struct BulkSuspendRequest {
 pub struct BulkRotated {
     /// The successors, with their secrets, in the order of the old keys.
     pub rotated: Vec<CreatedKeyResponse>,
+    /// Set when a batch failed: what was done is above, the rest was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Incomplete>,
 }
 
 /// The keys a bulk revocation stopped.
@@ -70,6 +75,9 @@ pub struct BulkRotated {
 pub struct BulkRevoked {
     /// Their ids.
     pub revoked: Vec<Uuid>,
+    /// Set when a batch failed: what was done is above, the rest was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Incomplete>,
 }
 
 /// The instances a bulk suspension stopped.
@@ -79,12 +87,49 @@ pub struct BulkSuspended {
     pub suspended: Vec<Uuid>,
     /// How many live keys stopped working with them (until they are resumed).
     pub keys_stopped: usize,
+    /// Set when a batch failed: what was done is above, the rest was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<Incomplete>,
 }
 
-/// The selector of a bulk operation: required, and never "everything" by
-/// omission.
+/// A bulk operation that stopped part-way: the batches before the failure
+/// are done (and answered), the rest are not; running it again finishes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Incomplete {
+    /// How many of the matched keys (or instances) were not reached.
+    pub remaining: usize,
+    /// What to do.
+    pub detail: String,
+}
+
+/// The answer's note when a batch failed with `refusal`, `remaining` left.
+fn incomplete(refusal: &Refusal, remaining: usize) -> Incomplete {
+    tracing::error!(error = %refusal, remaining, "a bulk operation stopped part-way");
+    Incomplete {
+        remaining,
+        detail: "a batch failed and was rolled back; what is listed was done. Run the \
+                 same operation again to finish it"
+            .to_owned(),
+    }
+}
+
+/// The selector of a bulk operation: required, and naming a label the
+/// instances have (never "everything" by omission or by negation alone).
 fn bulk_selector(text: &str) -> Result<LabelQuery, Refusal> {
-    input::selector("selector", text)
+    let query = input::selector("selector", text)?;
+    let selector: keyplane_domain::Selector =
+        text.parse()
+            .map_err(|err: keyplane_domain::SelectorError| {
+                Refusal::invalid("selector", err.to_string())
+            })?;
+    if !selector.names_a_label() {
+        return Err(Refusal::invalid(
+            "selector",
+            "a bulk operation's selector names a label the instances have (key=value, \
+             key in (...) or key), not only ones they lack",
+        ));
+    }
+    Ok(query)
 }
 
 /// Refuses a set too large for one request.
@@ -125,19 +170,39 @@ impl Ops<Operator> {
             change
                 .audit("keys.bulk_rotate", "selector", &input.selector, details)
                 .await?;
-            return change.finish(BulkRotated { rotated }).await;
+            let incomplete = None;
+            return change
+                .finish(BulkRotated {
+                    rotated,
+                    incomplete,
+                })
+                .await;
         }
-        let mut rotated = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(BATCH) {
-            let mut change = self.begin(Apply, self.now()).await?;
-            let done = self.rotate_each(&mut change, batch, grace).await?;
-            rotated.extend(change.finish(done).await?);
-        }
-        let mut change = self.begin(run, self.now()).await?;
-        change
+        // The operation is on record before any of its batches.
+        let mut record = self.begin(Apply, now).await?;
+        record
             .audit("keys.bulk_rotate", "selector", &input.selector, details)
             .await?;
-        change.finish(BulkRotated { rotated }).await
+        record.finish(()).await?;
+        let mut answer = BulkRotated {
+            rotated: Vec::with_capacity(ids.len()),
+            incomplete: None,
+        };
+        for (n, batch) in ids.chunks(BATCH).enumerate() {
+            let done = async {
+                let mut change = self.begin(Apply, self.now()).await?;
+                let done = self.rotate_each(&mut change, batch, grace).await?;
+                change.finish(done).await
+            };
+            match done.await {
+                Ok(done) => answer.rotated.extend(done),
+                Err(refusal) => {
+                    answer.incomplete = Some(incomplete(&refusal, ids.len() - n * BATCH));
+                    break;
+                }
+            }
+        }
+        self.begin(run, self.now()).await?.finish(answer).await
     }
 
     /// Rotates each of `ids` still active (one rotated meanwhile is left be).
@@ -189,19 +254,38 @@ impl Ops<Operator> {
             change
                 .audit("keys.bulk_revoke", "selector", &input.selector, details)
                 .await?;
-            return change.finish(BulkRevoked { revoked }).await;
+            let incomplete = None;
+            return change
+                .finish(BulkRevoked {
+                    revoked,
+                    incomplete,
+                })
+                .await;
         }
-        let mut revoked = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(BATCH) {
-            let mut change = self.begin(Apply, self.now()).await?;
-            let done = revoke_each(&mut change, batch, &why).await?;
-            revoked.extend(change.finish(done).await?);
-        }
-        let mut change = self.begin(run, self.now()).await?;
-        change
+        let mut record = self.begin(Apply, now).await?;
+        record
             .audit("keys.bulk_revoke", "selector", &input.selector, details)
             .await?;
-        change.finish(BulkRevoked { revoked }).await
+        record.finish(()).await?;
+        let mut answer = BulkRevoked {
+            revoked: Vec::with_capacity(ids.len()),
+            incomplete: None,
+        };
+        for (n, batch) in ids.chunks(BATCH).enumerate() {
+            let done = async {
+                let mut change = self.begin(Apply, self.now()).await?;
+                let done = revoke_each(&mut change, batch, &why).await?;
+                change.finish(done).await
+            };
+            match done.await {
+                Ok(done) => answer.revoked.extend(done),
+                Err(refusal) => {
+                    answer.incomplete = Some(incomplete(&refusal, ids.len() - n * BATCH));
+                    break;
+                }
+            }
+        }
+        self.begin(run, self.now()).await?.finish(answer).await
     }
 
     /// Suspends every active instance `selector` matches: each one's live
@@ -217,6 +301,9 @@ impl Ops<Operator> {
         let now = self.now();
         let ids = instances::active_matching(self.state.db.pool(), &labels).await?;
         within_limit(ids.len())?;
+        let live = ["active", "rotating", "disabled"];
+        let keys = keys::of_instances_matching(self.state.db.pool(), &labels, &live, now).await?;
+        within_limit(keys.len())?;
         let details = json!({ "selector": input.selector, "instances": ids.len() });
         if R::DRY {
             let mut change = self.begin(run, now).await?;
@@ -231,19 +318,8 @@ impl Ops<Operator> {
                 .await?;
             return change.finish(outcome).await;
         }
-        let mut outcome = BulkSuspended {
-            suspended: Vec::with_capacity(ids.len()),
-            keys_stopped: 0,
-        };
-        for batch in ids.chunks(BATCH) {
-            let mut change = self.begin(Apply, self.now()).await?;
-            let done = suspend_each(&mut change, batch).await?;
-            let done = change.finish(done).await?;
-            outcome.suspended.extend(done.suspended);
-            outcome.keys_stopped += done.keys_stopped;
-        }
-        let mut change = self.begin(run, self.now()).await?;
-        change
+        let mut record = self.begin(Apply, now).await?;
+        record
             .audit(
                 "instances.bulk_suspend",
                 "selector",
@@ -251,7 +327,30 @@ impl Ops<Operator> {
                 details,
             )
             .await?;
-        change.finish(outcome).await
+        record.finish(()).await?;
+        let mut outcome = BulkSuspended {
+            suspended: Vec::with_capacity(ids.len()),
+            keys_stopped: 0,
+            incomplete: None,
+        };
+        for (n, batch) in ids.chunks(BATCH).enumerate() {
+            let done = async {
+                let mut change = self.begin(Apply, self.now()).await?;
+                let done = suspend_each(&mut change, batch).await?;
+                change.finish(done).await
+            };
+            match done.await {
+                Ok(done) => {
+                    outcome.suspended.extend(done.suspended);
+                    outcome.keys_stopped += done.keys_stopped;
+                }
+                Err(refusal) => {
+                    outcome.incomplete = Some(incomplete(&refusal, ids.len() - n * BATCH));
+                    break;
+                }
+            }
+        }
+        self.begin(run, self.now()).await?.finish(outcome).await
     }
 }
 
@@ -285,6 +384,7 @@ async fn suspend_each<R: Run>(
     let mut outcome = BulkSuspended {
         suspended: Vec::with_capacity(ids.len()),
         keys_stopped: 0,
+        incomplete: None,
     };
     for &id in ids {
         let now = change.at();

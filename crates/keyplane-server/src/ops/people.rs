@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::config::OidcSettings;
 use crate::oidc::{Identity, IdentityProvider, OidcError};
 use crate::ops::denials::{self, Denial};
-use crate::ops::{Actor, Apply, Operator, Ops, Person, Refusal, Run, Visitor};
+use crate::ops::{Actor, Apply, Change, Operator, Ops, Person, Refusal, Run, Visitor};
 use crate::pagination::PageParams;
 use crate::state::AppState;
 
@@ -269,7 +269,7 @@ fn safe_return_to(return_to: Option<&str>) -> Result<String, Refusal> {
         && path.starts_with('/')
         && !path.starts_with("//")
         && !path.contains('\\')
-        && !path.chars().any(char::is_control);
+        && path.bytes().all(|b| b.is_ascii_graphic());
     if ok {
         Ok(path.to_owned())
     } else {
@@ -286,6 +286,16 @@ fn identity_provider(state: &AppState) -> Result<&IdentityProvider, Refusal> {
             "sign-in with an identity provider is not set up here (KEYPLANE_OIDC_ISSUER)"
                 .to_owned(),
         )
+    })
+}
+
+/// `identity` acting in session `session` (nil while it has none).
+fn person(identity: &Identity, session: Uuid) -> Actor {
+    Actor::Person(Person {
+        subject: identity.subject.clone(),
+        email: identity.email.clone(),
+        session,
+        authenticated_at: identity.auth_time,
     })
 }
 
@@ -433,14 +443,26 @@ impl Ops<Visitor> {
                 )))
             }
         };
-        let identity = match outcome {
-            Ok(identity) => identity,
-            Err(refusal) => {
-                self.deny_device(sign_in.device_grant_id).await?;
-                return Err(refusal);
-            }
-        };
+        // A provider's refusal or a token not believed leaves a waiting
+        // terminal waiting: whoever knows its user code cannot cancel it.
+        let identity = outcome?;
         let subject = json!(identity.subject);
+        // A step-up, or a terminal's approval, asked the provider to
+        // authenticate the person now (max_age=0): an older authentication
+        // means it did not, and is not accepted in its place.
+        let fresh = Duration::seconds(SIGN_IN_TTL + 60);
+        if sign_in.purpose != "login" && Utc::now() - identity.auth_time > fresh {
+            self.deny(
+                "auth.sign_in_refused",
+                Some(&identity),
+                json!({ "subject": subject, "reason": "not authenticated afresh",
+                        "purpose": sign_in.purpose, "auth_time": identity.auth_time }),
+            );
+            return Err(refused(
+                "the identity provider did not authenticate you afresh, as this sign-in \
+                 asked: sign in again",
+            ));
+        }
         if !proves_mfa(settings, &identity) {
             self.deny(
                 "auth.mfa_required",
@@ -473,8 +495,8 @@ impl Ops<Visitor> {
                 Ok(SignedIn::Device)
             }
             None => {
-                let (token, _) = self
-                    .open_session(&identity, role, "browser", settings.session_ttl, replacing)
+                let token = self
+                    .open_session(&identity, role, settings.session_ttl, replacing)
                     .await?;
                 Ok(SignedIn::Browser {
                     token,
@@ -485,27 +507,18 @@ impl Ops<Visitor> {
         }
     }
 
-    /// A session for `identity` with `role`, lasting `ttl`; its token is
-    /// answered once. Ends `replacing` if it is the same person's.
+    /// A browser session for `identity` with `role`; its token is answered
+    /// once. Ends `replacing` if it is the same person's.
     async fn open_session(
         &self,
         identity: &Identity,
         role: ManagementRole,
-        kind: &str,
         ttl: std::time::Duration,
         replacing: Option<&str>,
-    ) -> Result<(KeySecret, Session), Refusal> {
+    ) -> Result<KeySecret, Refusal> {
         let now = self.now();
-        let token = KeySecret::generate(KeyKind::Session)
-            .map_err(|_| anyhow::anyhow!("the random source failed"))?;
         let id = Uuid::new_v4();
-        let person = Actor::Person(Person {
-            subject: identity.subject.clone(),
-            email: identity.email.clone(),
-            session: id,
-            authenticated_at: identity.auth_time,
-        });
-        let mut change = self.change(Apply, &person, now).await?;
+        let mut change = self.change(Apply, &person(identity, id), now).await?;
         if let Some(old) = replacing.and_then(|t| KeySecret::parse_as(KeyKind::Session, t).ok()) {
             let old = people::session_by_digest(change.db(), old.digest().as_bytes()).await?;
             if let Some(old) = old.filter(|old| old.subject == identity.subject) {
@@ -513,6 +526,27 @@ impl Ops<Visitor> {
                     .await?;
             }
         }
+        let (token, _) = self
+            .insert_session(&mut change, id, identity, role, "browser", ttl)
+            .await?;
+        change.finish(()).await?;
+        Ok(token)
+    }
+
+    /// Writes session `id` (`kind`, lasting `ttl`) for `identity` with
+    /// `role`, audited, within `change`; answers its token (shown once).
+    async fn insert_session(
+        &self,
+        change: &mut Change<'_, Apply>,
+        id: Uuid,
+        identity: &Identity,
+        role: ManagementRole,
+        kind: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(KeySecret, Session), Refusal> {
+        let now = change.at();
+        let token = KeySecret::generate(KeyKind::Session)
+            .map_err(|_| anyhow::anyhow!("the random source failed"))?;
         let session = people::insert_session(
             change.db(),
             &Session {
@@ -551,7 +585,6 @@ impl Ops<Visitor> {
                 }),
             )
             .await?;
-        change.finish(()).await?;
         Ok((token, session))
     }
 
@@ -611,9 +644,12 @@ impl Ops<Visitor> {
     pub async fn poll_device(&self, device_code: &str) -> Result<DevicePoll, Refusal> {
         let provider = identity_provider(&self.state)?;
         let now = self.now();
-        let mut tx = self.state.db.pool().begin().await?;
+        // One transaction from the grant's lock to the session it is spent
+        // for: a second poll waits, then finds it spent; a failure leaves
+        // it approved, to be collected by the next poll.
+        let mut change = self.change(Apply, &Actor::Anonymous, now).await?;
         let Some(mut grant) =
-            people::lock_device_grant_by_code(&mut tx, &sha256(device_code)).await?
+            people::lock_device_grant_by_code(change.db(), &sha256(device_code)).await?
         else {
             return Ok(Err(DeviceWait::InvalidGrant));
         };
@@ -633,8 +669,8 @@ impl Ops<Visitor> {
             _ => None,
         };
         if let Some(wait) = wait {
-            people::save_device_grant(&mut tx, &grant).await?;
-            tx.commit().await?;
+            people::save_device_grant(change.db(), &grant).await?;
+            change.finish(()).await?;
             return Ok(Err(wait));
         }
         let role = grant
@@ -646,9 +682,6 @@ impl Ops<Visitor> {
         else {
             return Err(anyhow::anyhow!("an approved device grant lacks its person").into());
         };
-        grant.status = "spent".to_owned();
-        people::save_device_grant(&mut tx, &grant).await?;
-        tx.commit().await?;
         let identity = Identity {
             subject,
             email: grant.email.clone(),
@@ -657,10 +690,16 @@ impl Ops<Visitor> {
             auth_time,
             role_values: Vec::new(),
         };
+        let id = Uuid::new_v4();
+        change.acting_as(&person(&identity, id));
         let ttl = provider.settings().device_token_ttl;
         let (token, _) = self
-            .open_session(&identity, role, "device", ttl, None)
+            .insert_session(&mut change, id, &identity, role, "device", ttl)
             .await?;
+        grant.status = "spent".to_owned();
+        grant.session_id = Some(id);
+        people::save_device_grant(change.db(), &grant).await?;
+        change.finish(()).await?;
         Ok(Ok(DeviceToken {
             access_token: token.expose().to_owned(),
             token_type: "Bearer",
@@ -689,13 +728,9 @@ impl Ops<Visitor> {
         role: ManagementRole,
     ) -> Result<(), Refusal> {
         let now = self.now();
-        let person = Actor::Person(Person {
-            subject: identity.subject.clone(),
-            email: identity.email.clone(),
-            session: Uuid::nil(),
-            authenticated_at: identity.auth_time,
-        });
-        let mut change = self.change(Apply, &person, now).await?;
+        let mut change = self
+            .change(Apply, &person(identity, Uuid::nil()), now)
+            .await?;
         let Some(mut grant) = people::lock_device_grant(change.db(), id)
             .await?
             .filter(|grant| grant.status == "pending" && now < grant.expires_at)
@@ -764,12 +799,7 @@ impl Ops<Visitor> {
     /// Audits a refused sign-in (of `identity`, when known).
     fn deny(&self, action: &'static str, identity: Option<&Identity>, details: serde_json::Value) {
         let actor = match identity {
-            Some(identity) => Actor::Person(Person {
-                subject: identity.subject.clone(),
-                email: identity.email.clone(),
-                session: Uuid::nil(),
-                authenticated_at: identity.auth_time,
-            }),
+            Some(identity) => person(identity, Uuid::nil()),
             None => Actor::Anonymous,
         };
         tracing::warn!(action, actor = %actor, "sign-in refused");
@@ -917,6 +947,10 @@ impl Ops<Operator> {
         let own = self.person().is_some_and(|p| p.subject == session.subject);
         if !own && self.actor.role != ManagementRole::Admin {
             return Err(not_found());
+        }
+        if !own {
+            // Signing someone else out is an admin's dangerous operation.
+            self.step_up()?;
         }
         let reason = if self.person().is_some_and(|p| p.session == id) {
             "signed out"

@@ -57,7 +57,7 @@ pub struct UserCodeParams {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenRequest {
     /// `urn:ietf:params:oauth:grant-type:device_code`.
-    pub grant_type: String,
+    pub grant_type: Option<String>,
     /// The device code `/v1/auth/device` answered.
     pub device_code: Option<String>,
     /// The client's id (any; keyplane's terminals are public clients).
@@ -196,6 +196,23 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+/// Whether a form post came from keyplane's own pages: browsers say so in
+/// `Sec-Fetch-Site` and `Origin`; a request that carries neither is not a
+/// browser's cross-site post.
+fn same_origin(state: &AppState, headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let site_ok =
+        header("sec-fetch-site").is_none_or(|site| matches!(site, "same-origin" | "none"));
+    let origin_ok = header("origin").is_none_or(|origin| {
+        state
+            .settings
+            .oidc
+            .as_ref()
+            .is_some_and(|oidc| oidc.public_origin() == origin)
+    });
+    site_ok && origin_ok
 }
 
 /// The sign-in cookie (the PKCE verifier): sent back on the provider's
@@ -389,9 +406,21 @@ pub async fn device_verification_page(
 )]
 pub async fn approve_device(
     ops: Ops<Visitor>,
+    headers: HeaderMap,
     FormOrJson(form): FormOrJson<UserCodeParams>,
 ) -> Response {
     let state = ops.state().clone();
+    if !same_origin(&state, &headers) {
+        // Another site cannot send a person to approve its terminal.
+        return refusal_page(
+            &state,
+            Refusal::Forbidden(
+                "this form is sent from keyplane's own page only: open the link your \
+                 terminal shows"
+                    .to_owned(),
+            ),
+        );
+    }
     let code = form.user_code.unwrap_or_default();
     match ops
         .begin_sign_in(Purpose::Device(code), Some("/v1/auth/device/verify"))
@@ -432,11 +461,15 @@ pub async fn device_token(
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     };
-    if form.grant_type != DEVICE_GRANT {
-        return Ok(oauth_error(
-            "unsupported_grant_type",
-            "keyplane answers only the device code grant here",
-        ));
+    match form.grant_type.as_deref() {
+        Some(DEVICE_GRANT) => {}
+        None => return Ok(oauth_error("invalid_request", "grant_type is required")),
+        Some(_) => {
+            return Ok(oauth_error(
+                "unsupported_grant_type",
+                "keyplane answers only the device code grant here",
+            ));
+        }
     }
     let Some(device_code) = form.device_code.filter(|c| !c.is_empty() && c.len() <= 128) else {
         return Ok(oauth_error("invalid_request", "device_code is required"));
