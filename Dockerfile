@@ -14,8 +14,8 @@ COPY . .
 # gate has no features).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p keyplane-server -p keyplane-gate --no-default-features \
- && cp target/release/keyplane target/release/keyplane-gate /usr/local/bin/
+    cargo build --release --locked -p keyplane-server -p keyplane-gate -p keyplanectl --no-default-features \
+ && cp target/release/keyplane target/release/keyplane-gate target/release/keyplanectl /usr/local/bin/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -23,7 +23,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 keyplane \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin keyplane
-COPY --from=build /usr/local/bin/keyplane /usr/local/bin/keyplane-gate /usr/local/bin/
+COPY --from=build /usr/local/bin/keyplane /usr/local/bin/keyplane-gate /usr/local/bin/keyplanectl /usr/local/bin/
 USER 10001:10001
 ENV KEYPLANE_LISTEN=0.0.0.0:8080 \
     KEYPLANE_GATE_LISTEN=0.0.0.0:8090
