@@ -147,6 +147,14 @@ async fn every_management_route_enforces_the_role_matrix() {
             Some(json!({"name": "n", "scopes": ["inference:chat"]})),
         ),
         (
+            // The second import of the same key is a 409: still not a 403.
+            Method::POST,
+            format!("/v1/instances/{instance}/keys/import"),
+            "/v1/instances/{id}/keys/import",
+            "keys:write",
+            Some(json!({"keys": ["a-static-cortex-key-1"]})),
+        ),
+        (
             Method::GET,
             "/v1/keys".into(),
             "/v1/keys",

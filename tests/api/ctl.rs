@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::idp::{Browser, Person, keyplane_with_idp};
 use crate::support::{BOOTSTRAP, TestServer, admin_settings_for, fresh_database};
 
-fn binary() -> PathBuf {
+pub(crate) fn binary() -> PathBuf {
     let path = std::path::Path::new(env!("CARGO_BIN_EXE_keyplane")).with_file_name("keyplanectl");
     assert!(
         path.exists(),
@@ -22,7 +22,7 @@ fn binary() -> PathBuf {
 
 /// Runs keyplanectl with `env` and `args`, stdin empty (not a terminal);
 /// answers its exit code, standard output and standard error.
-fn ctl(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+pub(crate) fn ctl(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let output = Command::new(binary())
         .args(args)
         .env_clear()
@@ -38,7 +38,7 @@ fn ctl(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn json(text: &str) -> Value {
+pub(crate) fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"))
 }
 

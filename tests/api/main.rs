@@ -26,6 +26,7 @@ mod introspect;
 mod keys;
 mod leak_reports;
 mod leaks;
+mod legacy;
 mod lifecycle;
 mod people;
 mod plans;

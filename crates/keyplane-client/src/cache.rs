@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyplane_domain::{KeyKind, KeySecret};
+use keyplane_domain::{InstanceKey, KeyKind, KeySecret};
 use moka::Expiry;
 use moka::future::Cache;
 use secrecy::ExposeSecret;
@@ -392,8 +392,10 @@ impl Introspector {
         client_ip: Option<IpAddr>,
     ) -> Result<Arc<Identity>, Refusal> {
         let counters = &self.inner.counters;
-        // Garbage, typos and other kinds of keys never leave the process.
-        let Ok(key) = KeySecret::parse_as(KeyKind::Instance, token.trim()) else {
+        // Garbage, typos and other kinds of keys never leave the process;
+        // nor, unless accepted, do keys of a legacy key's shape.
+        let accept_legacy = self.inner.config.accept_legacy_keys;
+        let Ok(key) = InstanceKey::parse(token.trim(), accept_legacy) else {
             counters.offline_rejects.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::InvalidKey);
         };
@@ -411,7 +413,11 @@ impl Introspector {
         }
     }
 
-    async fn lookup(&self, cache_key: CacheKey, key: KeySecret) -> Result<Arc<Identity>, Refusal> {
+    async fn lookup(
+        &self,
+        cache_key: CacheKey,
+        key: InstanceKey,
+    ) -> Result<Arc<Identity>, Refusal> {
         let inner = &self.inner;
         let now = Instant::now();
         match inner.fresh.get(&cache_key).await {
@@ -518,7 +524,7 @@ impl Introspector {
 async fn fetch(
     inner: Arc<Inner>,
     cache_key: CacheKey,
-    key: KeySecret,
+    key: InstanceKey,
 ) -> Result<Answer, Unreachable> {
     let evictions_before = inner.evictions_seen.load(Ordering::SeqCst);
     let mut form = vec![("token", key.expose().to_owned())];

@@ -38,6 +38,10 @@ pub struct Config {
     /// for a keyplane that checks them (`KEYPLANE_TLS_CLIENT_CA`); it must
     /// name this node, and is sent as well as the node key.
     pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Whether keys imported from before keyplane (no prefix, no checksum)
+    /// are sent for introspection (`KEYPLANE_ACCEPT_LEGACY_KEYS`). Off, only
+    /// `kpi_` keys ever leave the process.
+    pub accept_legacy_keys: bool,
     /// Adds headers to each call to keyplane, e.g. the caller's trace
     /// context (`traceparent`), so a request and its introspection share a trace.
     pub outgoing_headers: Option<HeaderHook>,
@@ -69,6 +73,7 @@ impl Config {
             timeout: Duration::from_secs(2),
             ca_bundle: None,
             client_identity: None,
+            accept_legacy_keys: false,
             outgoing_headers: None,
         }
     }

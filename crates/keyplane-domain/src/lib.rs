@@ -9,6 +9,7 @@ mod audit;
 mod duration;
 mod forward_auth;
 mod key;
+mod legacy;
 mod mode;
 mod name;
 mod route;
@@ -24,6 +25,7 @@ pub use forward_auth::{
 pub use key::{
     KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, find_keys, mask_untrusted, scrub_keys,
 };
+pub use legacy::{InstanceKey, LegacyKey};
 pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
 pub use route::{Access, PathError, RouteError, RouteMap, decoded_segments};

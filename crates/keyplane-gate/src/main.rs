@@ -86,6 +86,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             config.stale_window = settings.stale_window;
             config.ca_bundle = settings.ca_bundle.clone();
             config.client_identity = settings.client_identity.clone();
+            config.accept_legacy_keys = settings.accept_legacy_keys;
+            if settings.accept_legacy_keys {
+                tracing::warn!(
+                    "KEYPLANE_ACCEPT_LEGACY_KEYS is on: keys without a prefix or checksum are checked with keyplane"
+                );
+            }
             // The introspection joins the trace of the request that needed it.
             config.outgoing_headers = Some(keyplane_client::HeaderHook(Arc::new(
                 keyplane_telemetry::inject_current,

@@ -42,6 +42,11 @@ pub struct Args {
     /// Route rules checked before the defaults, e.g. "GET /v1/models=public".
     #[arg(long, env = "KEYPLANE_ROUTE_SCOPES")]
     pub route_scopes: Option<String>,
+    /// Whether keys imported from before keyplane (`keyplanectl import
+    /// cortex`: no prefix, no checksum) are checked with keyplane: true or
+    /// false (default, every key that is not a kpi_ key refused here).
+    #[arg(long, env = "KEYPLANE_ACCEPT_LEGACY_KEYS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub accept_legacy_keys: bool,
     /// The longest a positive answer is cached, e.g. 30s.
     #[arg(long, env = "KEYPLANE_GATE_CACHE_TTL", default_value = "30s")]
     pub cache_ttl: String,
@@ -118,6 +123,8 @@ pub struct Settings {
     pub routes: RouteMap,
     /// The configured rules that make a route public, as reported to keyplane.
     pub public_routes: Vec<String>,
+    /// Whether legacy keys are sent for introspection.
+    pub accept_legacy_keys: bool,
     /// The positive cache cap.
     pub cache_ttl: Duration,
     /// The stale window (mixed).
@@ -263,6 +270,7 @@ impl Settings {
             upstream_key: secret_from_env("KEYPLANE_GATE_UPSTREAM_KEY").map_err(env)?,
             routes,
             public_routes,
+            accept_legacy_keys: args.accept_legacy_keys,
             cache_ttl: duration("KEYPLANE_GATE_CACHE_TTL", &args.cache_ttl)?,
             stale_window: duration("KEYPLANE_GATE_STALE_WINDOW", &args.stale_window)?,
             max_body: args.max_body,

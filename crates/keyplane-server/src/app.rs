@@ -208,7 +208,8 @@ impl App {
         .await?;
         let events = Events::new(!db.is_embedded());
         let introspector =
-            Introspector::new(db.pool().clone(), settings.introspection_cache_capacity);
+            Introspector::new(db.pool().clone(), settings.introspection_cache_capacity)
+                .accepting_legacy_keys(settings.accept_legacy_keys);
         let credentials = crate::credentials::KnownCredentials::default();
         credentials
             .refresh(db.pool(), clock.now())

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
-use keyplane_domain::{ForwardAuthProxy, KeyKind, KeySecret, ScopeSet, effective_scopes};
+use keyplane_domain::{
+    ForwardAuthProxy, InstanceKey, KeyKind, KeySecret, ScopeSet, effective_scopes,
+};
 use keyplane_store::introspection::{self, KeyFacts, NodeFacts};
 use keyplane_store::nodes;
 use moka::Expiry;
@@ -260,6 +262,8 @@ pub struct Introspector {
     certified: Cache<[u8; 32], Option<Arc<CachedNode>>>,
     /// False when the capacity is 0: every request goes to the database.
     cached: bool,
+    /// Whether legacy keys (no prefix, no checksum) are looked up.
+    accept_legacy: bool,
     /// Events applied so far: a load that sees this change while it reads
     /// may have read what the event made stale.
     changes: Arc<AtomicU64>,
@@ -287,11 +291,20 @@ impl Introspector {
             nodes: digest_cache(capacity),
             certified: digest_cache(capacity),
             cached: capacity > 0,
+            accept_legacy: false,
             changes: Arc::default(),
             lookups: Arc::default(),
             loads: Arc::default(),
             usage: Arc::default(),
         }
+    }
+
+    /// Looks legacy keys up too (`KEYPLANE_ACCEPT_LEGACY_KEYS`): any text
+    /// of their shape then costs a lookup, within the same budget as
+    /// made-up `kpi_` keys.
+    pub fn accepting_legacy_keys(mut self, accept: bool) -> Introspector {
+        self.accept_legacy = accept;
+        self
     }
 
     /// Judges `token` for `node`: None for anything but a good key that
@@ -308,7 +321,7 @@ impl Introspector {
         limits: &crate::limits::Limits,
     ) -> Result<Option<Verdict>, Lookup> {
         // Garbage and mistyped keys are refused without a lookup.
-        let Ok(key) = KeySecret::parse_as(KeyKind::Instance, token) else {
+        let Ok(key) = InstanceKey::parse(token, self.accept_legacy) else {
             return Ok(None);
         };
         let digest = *key.digest().as_bytes();

@@ -109,15 +109,16 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Instance>,
 /// asked for by status.
 pub async fn list(
     db: impl PgExecutor<'_>,
-    status: Option<&str>,
-    labels: Option<&LabelQuery>,
+    filter: &ListFilter<'_>,
     after: Option<After>,
     limit: i64,
 ) -> Result<(Vec<Instance>, Option<After>), StoreError> {
+    let (status, labels) = (filter.status, filter.labels);
     let rows = sqlx::query_as::<_, Instance>(
         r#"select * from instances
             where (($1::text is null and status <> 'decommissioned') or status = $1)
               and ($5::jsonb is null or (labels @> $5 and labels @@ $6::jsonpath))
+              and ($7::text is null or name = $7)
               and ($2::timestamptz is null or (created_at, id) > ($2, $3))
             order by created_at, id
             limit $4"#,
@@ -128,12 +129,24 @@ pub async fn list(
     .bind(limit + 1)
     .bind(labels.map(|l| &l.contains))
     .bind(labels.map(|l| &l.path))
+    .bind(filter.name)
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |i| After {
         created_at: i.created_at,
         id: i.id,
     }))
+}
+
+/// Which instances a list shows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ListFilter<'a> {
+    /// Only in this status; None: every status but `decommissioned`.
+    pub status: Option<&'a str>,
+    /// Only those whose labels match.
+    pub labels: Option<&'a LabelQuery>,
+    /// Only the one of this name.
+    pub name: Option<&'a str>,
 }
 
 /// The active instances whose labels match, in creation order.

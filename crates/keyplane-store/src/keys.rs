@@ -51,6 +51,8 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// How often it should be rotated, in seconds.
     pub rotate_after_seconds: Option<i64>,
+    /// Imported from before keyplane: no prefix, no checksum.
+    pub legacy: bool,
     /// Derived at read time: `active`, `disabled`, `rotating`, `revoked` or `expired`.
     #[sqlx(default)]
     pub status: String,
@@ -65,8 +67,8 @@ pub async fn insert(
     let row = sqlx::query_as::<_, ApiKey>(
         r#"insert into api_keys as k
                (id, instance_id, name, digest, masked, scopes, roles, audience, enabled,
-                created_at, expires_at, rotated_from, rotate_after_seconds)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14)
+                created_at, expires_at, rotated_from, rotate_after_seconds, legacy)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15)
            returning k.*, api_key_status(k, $13) as status"#,
     )
     .bind(key.id)
@@ -83,6 +85,7 @@ pub async fn insert(
     .bind(key.rotated_from)
     .bind(now)
     .bind(key.rotate_after_seconds)
+    .bind(key.legacy)
     .fetch_one(conn)
     .await?;
     Ok(row)
@@ -179,6 +182,7 @@ pub async fn list(
                     select 1 from instances i
                      where i.id = k.instance_id and i.labels @> $7
                        and i.labels @@ $8::jsonpath))
+              and ($9::bool is null or legacy = $9)
               and ($4::timestamptz is null or (created_at, id) > ($4, $5))
             order by created_at, id
             limit $6"#,
@@ -191,6 +195,7 @@ pub async fn list(
     .bind(limit + 1)
     .bind(labels.map(|l| &l.contains))
     .bind(labels.map(|l| &l.path))
+    .bind(filter.legacy)
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |k| After {
@@ -208,6 +213,21 @@ pub struct ListFilter<'a> {
     pub status: Option<&'a str>,
     /// Only of instances whose labels match.
     pub labels: Option<&'a LabelQuery>,
+    /// Only legacy keys (true) or only keyplane's own (false).
+    pub legacy: Option<bool>,
+}
+
+/// Which of `digests` some key already has.
+pub async fn digests_taken(
+    db: impl PgExecutor<'_>,
+    digests: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    Ok(
+        sqlx::query_scalar::<_, Vec<u8>>("select digest from api_keys where digest = any($1)")
+            .bind(digests)
+            .fetch_all(db)
+            .await?,
+    )
 }
 
 /// The keys in `statuses` of the active instances whose labels match, in

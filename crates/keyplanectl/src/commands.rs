@@ -84,6 +84,10 @@ pub const NOT_COMMANDS: &[(&str, &str)] = &[
     ("check_access_post", "nodes' forward auth"),
     ("check_access_envoy", "nodes' forward auth"),
     ("introspect", "nodes' key checks"),
+    (
+        "import_legacy_keys",
+        "keyplanectl import cortex: keys read from a file, never from the command line",
+    ),
     ("stream_revocations", "nodes' revocation stream"),
     ("node_heartbeat", "a node's own key"),
     ("get_node_self", "a node's own key"),

@@ -11,6 +11,7 @@
 mod client;
 mod commands;
 mod config;
+mod import;
 mod login;
 mod output;
 
@@ -142,6 +143,7 @@ fn cli() -> Result<(Command, Verbs), Failure> {
                 .help("do it without asking (required for destructive commands off a terminal)"),
         )
         .subcommand(login::command())
+        .subcommand(import::command())
         .subcommand(
             Command::new("completion")
                 .about("print a shell completion script")
@@ -329,6 +331,12 @@ async fn run() -> Result<(), Failure> {
         "login" => return login::run(sub, url, profile).await,
         _ => {}
     }
+    if name == "import" {
+        let target = config::target(url, profile.as_deref())
+            .map_err(|e| Failure::usage(format!("{e:#}")))?;
+        let answer = import::run(sub, &target).await?;
+        return print(&answer, format, field.as_deref());
+    }
     let (verb_name, verb_matches) = match sub.subcommand() {
         Some((verb, verb_matches)) => (verb.to_owned(), verb_matches),
         None => (String::new(), sub),
@@ -343,10 +351,26 @@ async fn run() -> Result<(), Failure> {
         confirm(&call)?;
     }
     let answer = client::send(&target, &call).await?;
-    let text = output::render(&answer, format, field.as_deref());
+    print(&answer, format, field.as_deref())
+}
+
+/// Prints `answer` on standard output. A list's warnings, which its table
+/// has no room for, go to standard error, where a person sees them and a
+/// redirect does not take them.
+fn print(answer: &Value, format: Format, field: Option<&str>) -> Result<(), Failure> {
+    let text = output::render(answer, format, field);
     let mut out = std::io::stdout();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+    if format == Format::Table && field.is_none() && answer["items"].is_array() {
+        for warning in answer["warnings"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "keyplanectl: warning: {}",
+                warning.as_str().unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ const COLUMNS: &[&str] = &[
     "role",
     "masked",
     "masked_key",
+    "legacy",
     "masked_token",
     "key_id",
     "instance_id",
@@ -39,6 +40,7 @@ const COLUMNS: &[&str] = &[
     "at",
     "created_at",
     "expires_at",
+    "rotation_due_at",
     "last_used_at",
     "last_seen_at",
 ];

@@ -78,6 +78,14 @@ pub struct SettingsArgs {
     /// The longest life any key may have (seconds or e.g. 90d).
     #[arg(long, env = "KEYPLANE_MAX_KEY_LIFETIME", global = true)]
     pub max_key_lifetime: Option<String>,
+    /// Whether keys imported from before keyplane (`keyplanectl import
+    /// cortex`) are looked up at introspection: true or false (default).
+    #[arg(long, env = "KEYPLANE_ACCEPT_LEGACY_KEYS", global = true)]
+    pub accept_legacy_keys: Option<String>,
+    /// The longest life of an imported legacy key (default 30d, never more
+    /// than KEYPLANE_MAX_KEY_LIFETIME).
+    #[arg(long, env = "KEYPLANE_LEGACY_KEY_LIFETIME", global = true)]
+    pub legacy_key_lifetime: Option<String>,
     /// How long nodes may cache a positive introspection answer (e.g. 30s).
     #[arg(long, env = "KEYPLANE_INTROSPECTION_CACHE_TTL", global = true)]
     pub introspection_cache_ttl: Option<String>,

@@ -108,6 +108,11 @@ pub struct Settings {
     pub bootstrap_token: Option<SecretString>,
     /// The longest life any key may have.
     pub max_key_lifetime: Duration,
+    /// Whether legacy keys (imported from before keyplane, without a
+    /// checksum) are looked up at introspection.
+    pub accept_legacy_keys: bool,
+    /// The longest life of an imported legacy key.
+    pub legacy_key_lifetime: Duration,
     /// How long nodes may cache a positive introspection answer.
     pub introspection_cache_ttl: Duration,
     /// How many keys the introspection cache holds; 0 turns it off.
@@ -159,6 +164,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             bootstrap_token: None,
             max_key_lifetime: Duration::from_secs(90 * 86_400),
+            accept_legacy_keys: false,
+            legacy_key_lifetime: Duration::from_secs(30 * 86_400),
             introspection_cache_ttl: Duration::from_secs(30),
             introspection_cache_capacity: 100_000,
             probe_threshold: 100,
@@ -230,6 +237,16 @@ impl Settings {
             ("body_limit", self.body_limit.to_string()),
             ("request_timeout", format_duration(self.request_timeout)),
             ("max_key_lifetime", format_duration(self.max_key_lifetime)),
+            (
+                "legacy_keys",
+                match self.accept_legacy_keys {
+                    true => format!(
+                        "accepted, living at most {}",
+                        format_duration(self.legacy_key_lifetime)
+                    ),
+                    false => "refused".to_owned(),
+                },
+            ),
             (
                 "introspection_cache_ttl",
                 format_duration(self.introspection_cache_ttl),
@@ -325,6 +342,46 @@ mod tests {
         );
         assert!(!err.contains("do-not-print-me"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn legacy_keys_are_off_by_default_and_never_outlive_the_policy() {
+        let defaults = Settings::load(&SettingsArgs::default()).unwrap();
+        assert!(!defaults.accept_legacy_keys);
+        assert_eq!(
+            defaults.legacy_key_lifetime,
+            Duration::from_secs(30 * 86_400)
+        );
+        let shorter_policy = Settings::load(&SettingsArgs {
+            max_key_lifetime: Some("7d".into()),
+            accept_legacy_keys: Some("true".into()),
+            ..SettingsArgs::default()
+        })
+        .unwrap();
+        assert!(shorter_policy.accept_legacy_keys);
+        assert_eq!(
+            shorter_policy.legacy_key_lifetime,
+            Duration::from_secs(7 * 86_400)
+        );
+        for (args, setting) in [
+            (
+                SettingsArgs {
+                    legacy_key_lifetime: Some("91d".into()),
+                    ..SettingsArgs::default()
+                },
+                "KEYPLANE_LEGACY_KEY_LIFETIME",
+            ),
+            (
+                SettingsArgs {
+                    accept_legacy_keys: Some("yes please".into()),
+                    ..SettingsArgs::default()
+                },
+                "KEYPLANE_ACCEPT_LEGACY_KEYS",
+            ),
+        ] {
+            let err = Settings::load(&args).err().map(|e| e.setting);
+            assert_eq!(err.as_deref(), Some(setting));
+        }
     }
 
     #[test]

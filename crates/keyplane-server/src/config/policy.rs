@@ -23,6 +23,33 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
         }
         settings.max_key_lifetime = lifetime;
     }
+    if let Some(accept) = sources.parsed(
+        "KEYPLANE_ACCEPT_LEGACY_KEYS",
+        &args.accept_legacy_keys,
+        |text| text.parse::<bool>().map_err(|_| "expected true or false"),
+    )? {
+        settings.accept_legacy_keys = accept;
+    }
+    match sources.duration("KEYPLANE_LEGACY_KEY_LIFETIME", &args.legacy_key_lifetime)? {
+        Some(lifetime) if lifetime > settings.max_key_lifetime => {
+            return Err(ConfigError::new(
+                "KEYPLANE_LEGACY_KEY_LIFETIME",
+                "expected at most KEYPLANE_MAX_KEY_LIFETIME",
+            ));
+        }
+        Some(lifetime) if lifetime < Duration::from_secs(60) => {
+            return Err(ConfigError::new(
+                "KEYPLANE_LEGACY_KEY_LIFETIME",
+                "expected at least 60s",
+            ));
+        }
+        Some(lifetime) => settings.legacy_key_lifetime = lifetime,
+        // The default gives way to a shorter policy.
+        None => {
+            settings.legacy_key_lifetime =
+                settings.legacy_key_lifetime.min(settings.max_key_lifetime);
+        }
+    }
     if let Some(ttl) = sources.duration(
         "KEYPLANE_INTROSPECTION_CACHE_TTL",
         &args.introspection_cache_ttl,

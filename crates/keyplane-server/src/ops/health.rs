@@ -35,7 +35,8 @@ pub async fn readiness(state: &AppState) -> Result<String, Refusal> {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Warning {
     /// What it is about: a kind of credential (`node_key`, `admin_key`,
-    /// `enrollment_token`, `webhook_secret`, `api_key`) or `bootstrap_token`.
+    /// `enrollment_token`, `webhook_secret`, `api_key`), `bootstrap_token`
+    /// or `legacy_keys`.
     #[schema(example = "node_key")]
     pub kind: &'static str,
     /// What to do, for people.
@@ -59,12 +60,30 @@ const KINDS: [(&str, &str); 5] = [
 
 /// What operators should act on, from the last background read (no
 /// database work here): credentials made to live longer than 7 days that
-/// expire within 7 days without a successor, and, in `prod`, a bootstrap
-/// token still set once an admin key exists.
+/// expire within 7 days without a successor; in `prod`, a bootstrap
+/// token still set once an admin key exists; legacy keys accepted.
 pub fn warnings(state: &AppState) -> Vec<Warning> {
-    let Some(credentials) = state.metrics.credentials() else {
-        return Vec::new();
-    };
+    let mut warnings = state
+        .metrics
+        .credentials()
+        .map(|credentials| credential_warnings(state, &credentials))
+        .unwrap_or_default();
+    if state.settings.accept_legacy_keys {
+        warnings.push(Warning {
+            kind: "legacy_keys",
+            message: LEGACY_ACCEPTED.to_owned(),
+            count: None,
+            expires_in_seconds: None,
+        });
+    }
+    warnings
+}
+
+/// The warnings of the last background read of credentials.
+fn credential_warnings(
+    state: &AppState,
+    credentials: &crate::metrics::Credentials,
+) -> Vec<Warning> {
     let mut warnings: Vec<Warning> = credentials
         .expiries
         .iter()
@@ -92,6 +111,11 @@ pub fn warnings(state: &AppState) -> Vec<Warning> {
     }
     warnings
 }
+
+/// What keyplane says while legacy keys are accepted.
+pub const LEGACY_ACCEPTED: &str = "KEYPLANE_ACCEPT_LEGACY_KEYS is on: keys without a prefix or \
+     checksum are looked up. Rotate the imported legacy keys (GET /v1/keys?legacy=true) into \
+     kpi_ keys, then turn it off";
 
 /// What keyplane says while the bootstrap token outlives its purpose.
 pub const BOOTSTRAP_LINGERS: &str = "KEYPLANE_BOOTSTRAP_TOKEN is still set though admin keys \

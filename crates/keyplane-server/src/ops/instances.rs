@@ -217,6 +217,7 @@ impl Ops<Operator> {
         &self,
         status: Option<InstanceStatus>,
         selector: Option<&str>,
+        name: Option<&str>,
         page: PageParams,
     ) -> Result<InstancePage, Refusal> {
         self.actor.require(Permission::InstancesRead)?;
@@ -225,9 +226,12 @@ impl Ops<Operator> {
             .transpose()?;
         let cursors = &self.state.cursors;
         let (limit, after) = page.resolve(cursors, LIST)?;
-        let status = status.map(InstanceStatus::as_str);
-        let (rows, next) =
-            instances::list(self.state.db.pool(), status, labels.as_ref(), after, limit).await?;
+        let filter = instances::ListFilter {
+            status: status.map(InstanceStatus::as_str),
+            labels: labels.as_ref(),
+            name,
+        };
+        let (rows, next) = instances::list(self.state.db.pool(), &filter, after, limit).await?;
         Ok(InstancePage {
             items: rows.into_iter().map(Into::into).collect(),
             next_cursor: next.map(|after| cursors.encode(LIST, after)),

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use keyplane_domain::{
-    KeyKind, KeySecret, Mode, Permission, RoleName, ScopeSet, effective_scopes, format_duration,
+    InstanceKey, KeyKind, KeySecret, Mode, Permission, RoleName, ScopeSet, effective_scopes,
+    format_duration,
 };
 use keyplane_store::introspection::KeysOf;
 use keyplane_store::{instances, keys, nodes, roles};
@@ -105,6 +106,10 @@ pub struct KeyResponse {
     /// When its holder should rotate it: `rotate_after` past its issue, and
     /// never later than four fifths into its life (well before it expires).
     pub rotation_due_at: DateTime<Utc>,
+    /// Imported from before keyplane (`keyplanectl import cortex`): no
+    /// prefix, no checksum, accepted only where KEYPLANE_ACCEPT_LEGACY_KEYS
+    /// is on. Rotating it replaces it with a `kpi_` key.
+    pub legacy: bool,
 }
 
 /// A key just made: its metadata and, this once, the key itself.
@@ -176,6 +181,8 @@ pub struct KeyFilter {
     pub status: Option<KeyStatus>,
     /// Only keys of instances whose labels match this selector.
     pub selector: Option<String>,
+    /// Only legacy keys (true) or only `kpi_` keys (false).
+    pub legacy: Option<bool>,
 }
 
 const LIST: &str = "keys";
@@ -197,7 +204,29 @@ pub fn policy_expiry(
     expires_in: Option<i64>,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(DateTime<Utc>, Vec<String>), Refusal> {
-    let max_seconds = max_lifetime_seconds(settings);
+    let most = Lifetime {
+        max: settings.max_key_lifetime,
+        setting: "KEYPLANE_MAX_KEY_LIFETIME",
+    };
+    expiry_within(settings.mode, most, now, expires_in, expires_at)
+}
+
+/// The longest a kind of key may live, and the setting that says so.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lifetime {
+    pub max: std::time::Duration,
+    pub setting: &'static str,
+}
+
+/// [`policy_expiry`] under the lifetime `most`.
+pub(crate) fn expiry_within(
+    mode: Mode,
+    most: Lifetime,
+    now: DateTime<Utc>,
+    expires_in: Option<i64>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(DateTime<Utc>, Vec<String>), Refusal> {
+    let max_seconds = i64::try_from(most.max.as_secs()).unwrap_or(i64::MAX);
     let (field, seconds) = match (expires_in, expires_at) {
         (Some(_), Some(_)) => {
             return Err(Refusal::invalid(
@@ -224,11 +253,11 @@ pub fn policy_expiry(
     if seconds <= max_seconds {
         return Ok((now + Duration::seconds(seconds), Vec::new()));
     }
-    let max = format_duration(settings.max_key_lifetime);
-    if settings.mode != Mode::Dev {
+    let max = format_duration(most.max);
+    if mode != Mode::Dev {
         return Err(Refusal::policy(
             field,
-            format!("keys may live at most {max} (KEYPLANE_MAX_KEY_LIFETIME)"),
+            format!("keys may live at most {max} ({})", most.setting),
         ));
     }
     let warning = format!("{field} exceeds the maximum key lifetime; capped to {max}");
@@ -286,6 +315,7 @@ async fn view(
                 rotate_after: row.rotate_after_seconds,
                 revoked_at: row.revoked_at,
                 revoked_reason: row.revoked_reason,
+                legacy: row.legacy,
             }
         })
         .collect())
@@ -336,6 +366,43 @@ pub fn grants(
         ));
     }
     Ok((scopes, role_names))
+}
+
+/// The instance a key is issued for, locked until the change ends (a
+/// concurrent decommission cannot slip a key past it): it must be active.
+pub(crate) async fn lock_issuing(
+    conn: &mut PgConnection,
+    instance_id: Uuid,
+) -> Result<instances::Instance, Refusal> {
+    let instance = instances::lock(conn, instance_id)
+        .await?
+        .ok_or_else(|| Refusal::NotFound("no instance with this id".to_owned()))?;
+    match instance.status.as_str() {
+        "active" => Ok(instance),
+        "suspended" => Err(Refusal::Conflict("the instance is suspended".to_owned())),
+        _ => Err(Refusal::NotFound("no instance with this id".to_owned())),
+    }
+}
+
+/// Checks what a new key of `instance` is granted: its scopes within the
+/// instance's ceiling, its roles existing; answers its audience resolved to
+/// node ids.
+pub(crate) async fn check_grants(
+    conn: &mut PgConnection,
+    instance: &instances::Instance,
+    scopes: &ScopeSet,
+    role_names: &[String],
+    audience: &[String],
+) -> Result<Vec<String>, Refusal> {
+    let ceiling = ScopeSet::from_trusted(&instance.allowed_scopes);
+    if let Some(outside) = scopes.outside(&ceiling).first() {
+        return Err(Refusal::policy(
+            "scopes",
+            format!("scope {outside} is outside the instance's allowed_scopes"),
+        ));
+    }
+    known_roles(&mut *conn, role_names).await?;
+    resolve_audience(conn, audience).await
 }
 
 /// The roles named, each of which must exist (the first that does not is
@@ -406,7 +473,7 @@ pub fn reason(reason: Option<String>) -> Result<Option<String>, Refusal> {
 }
 
 /// What the audit log keeps of a key: never the key, only its masked form.
-fn summary(row: &keys::ApiKey) -> serde_json::Value {
+pub(crate) fn summary(row: &keys::ApiKey) -> serde_json::Value {
     json!({
         "masked": row.masked,
         "instance_id": row.instance_id,
@@ -416,6 +483,7 @@ fn summary(row: &keys::ApiKey) -> serde_json::Value {
         "audience": row.audience,
         "enabled": row.enabled,
         "expires_at": row.expires_at,
+        "legacy": row.legacy,
     })
 }
 
@@ -424,7 +492,7 @@ fn summary(row: &keys::ApiKey) -> serde_json::Value {
 pub(crate) fn new_key_row(
     instance_id: Uuid,
     name: String,
-    secret: &KeySecret,
+    secret: &InstanceKey,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> keys::ApiKey {
@@ -449,13 +517,16 @@ pub(crate) fn new_key_row(
         rotated_by: None,
         last_used_at: None,
         rotate_after_seconds: None,
+        legacy: matches!(secret, InstanceKey::Legacy(_)),
         status: String::new(),
     }
 }
 
 /// A new instance key.
-pub(crate) fn new_secret() -> Result<KeySecret, Refusal> {
-    KeySecret::generate(KeyKind::Instance).map_err(|e| Refusal::Internal(e.into()))
+pub(crate) fn new_secret() -> Result<InstanceKey, Refusal> {
+    KeySecret::generate(KeyKind::Instance)
+        .map(InstanceKey::Keyplane)
+        .map_err(|e| Refusal::Internal(e.into()))
 }
 
 /// Revokes `key` (locked within `change`) for good: saved, put on the
@@ -532,8 +603,12 @@ impl Rotation<'_> {
         settings: &Settings,
     ) -> Result<CreatedKeyResponse, Refusal> {
         let (old, now) = (self.old, change.at());
-        let lifetime = (old.expires_at - old.created_at)
-            .min(Duration::seconds(max_lifetime_seconds(settings)));
+        let longest = Duration::seconds(max_lifetime_seconds(settings));
+        // A legacy key's successor is a `kpi_` key, under the policy for those.
+        let lifetime = match old.legacy {
+            true => longest,
+            false => (old.expires_at - old.created_at).min(longest),
+        };
         let secret = new_secret()?;
         let successor_id = Uuid::new_v4();
         change
@@ -557,6 +632,7 @@ impl Rotation<'_> {
                 revoked_reason: None,
                 last_used_at: None,
                 enabled: true,
+                legacy: false,
                 ..old.clone()
             },
             now,
@@ -632,25 +708,15 @@ impl Ops<Operator> {
             policy_expiry(settings, now, input.expires_in, input.expires_at)?;
 
         let mut change = self.begin(run, now).await?;
-        // Lock the instance: a concurrent decommission cannot slip a key past it.
-        let instance = instances::lock(change.db(), instance_id)
-            .await?
-            .ok_or_else(|| Refusal::NotFound("no instance with this id".to_owned()))?;
-        match instance.status.as_str() {
-            "active" => {}
-            "suspended" => return Err(Refusal::Conflict("the instance is suspended".to_owned())),
-            _ => return Err(Refusal::NotFound("no instance with this id".to_owned())),
-        }
-        let ceiling = ScopeSet::from_trusted(&instance.allowed_scopes);
-        if let Some(outside) = scopes.outside(&ceiling).first() {
-            return Err(Refusal::policy(
-                "scopes",
-                format!("scope {outside} is outside the instance's allowed_scopes"),
-            ));
-        }
-        known_roles(change.db(), &role_names).await?;
-        let audience =
-            resolve_audience(change.db(), input.audience.as_deref().unwrap_or_default()).await?;
+        let instance = lock_issuing(change.db(), instance_id).await?;
+        let audience = check_grants(
+            change.db(),
+            &instance,
+            &scopes,
+            &role_names,
+            input.audience.as_deref().unwrap_or_default(),
+        )
+        .await?;
 
         let secret = new_secret()?;
         let row = keys::ApiKey {
@@ -696,6 +762,7 @@ impl Ops<Operator> {
             instance_id: filter.instance_id,
             status: filter.status.map(KeyStatus::as_str),
             labels: labels.as_ref(),
+            legacy: filter.legacy,
         };
         let (rows, next) = keys::list(&mut *conn, &list, after, limit, now).await?;
         Ok(KeyPage {

@@ -30,6 +30,7 @@ pub mod input;
 pub mod instances;
 pub mod keys;
 pub mod leaks;
+pub mod legacy;
 pub mod master_key;
 pub mod node_calls;
 pub mod nodes;

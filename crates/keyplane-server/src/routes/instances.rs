@@ -24,6 +24,8 @@ pub struct ListInstancesParams {
     pub status: Option<InstanceStatus>,
     /// Only instances whose labels match, e.g. `env=prod,team!=ml` or `tier in (gpu,cpu)`.
     pub selector: Option<String>,
+    /// Only the instance of this name.
+    pub name: Option<String>,
     /// How many items to return, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -67,8 +69,13 @@ pub async fn list_instances(
         cursor: params.cursor,
     };
     Ok(Json(
-        ops.list_instances(params.status, params.selector.as_deref(), page)
-            .await?,
+        ops.list_instances(
+            params.status,
+            params.selector.as_deref(),
+            params.name.as_deref(),
+            page,
+        )
+        .await?,
     ))
 }
 

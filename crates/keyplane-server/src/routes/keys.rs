@@ -1,7 +1,8 @@
 //! `/v1/keys` and `/v1/instances/{id}/keys`: instance API keys.
 
 use axum::Json;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -12,9 +13,10 @@ use crate::ops::keys::{
     CreateKeyRequest, CreatedKeyResponse, KeyFilter, KeyPage, KeyResponse, KeyStatus,
     RevokeKeyRequest, RotateKeyRequest, UpdateKeyRequest,
 };
-use crate::ops::{Apply, Operator, Ops};
+use crate::ops::legacy::{ImportLegacyKeysRequest, ImportedKeysResponse};
+use crate::ops::{Apply, DryRun, Operator, Ops};
 use crate::pagination::PageParams;
-use crate::routes::created;
+use crate::routes::{DryRunParams, created, planned};
 
 /// Filters for listing keys.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -26,6 +28,8 @@ pub struct ListKeysParams {
     pub status: Option<KeyStatus>,
     /// Only keys of instances whose labels match, e.g. `env=prod,team!=ml`.
     pub selector: Option<String>,
+    /// Only legacy keys (`true`: imported from before keyplane) or only `kpi_` keys (`false`).
+    pub legacy: Option<bool>,
     /// How many items to return, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -51,6 +55,34 @@ pub async fn create_key(
     Ok(created(ops.issue_key(Apply, instance_id, body).await?))
 }
 
+/// Import static keys from before keyplane (Cortex's `apiKeys`) as legacy
+/// keys of an instance: hashed, short-lived, accepted only where
+/// KEYPLANE_ACCEPT_LEGACY_KEYS is on, and replaced with `kpi_` keys by rotating them.
+#[utoipa::path(
+    post, path = "/v1/instances/{id}/keys/import", operation_id = "import_legacy_keys", tag = "keys",
+    params(("id" = Uuid, Path, description = "The instance's id"), DryRunParams),
+    request_body = ImportLegacyKeysRequest,
+    responses(
+        (status = 201, description = "Imported (or, with `dry_run=true`, a `PlanResponse`)", body = ImportedKeysResponse),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn import_legacy_keys(
+    ops: Ops<Operator>,
+    ApiPath(instance_id): ApiPath<Uuid>,
+    ApiQuery(run): ApiQuery<DryRunParams>,
+    ApiJson(body): ApiJson<ImportLegacyKeysRequest>,
+) -> Result<Response, ApiError> {
+    if run.planning() {
+        return Ok(planned(
+            ops.import_legacy_keys(DryRun, instance_id, body).await?,
+        ));
+    }
+    let imported = ops.import_legacy_keys(Apply, instance_id, body).await?;
+    Ok((StatusCode::CREATED, Json(imported)).into_response())
+}
+
 /// List keys' metadata, by instance and status.
 #[utoipa::path(
     get, path = "/v1/keys", operation_id = "list_keys", tag = "keys",
@@ -69,6 +101,7 @@ pub async fn list_keys(
         instance_id: params.instance_id,
         status: params.status,
         selector: params.selector,
+        legacy: params.legacy,
     };
     let page = PageParams {
         limit: params.limit,

@@ -89,6 +89,7 @@ fn api_router() -> OpenApiRouter<AppState> {
             instances::decommission_instance
         ))
         .routes(routes!(keys::create_key))
+        .routes(routes!(keys::import_legacy_keys))
         .routes(routes!(keys::list_keys))
         .routes(routes!(keys::get_key, keys::update_key))
         .routes(routes!(keys::rotate_key))
