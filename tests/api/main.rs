@@ -14,6 +14,7 @@ mod bad_input;
 mod cli;
 mod client;
 mod connections;
+mod console;
 mod ctl;
 mod embedded;
 mod errors;

@@ -64,48 +64,72 @@ impl FromRequestParts<AppState> for Operator {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let address = peer(parts);
         let (token, from_cookie) = match bearer(parts) {
             Some(token) => (token.to_owned(), false),
             None => (session_cookie(&parts.headers, state).ok_or(MISSING)?, true),
         };
-        let token = token.as_str();
-        let session = KeySecret::parse_as(KeyKind::Session, token).ok();
-        let admin_key = KeySecret::parse_as(KeyKind::Admin, token).ok();
-        // A live admin key is checked whatever its address did before; any
-        // other credential (a session, the bootstrap token, a guess) is
-        // refused unseen once it, or its address, keeps failing.
-        let known = admin_key
-            .as_ref()
-            .is_some_and(|key| state.credentials.admin(key.digest().as_bytes()));
-        if !known {
-            state.limits.check_unknown(address, token)?;
-        }
-        let operator = match session {
-            Some(session) => {
-                if from_cookie && !parts.method.is_safe() {
-                    check_csrf(parts, token)?;
+        let credential = match from_cookie {
+            true => {
+                if !parts.method.is_safe() {
+                    check_csrf(parts, &token)?;
                 }
-                authn::person(state, &session).await
+                Credential::Session
             }
-            None if from_cookie => Err(authn::no_session()),
-            None => authn::operator(state, token, admin_key).await,
+            false => Credential::Any,
         };
-        match &operator {
-            Err(Refusal::Unauthenticated { .. }) => {
-                state.limits.note_failure(address, Some(token));
-                note_failure(parts, state);
-            }
-            Ok(operator) => {
-                if let Some(slot) = parts.extensions.get::<CallerSlot>() {
-                    slot.set(operator.actor.clone());
-                }
-                state.limits.check_operator(&operator.actor.to_string())?;
-            }
-            Err(_) => {}
-        }
-        Ok(operator?)
+        authenticate(parts, state, &token, credential).await
     }
+}
+
+/// Which credentials a token may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A person's session only (a session cookie).
+    Session,
+    /// A session, an admin key or the bootstrap token.
+    Any,
+}
+
+/// The operator `token` stands for, under the limits on unknown
+/// credentials; a failure counts against the token and its address. (A
+/// browser's changes must have passed their CSRF check already.)
+pub async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    token: &str,
+    credential: Credential,
+) -> Result<Operator, ApiError> {
+    let address = peer(parts);
+    let session = KeySecret::parse_as(KeyKind::Session, token).ok();
+    let admin_key = KeySecret::parse_as(KeyKind::Admin, token).ok();
+    // A live admin key is checked whatever its address did before; any
+    // other credential (a session, the bootstrap token, a guess) is
+    // refused unseen once it, or its address, keeps failing.
+    let known = admin_key
+        .as_ref()
+        .is_some_and(|key| state.credentials.admin(key.digest().as_bytes()));
+    if !known {
+        state.limits.check_unknown(address, token)?;
+    }
+    let operator = match session {
+        Some(session) => authn::person(state, &session).await,
+        None if credential == Credential::Session => Err(authn::no_session()),
+        None => authn::operator(state, token, admin_key).await,
+    };
+    match &operator {
+        Err(Refusal::Unauthenticated { .. }) => {
+            state.limits.note_failure(address, Some(token));
+            note_failure(parts, state);
+        }
+        Ok(operator) => {
+            if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+                slot.set(operator.actor.clone());
+            }
+            state.limits.check_operator(&operator.actor.to_string())?;
+        }
+        Err(_) => {}
+    }
+    Ok(operator?)
 }
 
 /// The session cookie's name: `__Host-` prefixed (HTTPS only, this host
@@ -163,13 +187,7 @@ fn check_csrf(parts: &Parts, token: &str) -> Result<(), ApiError> {
         .get("x-csrf-token")
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    let expected = csrf_token(token);
-    let matches = sent.len() == expected.len()
-        && bool::from(subtle::ConstantTimeEq::ct_eq(
-            sent.as_bytes(),
-            expected.as_bytes(),
-        ));
-    if matches {
+    if csrf_matches(sent, token) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
@@ -178,6 +196,17 @@ fn check_csrf(parts: &Parts, token: &str) -> Result<(), ApiError> {
                 .to_owned(),
         ))
     }
+}
+
+/// Whether `sent` is the CSRF token of the session (or console sign-in)
+/// `token`, compared in constant time.
+pub fn csrf_matches(sent: &str, token: &str) -> bool {
+    let expected = csrf_token(token);
+    sent.len() == expected.len()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            sent.as_bytes(),
+            expected.as_bytes(),
+        ))
 }
 
 /// The bearer credential of `kind` an instance presents (an enrollment

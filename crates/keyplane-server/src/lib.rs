@@ -10,6 +10,7 @@ pub mod auth;
 pub mod burst;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod destinations;
 pub mod error;

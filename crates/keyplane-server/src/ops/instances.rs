@@ -109,7 +109,7 @@ pub struct CreateInstanceRequest {
 }
 
 /// Changes an instance; absent fields stay as they are.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateInstanceRequest {
     /// A new unique name.

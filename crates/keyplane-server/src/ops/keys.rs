@@ -876,7 +876,8 @@ impl Ops<Operator> {
         change.finish(successor).await
     }
 
-    /// Revokes a key, for good. Revoking a revoked key changes nothing.
+    /// Revokes a key, for good (a person signed in long ago signs in again
+    /// first). Revoking a revoked key changes nothing.
     pub async fn revoke_key<R: Run>(
         &self,
         run: R,
@@ -884,6 +885,7 @@ impl Ops<Operator> {
         input: RevokeKeyRequest,
     ) -> Result<R::Answer<KeyResponse>, Refusal> {
         self.actor.require(Permission::KeysWrite)?;
+        self.dangerous::<R>()?;
         let reason = reason(input.reason)?;
         let now = self.now();
 

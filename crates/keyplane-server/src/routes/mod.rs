@@ -315,6 +315,7 @@ pub fn router(state: AppState) -> Router {
         ),
     )
     .route(DOCS_SCRIPT, get(docs_script))
+    .merge(crate::console::router())
     .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
     .with_state(state)
 }

@@ -1,0 +1,339 @@
+//! The console: keyplane in a browser, rendered by this binary under
+//! `/console/`.
+//!
+//! Every page calls the operations layer as the API's handlers do, so the
+//! console keeps no rule of its own: the role matrix decides what a button
+//! does, and a page only hides the buttons its operator may not use. Pages
+//! are plain HTML forms (usable without script, by keyboard and screen
+//! reader); the one script and stylesheet are compiled in, served from
+//! keyplane's own origin under a strict Content-Security-Policy.
+//!
+//! Who is signed in: a person's session cookie (OpenID Connect with MFA),
+//! or, in `dev` without an identity provider only, an admin key (or the bootstrap token) typed into the
+//! sign-in page, kept in an HttpOnly cookie for the console's paths and
+//! shown as such on every page. Every form carries the sign-in's CSRF token.
+
+mod pages;
+mod view;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use keyplane_domain::{ManagementRole, Mode, Permission};
+
+use crate::auth::{self, Credential};
+use crate::error::ApiError;
+use crate::ops::people::csrf_token;
+use crate::ops::{Actor, Operator, Ops, Refusal};
+use crate::request::origin;
+use crate::state::AppState;
+
+/// The console's own cookie in `dev`: the admin key signed in with.
+pub const KEY_COOKIE: &str = "keyplane_console_key";
+
+/// Scripts and styles from keyplane's origin only, no inline script, no
+/// framing, forms only to keyplane.
+pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+static STYLE: &str = include_str!("../../assets/console/console.css");
+static SCRIPT: &str = include_str!("../../assets/console/console.js");
+
+/// The console's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(|| async { see_other("/console/") }))
+        .route("/console/", get(pages::overview))
+        .route(
+            "/console/sign-in",
+            get(pages::sign_in_page).post(pages::sign_in_with_key),
+        )
+        .route("/console/sign-out", post(pages::sign_out))
+        .route("/console/instances", get(pages::instances))
+        .route("/console/instances/{id}", get(pages::instance))
+        .route("/console/instances/{id}/keys", post(pages::issue_key))
+        .route("/console/instances/{id}/status", post(pages::set_status))
+        .route("/console/keys/{id}/enabled", post(pages::set_enabled))
+        .route(
+            "/console/keys/{id}/rotate",
+            get(pages::confirm_rotate).post(pages::rotate_key),
+        )
+        .route(
+            "/console/keys/{id}/revoke",
+            get(pages::confirm_revoke).post(pages::revoke_key),
+        )
+        .route("/console/audit", get(pages::audit))
+        .route(
+            "/console/sessions",
+            get(pages::sessions).post(pages::sign_out_everywhere),
+        )
+        .layer(axum::middleware::map_response(guard))
+        .route("/console/assets/console.css", get(style))
+        .route("/console/assets/console.js", get(script))
+}
+
+/// Every page: the policy, never cached (pages show secrets once, and
+/// whatever they show may be gone a moment later).
+async fn guard(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (CONTENT_TYPE, HeaderValue::from_static(kind)),
+            (
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A 303 to `to` (a path of this origin).
+pub fn see_other(to: &str) -> Response {
+    let location =
+        HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/console/"));
+    (StatusCode::SEE_OTHER, [(LOCATION, location)]).into_response()
+}
+
+/// How the operator signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedInWith {
+    /// The identity provider: a session cookie.
+    Session,
+    /// An admin key or the bootstrap token, in `dev`.
+    Key,
+}
+
+/// A signed-in operator at the console: operations on their behalf, and
+/// what every page needs to say who they are and to post forms.
+pub struct Console {
+    /// Operations as this operator.
+    pub ops: Ops<Operator>,
+    /// The frame every page is drawn in.
+    pub frame: Frame,
+    token: String,
+}
+
+/// Who is signed in, for the header every page shows.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Their name: the person's email (or subject), or the key.
+    pub who: String,
+    /// Their role.
+    pub role: &'static str,
+    /// True when signed in with a key (dev), which every page says.
+    pub with_key: bool,
+    /// The token every form carries.
+    pub csrf: String,
+    /// Which part of the console the page belongs to.
+    pub section: &'static str,
+}
+
+impl Console {
+    /// Whether this operator's role grants `permission`: a page shows a
+    /// button only when it does (and the operation checks again).
+    pub fn may(&self, permission: Permission) -> bool {
+        self.ops.actor().role.allows(permission)
+    }
+
+    /// The refusal of a form that lacks this sign-in's CSRF token, if it does.
+    pub fn refuses_csrf(&self, sent: &str) -> Option<Response> {
+        match auth::csrf_matches(sent, &self.token) {
+            true => None,
+            false => Some(
+                Page::error(
+                    StatusCode::FORBIDDEN,
+                    "This form did not come from this console (its CSRF token is missing or \
+                     wrong). Nothing was changed.",
+                )
+                .into_response(),
+            ),
+        }
+    }
+
+    /// The frame for a page of `section`.
+    pub fn frame(&self, section: &'static str) -> Frame {
+        Frame {
+            section,
+            ..self.frame.clone()
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Console {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let here = parts
+            .uri
+            .path_and_query()
+            .map_or("/console/", |p| p.as_str())
+            .to_owned();
+        let (token, via) = match signed_in(parts, state) {
+            Some(found) => found,
+            None => return Err(to_sign_in(parts, &here)),
+        };
+        let credential = match via {
+            SignedInWith::Session => Credential::Session,
+            SignedInWith::Key => Credential::Any,
+        };
+        let operator = match auth::authenticate(parts, state, &token, credential).await {
+            Ok(operator) => operator,
+            Err(ApiError::Unauthorized { .. }) => return Err(to_sign_in(parts, &here)),
+            Err(err) => return Err(Page::from_api(err).into_response()),
+        };
+        let who = match &operator.actor {
+            Actor::Person(person) => person.email.clone().unwrap_or(person.subject.clone()),
+            Actor::Bootstrap => "the bootstrap token".to_owned(),
+            other => other.to_string(),
+        };
+        let frame = Frame {
+            who,
+            role: role_name(operator.role),
+            with_key: via == SignedInWith::Key,
+            csrf: csrf_token(&token),
+            section: "",
+        };
+        Ok(Console {
+            ops: Ops::new(state.clone(), operator, origin(&parts.extensions)),
+            frame,
+            token,
+        })
+    }
+}
+
+fn role_name(role: ManagementRole) -> &'static str {
+    role.as_str()
+}
+
+/// The sign-in a request carries: the session cookie, else (in `dev`) the
+/// console's key cookie.
+fn signed_in(parts: &Parts, state: &AppState) -> Option<(String, SignedInWith)> {
+    if let Some(token) = auth::session_cookie(&parts.headers, state) {
+        return Some((token, SignedInWith::Session));
+    }
+    if keys_allowed(state) {
+        return auth::cookie(&parts.headers, KEY_COOKIE).map(|t| (t, SignedInWith::Key));
+    }
+    None
+}
+
+/// Whether the console takes an admin key to sign in: in `dev` without an
+/// identity provider only.
+pub fn keys_allowed(state: &AppState) -> bool {
+    state.settings.mode == Mode::Dev
+        && state.settings.oidc.is_none()
+        && state.settings.admin_keys == crate::config::AdminKeys::Enabled
+}
+
+/// Sends a visitor without a sign-in to the sign-in page. A navigation that
+/// arrives from another site (the identity provider's redirect back) did
+/// not bring the session's SameSite=Strict cookie: the page is loaded once
+/// more from here, which does.
+fn to_sign_in(parts: &Parts, here: &str) -> Response {
+    let cross_site = parts
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site == "cross-site");
+    if cross_site && parts.method.is_safe() {
+        return Page::render(&view::Reload {
+            to: here.to_owned(),
+        });
+    }
+    let back = if parts.method.is_safe() {
+        here
+    } else {
+        "/console/"
+    };
+    see_other(&format!(
+        "/console/sign-in?return_to={}",
+        view::query_escape(back)
+    ))
+}
+
+/// A page, or why there is none.
+pub struct Page(Response);
+
+impl Page {
+    /// A rendered template.
+    pub fn render<T: Template>(template: &T) -> Response {
+        match template.render() {
+            Ok(html) => (
+                [(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                )],
+                html,
+            )
+                .into_response(),
+            Err(err) => {
+                tracing::error!(error = %err, "a console page did not render");
+                (StatusCode::INTERNAL_SERVER_ERROR, "the page did not render").into_response()
+            }
+        }
+    }
+
+    /// An error page with `status` saying `message`.
+    pub fn error(status: StatusCode, message: impl Into<String>) -> Page {
+        let page = view::ErrorPage {
+            status: status.as_u16(),
+            message: message.into(),
+        };
+        let mut response = Page::render(&page);
+        *response.status_mut() = status;
+        Page(response)
+    }
+
+    /// What the API would have answered, as a page: a step-up refusal sends
+    /// the person to sign in again and come back.
+    pub fn from_api(err: ApiError) -> Page {
+        let status = err.status();
+        let message = match &err {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "a console action failed");
+                "Something went wrong inside keyplane; nothing is shown here. The log says more."
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        Page::error(status, message)
+    }
+
+    /// A refusal of the operations layer, for a page at `here`.
+    pub fn refused(refusal: Refusal, here: &str) -> Page {
+        match refusal {
+            Refusal::StepUp { .. } => Page(see_other(&format!(
+                "/v1/auth/oidc/login?step_up=true&return_to={}",
+                view::query_escape(here)
+            ))),
+            other => Page::from_api(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}

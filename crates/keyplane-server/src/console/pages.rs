@@ -1,0 +1,602 @@
+//! The console's pages and forms: each extracts, calls one operation (or a
+//! few reads), and renders.
+
+use axum::Form;
+use axum::extract::{FromRequest, Path, Query, State};
+use axum::http::HeaderValue;
+use axum::http::StatusCode;
+use axum::http::header::SET_COOKIE;
+use axum::response::{IntoResponse, Response};
+use keyplane_domain::Permission;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth;
+use crate::console::view::{self, KeyRow};
+use crate::console::{Console, KEY_COOKIE, Page, keys_allowed, see_other};
+use crate::ops::Apply;
+use crate::ops::audit::AuditFilter;
+use crate::ops::instances::{InstanceStatus, UpdateInstanceRequest};
+use crate::ops::keys::{
+    CreateKeyRequest, KeyFilter, RevokeKeyRequest, RotateKeyRequest, UpdateKeyRequest,
+};
+use crate::ops::people::RevokeAllRequest;
+use crate::pagination::PageParams;
+use crate::state::AppState;
+
+/// A form that carries nothing but its CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct Plain {
+    csrf: String,
+}
+
+fn page(limit: i64) -> PageParams {
+    PageParams {
+        limit: Some(limit),
+        cursor: None,
+    }
+}
+
+/// The overview: what needs attention, at a glance. A section the
+/// operator's role may not read is left out.
+pub async fn overview(console: Console) -> Response {
+    let ops = &console.ops;
+    let now = ops.state().clock.now();
+    let nodes = match console.may(Permission::NodesRead) {
+        true => match ops.list_nodes(false, page(100)).await {
+            Ok(nodes) => Some(
+                nodes
+                    .items
+                    .iter()
+                    .map(|n| view::NodeRow::new(n, now))
+                    .collect(),
+            ),
+            Err(refusal) => return Page::refused(refusal, "/console/").into_response(),
+        },
+        false => None,
+    };
+    let (verification, recent) = match console.may(Permission::AuditRead) {
+        true => {
+            let verification = match ops.verify_audit_log().await {
+                Ok(verification) => verification,
+                Err(refusal) => return Page::refused(refusal, "/console/").into_response(),
+            };
+            let recent = match ops
+                .list_audit_entries(AuditFilter::default(), page(10))
+                .await
+            {
+                Ok(entries) => entries.items.iter().map(view::AuditRow::from).collect(),
+                Err(refusal) => return Page::refused(refusal, "/console/").into_response(),
+            };
+            (Some(verification), Some(recent))
+        }
+        false => (None, None),
+    };
+    Page::render(&view::Overview {
+        frame: console.frame("overview"),
+        warnings: crate::ops::health::warnings(ops.state()),
+        verification,
+        nodes,
+        recent,
+    })
+}
+
+/// Where to go after signing in.
+#[derive(Debug, Deserialize)]
+pub struct ReturnTo {
+    return_to: Option<String>,
+}
+
+/// A path of the console, else the overview: a sign-in never sends anyone
+/// elsewhere.
+fn console_path(asked: Option<&str>) -> String {
+    match asked {
+        Some(path)
+            if path.starts_with("/console/")
+                && !path.starts_with("//")
+                && path.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            path.to_owned()
+        }
+        _ => "/console/".to_owned(),
+    }
+}
+
+/// The sign-in page: the identity provider, and in `dev` an admin key.
+pub async fn sign_in_page(
+    State(state): State<AppState>,
+    Query(query): Query<ReturnTo>,
+) -> Response {
+    let return_to = console_path(query.return_to.as_deref());
+    Page::render(&view::SignIn {
+        provider: state.settings.oidc.as_ref().map(|_| {
+            format!(
+                "/v1/auth/oidc/login?return_to={}",
+                view::query_escape(&return_to)
+            )
+        }),
+        keys: keys_allowed(&state),
+        return_to,
+        problem: None,
+    })
+}
+
+/// An admin key typed into the sign-in page.
+#[derive(Deserialize)]
+pub struct KeySignIn {
+    key: String,
+    return_to: Option<String>,
+}
+
+/// Signs in with an admin key (or the bootstrap token), in `dev` only: it
+/// is checked as the API checks it, then kept in an HttpOnly cookie for
+/// the console's paths.
+pub async fn sign_in_with_key(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(Form(form)) = Form::<KeySignIn>::from_request(
+        axum::extract::Request::from_parts(parts.clone(), body),
+        &state,
+    )
+    .await
+    else {
+        return Page::error(StatusCode::BAD_REQUEST, "The form could not be read.").into_response();
+    };
+    let return_to = console_path(form.return_to.as_deref());
+    if !keys_allowed(&state) {
+        return Page::error(
+            StatusCode::FORBIDDEN,
+            "Signing in with a key is for dev only: sign in with the identity provider.",
+        )
+        .into_response();
+    }
+    let key = form.key.trim();
+    match auth::authenticate(&parts, &state, key, auth::Credential::Any).await {
+        Ok(_) => {
+            let cookie = format!(
+                "{KEY_COOKIE}={key}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=28800"
+            );
+            let mut response = see_other(&return_to);
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(SET_COOKIE, value);
+            }
+            response
+        }
+        Err(err) => {
+            let problem = match err {
+                crate::error::ApiError::TooManyRequests { .. } => {
+                    "Too many failed sign-ins from here: wait a minute."
+                }
+                _ => "That is not a live admin key.",
+            };
+            let mut response = Page::render(&view::SignIn {
+                provider: None,
+                keys: true,
+                return_to,
+                problem: Some(problem.to_owned()),
+            });
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response
+        }
+    }
+}
+
+/// Signs out: a person's session ends; a key's cookie is dropped.
+pub async fn sign_out(console: Console, Form(form): Form<Plain>) -> Response {
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    if !console.frame.with_key
+        && let Err(refusal) = console.ops.sign_out().await
+    {
+        return Page::refused(refusal, "/console/").into_response();
+    }
+    let mut response = see_other("/console/sign-in");
+    let state = console.ops.state();
+    for cookie in [
+        format!("{KEY_COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0"),
+        format!(
+            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+            auth::session_cookie_name(state),
+            if auth::session_cookie_name(state).starts_with("__Host-") {
+                "; Secure"
+            } else {
+                ""
+            }
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// The instance list's filters.
+#[derive(Debug, Default, Deserialize)]
+pub struct InstanceQuery {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    selector: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// The instances, by name, label selector and status.
+pub async fn instances(console: Console, Query(query): Query<InstanceQuery>) -> Response {
+    let status = match query.status.as_str() {
+        "active" => Some(InstanceStatus::Active),
+        "suspended" => Some(InstanceStatus::Suspended),
+        "decommissioned" => Some(InstanceStatus::Decommissioned),
+        _ => None,
+    };
+    let name = query.name.trim();
+    let selector = query.selector.trim();
+    let listed = console
+        .ops
+        .list_instances(
+            status,
+            (!selector.is_empty()).then_some(selector),
+            (!name.is_empty()).then_some(name),
+            page(200),
+        )
+        .await;
+    let found = match listed {
+        Ok(found) => found,
+        Err(refusal) => return Page::refused(refusal, "/console/instances").into_response(),
+    };
+    Page::render(&view::Instances {
+        frame: console.frame("instances"),
+        rows: found.items.iter().map(view::InstanceRow::from).collect(),
+        more: found.next_cursor.is_some(),
+        name: name.to_owned(),
+        selector: selector.to_owned(),
+        status: query.status,
+    })
+}
+
+/// One instance and its keys.
+pub async fn instance(console: Console, Path(id): Path<Uuid>) -> Response {
+    let here = format!("/console/instances/{id}");
+    let ops = &console.ops;
+    let instance = match ops.get_instance(id).await {
+        Ok(instance) => instance,
+        Err(refusal) => return Page::refused(refusal, &here).into_response(),
+    };
+    let filter = KeyFilter {
+        instance_id: Some(id),
+        ..KeyFilter::default()
+    };
+    let keys = match ops.list_keys(filter, page(500)).await {
+        Ok(keys) => keys.items,
+        Err(refusal) => return Page::refused(refusal, &here).into_response(),
+    };
+    let now = ops.state().clock.now();
+    let mut rows: Vec<KeyRow> = keys.iter().map(|k| KeyRow::new(k, now)).collect();
+    // Live keys first, newest first.
+    rows.reverse();
+    rows.sort_by_key(|row| !row.live);
+    Page::render(&view::Instance {
+        frame: console.frame("instances"),
+        id: id.to_string(),
+        name: instance.name,
+        description: instance.description,
+        status: format!("{:?}", instance.status).to_lowercase(),
+        labels: instance
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ceiling: instance.allowed_scopes,
+        cidrs: view::list(&instance.allowed_cidrs),
+        keys: rows,
+        may_write_keys: console.may(Permission::KeysWrite),
+        may_write_instance: console.may(Permission::InstancesWrite),
+    })
+}
+
+/// The issue-a-key form.
+#[derive(Debug, Deserialize)]
+pub struct IssueForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_in_days: Option<i64>,
+}
+
+/// Issues a key and shows its secret, this once.
+pub async fn issue_key(
+    console: Console,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> Response {
+    let here = format!("/console/instances/{id}");
+    // Checkboxes repeat their name: read the form as the pairs it is.
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let form = IssueForm {
+        csrf: value(&pairs, "csrf"),
+        name: value(&pairs, "name"),
+        scopes: pairs
+            .iter()
+            .filter(|(k, _)| k == "scopes")
+            .map(|(_, v)| v.clone())
+            .collect(),
+        expires_in_days: value(&pairs, "expires_in_days").parse().ok(),
+    };
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    let request = CreateKeyRequest {
+        name: form.name,
+        scopes: Some(form.scopes),
+        roles: None,
+        expires_in: form.expires_in_days.map(|days| days.saturating_mul(86_400)),
+        expires_at: None,
+        audience: None,
+        rotate_after: None,
+    };
+    match console.ops.issue_key(Apply, id, request).await {
+        Ok(created) => Page::render(&view::Secret::new(
+            console.frame("instances"),
+            "Key issued",
+            created,
+        )),
+        Err(refusal) => Page::refused(refusal, &here).into_response(),
+    }
+}
+
+fn value(pairs: &[(String, String)], name: &str) -> String {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Suspends or resumes an instance.
+#[derive(Debug, Deserialize)]
+pub struct StatusForm {
+    csrf: String,
+    status: String,
+}
+
+/// Suspends an instance (all its keys stop at once) or resumes it.
+pub async fn set_status(
+    console: Console,
+    Path(id): Path<Uuid>,
+    Form(form): Form<StatusForm>,
+) -> Response {
+    let here = format!("/console/instances/{id}");
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    let status = match form.status.as_str() {
+        "suspended" => InstanceStatus::Suspended,
+        "active" => InstanceStatus::Active,
+        _ => {
+            return Page::error(StatusCode::BAD_REQUEST, "Unknown status.").into_response();
+        }
+    };
+    let request = UpdateInstanceRequest {
+        status: Some(status),
+        ..UpdateInstanceRequest::default()
+    };
+    match console.ops.update_instance(Apply, id, request).await {
+        Ok(_) => see_other(&here),
+        Err(refusal) => Page::refused(refusal, &here).into_response(),
+    }
+}
+
+/// Disables or enables a key.
+#[derive(Debug, Deserialize)]
+pub struct EnabledForm {
+    csrf: String,
+    enabled: bool,
+}
+
+/// Disables a key (reversibly) or enables it again.
+pub async fn set_enabled(
+    console: Console,
+    Path(id): Path<Uuid>,
+    Form(form): Form<EnabledForm>,
+) -> Response {
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    let request = UpdateKeyRequest {
+        name: None,
+        enabled: Some(form.enabled),
+    };
+    match console.ops.update_key(Apply, id, request).await {
+        Ok(key) => see_other(&format!("/console/instances/{}", key.instance_id)),
+        Err(refusal) => Page::refused(refusal, "/console/instances").into_response(),
+    }
+}
+
+/// Asks before revoking a key.
+pub async fn confirm_revoke(console: Console, Path(id): Path<Uuid>) -> Response {
+    confirm(console, id, Action::Revoke).await
+}
+
+/// Asks before rotating a key.
+pub async fn confirm_rotate(console: Console, Path(id): Path<Uuid>) -> Response {
+    confirm(console, id, Action::Rotate).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Revoke,
+    Rotate,
+}
+
+async fn confirm(console: Console, id: Uuid, action: Action) -> Response {
+    let key = match console.ops.get_key(id).await {
+        Ok(key) => key,
+        Err(refusal) => return Page::refused(refusal, "/console/instances").into_response(),
+    };
+    let back = format!("/console/instances/{}", key.instance_id);
+    let (title, message, field, verb) = match action {
+        Action::Revoke => (
+            format!("Revoke {}?", key.name),
+            format!(
+                "{} stops working at every node at once, for good. Whoever holds it will be \
+                 refused.",
+                key.masked_key
+            ),
+            "reason",
+            "revoke",
+        ),
+        Action::Rotate => (
+            format!("Rotate {}?", key.name),
+            format!(
+                "A new key replaces {}; the old one keeps working for the grace window, then \
+                 stops. The new key is shown once.",
+                key.masked_key
+            ),
+            "grace",
+            "rotate",
+        ),
+    };
+    Page::render(&view::Confirm {
+        frame: console.frame("instances"),
+        title,
+        message,
+        action: format!("/console/keys/{id}/{verb}"),
+        button: format!("{}{}", &verb[..1].to_uppercase(), &verb[1..]),
+        back,
+        field,
+    })
+}
+
+/// The revoke form.
+#[derive(Debug, Deserialize)]
+pub struct RevokeForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Revokes a key, for good.
+pub async fn revoke_key(
+    console: Console,
+    Path(id): Path<Uuid>,
+    Form(form): Form<RevokeForm>,
+) -> Response {
+    let here = format!("/console/keys/{id}/revoke");
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    let reason = form.reason.trim();
+    let request = RevokeKeyRequest {
+        reason: (!reason.is_empty()).then(|| reason.to_owned()),
+    };
+    match console.ops.revoke_key(Apply, id, request).await {
+        Ok(key) => see_other(&format!("/console/instances/{}", key.instance_id)),
+        Err(refusal) => Page::refused(refusal, &here).into_response(),
+    }
+}
+
+/// The rotate form.
+#[derive(Debug, Deserialize)]
+pub struct RotateForm {
+    csrf: String,
+    grace_minutes: Option<i64>,
+}
+
+/// Rotates a key and shows its successor's secret, this once.
+pub async fn rotate_key(
+    console: Console,
+    Path(id): Path<Uuid>,
+    Form(form): Form<RotateForm>,
+) -> Response {
+    let here = format!("/console/keys/{id}/rotate");
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    let request = RotateKeyRequest {
+        grace_seconds: form.grace_minutes.map(|m| m.saturating_mul(60)),
+    };
+    match console.ops.rotate_key(Apply, id, request).await {
+        Ok(created) => Page::render(&view::Secret::new(
+            console.frame("instances"),
+            "Key rotated",
+            created,
+        )),
+        Err(refusal) => Page::refused(refusal, &here).into_response(),
+    }
+}
+
+/// The audit log's filters.
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// The audit log: the chain's verification, then the latest entries.
+pub async fn audit(console: Console, Query(query): Query<AuditQuery>) -> Response {
+    let ops = &console.ops;
+    let verification = match ops.verify_audit_log().await {
+        Ok(verification) => verification,
+        Err(refusal) => return Page::refused(refusal, "/console/audit").into_response(),
+    };
+    let filter = AuditFilter {
+        actor: Some(query.actor.trim().to_owned()).filter(|a| !a.is_empty()),
+        action: Some(query.action.trim().to_owned()).filter(|a| !a.is_empty()),
+        ..AuditFilter::default()
+    };
+    let entries = match ops.list_audit_entries(filter, page(100)).await {
+        Ok(entries) => entries.items,
+        Err(refusal) => return Page::refused(refusal, "/console/audit").into_response(),
+    };
+    Page::render(&view::Audit {
+        frame: console.frame("audit"),
+        actor: query.actor,
+        action: query.action,
+        verification,
+        recent: entries.iter().map(view::AuditRow::from).collect(),
+    })
+}
+
+/// People's live sessions (an admin sees everyone's).
+pub async fn sessions(console: Console) -> Response {
+    let now = console.ops.state().clock.now();
+    let person = !console.frame.with_key;
+    let rows = match console.ops.list_sessions(page(200)).await {
+        Ok(found) => found
+            .items
+            .iter()
+            .map(|s| view::SessionRow::new(s, now))
+            .collect(),
+        Err(refusal) => return Page::refused(refusal, "/console/sessions").into_response(),
+    };
+    Page::render(&view::Sessions {
+        frame: console.frame("sessions"),
+        rows,
+        person,
+    })
+}
+
+/// Ends every session of the person signed in, this one included.
+pub async fn sign_out_everywhere(console: Console, Form(form): Form<Plain>) -> Response {
+    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+        return refusal;
+    }
+    match console
+        .ops
+        .revoke_all_sessions(RevokeAllRequest { subject: None })
+        .await
+    {
+        Ok(_) => see_other("/console/sign-in"),
+        Err(refusal) => Page::refused(refusal, "/console/sessions").into_response(),
+    }
+}

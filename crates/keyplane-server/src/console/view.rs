@@ -1,0 +1,375 @@
+//! What each console page shows, as template contexts, and the few ways
+//! values are written for people (times, lists).
+
+use askama::Template;
+use chrono::{DateTime, Utc};
+
+use crate::audit_trail::AuditEntry;
+use crate::console::Frame;
+use crate::ops::audit::AuditVerification;
+use crate::ops::health::Warning;
+use crate::ops::instances::InstanceResponse;
+use crate::ops::keys::{CreatedKeyResponse, KeyResponse};
+use crate::ops::nodes::NodeResponse;
+use crate::ops::people::SessionResponse;
+
+/// `text` for a URL's query.
+pub fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A moment for people: the date and time in UTC.
+pub fn at(moment: &DateTime<Utc>) -> String {
+    moment.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// How far `moment` is from `now`, in the largest whole unit: `in 3 days`,
+/// `5 minutes ago`.
+pub fn relative(moment: &DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let seconds = (*moment - now).num_seconds();
+    let (amount, unit) = match seconds.unsigned_abs() {
+        s if s < 60 => return "just now".to_owned(),
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86_400 => (s / 3600, "hour"),
+        s => (s / 86_400, "day"),
+    };
+    let plural = if amount == 1 { "" } else { "s" };
+    match seconds > 0 {
+        true => format!("in {amount} {unit}{plural}"),
+        false => format!("{amount} {unit}{plural} ago"),
+    }
+}
+
+/// A list as one cell, or a dash.
+pub fn list(items: &[String]) -> String {
+    match items.is_empty() {
+        true => "—".to_owned(),
+        false => items.join(", "),
+    }
+}
+
+/// Loads the page being looked at once more (see `console::to_sign_in`).
+#[derive(Template)]
+#[template(path = "console/reload.html")]
+pub struct Reload {
+    pub to: String,
+}
+
+/// Something went wrong, or was refused.
+#[derive(Template)]
+#[template(path = "console/error.html")]
+pub struct ErrorPage {
+    pub status: u16,
+    pub message: String,
+}
+
+/// Signing in.
+#[derive(Template)]
+#[template(path = "console/sign_in.html")]
+pub struct SignIn {
+    /// Where the identity provider's sign-in starts, when there is one.
+    pub provider: Option<String>,
+    /// Whether an admin key may be typed in (dev).
+    pub keys: bool,
+    /// Where to go afterwards.
+    pub return_to: String,
+    /// Why the last attempt failed.
+    pub problem: Option<String>,
+}
+
+/// A node as the overview lists it.
+pub struct NodeRow {
+    pub name: String,
+    pub mode: String,
+    pub version: String,
+    pub seen: String,
+    pub weaker: bool,
+}
+
+impl NodeRow {
+    pub fn new(node: &NodeResponse, now: DateTime<Utc>) -> NodeRow {
+        NodeRow {
+            name: node.name.clone(),
+            mode: node
+                .reported
+                .as_ref()
+                .map_or("—".to_owned(), |r| r.mode.to_string()),
+            version: node
+                .reported
+                .as_ref()
+                .map_or("—".to_owned(), |r| r.version.clone()),
+            seen: node
+                .last_seen_at
+                .as_ref()
+                .map_or("never".to_owned(), |at| relative(at, now)),
+            weaker: node.mode_weaker,
+        }
+    }
+}
+
+/// An audit entry as a table row.
+pub struct AuditRow {
+    pub seq: String,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub details: String,
+}
+
+impl From<&AuditEntry> for AuditRow {
+    fn from(entry: &AuditEntry) -> AuditRow {
+        AuditRow {
+            seq: entry.seq.map_or(String::new(), |s| s.to_string()),
+            at: at(&entry.at),
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            target: format!(
+                "{} {}",
+                entry.target_type,
+                entry.target_id.as_deref().unwrap_or_default()
+            ),
+            outcome: entry.outcome.clone(),
+            details: entry.details.to_string(),
+        }
+    }
+}
+
+/// The overview: keyplane's warnings, the audit chain, the nodes, recent changes.
+#[derive(Template)]
+#[template(path = "console/overview.html")]
+pub struct Overview {
+    pub frame: Frame,
+    pub warnings: Vec<Warning>,
+    pub verification: Option<AuditVerification>,
+    pub nodes: Option<Vec<NodeRow>>,
+    pub recent: Option<Vec<AuditRow>>,
+}
+
+/// An instance as a row of the list.
+pub struct InstanceRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub labels: String,
+    pub created: String,
+}
+
+impl From<&InstanceResponse> for InstanceRow {
+    fn from(instance: &InstanceResponse) -> InstanceRow {
+        InstanceRow {
+            id: instance.id.to_string(),
+            name: instance.name.clone(),
+            status: format!("{:?}", instance.status).to_lowercase(),
+            labels: instance
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            created: at(&instance.created_at),
+        }
+    }
+}
+
+/// The instances, filtered.
+#[derive(Template)]
+#[template(path = "console/instances.html")]
+pub struct Instances {
+    pub frame: Frame,
+    pub name: String,
+    pub selector: String,
+    pub status: String,
+    pub rows: Vec<InstanceRow>,
+    pub more: bool,
+}
+
+/// A key as a row of its instance's page.
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub masked: String,
+    pub status: String,
+    pub live: bool,
+    pub enabled: bool,
+    pub legacy: bool,
+    pub scopes: String,
+    pub audience: String,
+    pub last_used: String,
+    pub expires: String,
+    pub rotation_due: String,
+    pub rotation_overdue: bool,
+}
+
+impl KeyRow {
+    pub fn new(key: &KeyResponse, now: DateTime<Utc>) -> KeyRow {
+        let status = format!("{:?}", key.status).to_lowercase();
+        let live = matches!(status.as_str(), "active" | "disabled" | "rotating");
+        KeyRow {
+            id: key.id.to_string(),
+            name: key.name.clone(),
+            masked: key.masked_key.clone(),
+            live,
+            enabled: key.enabled,
+            legacy: key.legacy,
+            scopes: list(&key.effective_scopes),
+            audience: match key.audience.is_empty() {
+                true => "any node".to_owned(),
+                false => key.audience.join(", "),
+            },
+            last_used: key
+                .last_used_at
+                .as_ref()
+                .map_or("never".to_owned(), |at| relative(at, now)),
+            expires: format!(
+                "{} ({})",
+                at(&key.expires_at),
+                relative(&key.expires_at, now)
+            ),
+            rotation_due: relative(&key.rotation_due_at, now),
+            rotation_overdue: live && key.rotation_due_at <= now,
+            status,
+        }
+    }
+}
+
+/// One instance: its details, its keys, and what may be done to them.
+#[derive(Template)]
+#[template(path = "console/instance.html")]
+pub struct Instance {
+    pub frame: Frame,
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub status: String,
+    pub labels: String,
+    pub ceiling: Vec<String>,
+    pub cidrs: String,
+    pub keys: Vec<KeyRow>,
+    pub may_write_keys: bool,
+    pub may_write_instance: bool,
+}
+
+/// A key just made: its secret, this once.
+#[derive(Template)]
+#[template(path = "console/secret.html")]
+pub struct Secret {
+    pub frame: Frame,
+    pub title: String,
+    pub name: String,
+    pub masked: String,
+    pub secret: String,
+    pub expires: String,
+    pub scopes: String,
+    pub warnings: Vec<String>,
+    pub instance_id: String,
+}
+
+impl Secret {
+    pub fn new(frame: Frame, title: &str, created: CreatedKeyResponse) -> Secret {
+        let key = created.key;
+        Secret {
+            frame,
+            title: title.to_owned(),
+            name: key.name,
+            masked: key.masked_key,
+            expires: at(&key.expires_at),
+            scopes: list(&key.effective_scopes),
+            warnings: created.warnings,
+            instance_id: key.instance_id.to_string(),
+            secret: created.secret,
+        }
+    }
+}
+
+/// Asks before a change that cannot be undone.
+#[derive(Template)]
+#[template(path = "console/confirm.html")]
+pub struct Confirm {
+    pub frame: Frame,
+    pub title: String,
+    pub message: String,
+    pub action: String,
+    pub button: String,
+    pub back: String,
+    /// `reason` (revoke) or `grace` (rotate): the field the form adds.
+    pub field: &'static str,
+}
+
+/// The audit log.
+#[derive(Template)]
+#[template(path = "console/audit.html")]
+pub struct Audit {
+    pub frame: Frame,
+    pub actor: String,
+    pub action: String,
+    pub verification: AuditVerification,
+    pub recent: Vec<AuditRow>,
+}
+
+/// A session as a row.
+pub struct SessionRow {
+    pub who: String,
+    pub kind: String,
+    pub role: String,
+    pub signed_in: String,
+    pub seen: String,
+    pub current: bool,
+}
+
+impl SessionRow {
+    pub fn new(session: &SessionResponse, now: DateTime<Utc>) -> SessionRow {
+        SessionRow {
+            who: session.email.clone().unwrap_or(session.subject.clone()),
+            kind: session.kind.clone(),
+            role: session.role.clone(),
+            signed_in: at(&session.created_at),
+            seen: relative(&session.last_seen_at, now),
+            current: session.current,
+        }
+    }
+}
+
+/// People's sessions.
+#[derive(Template)]
+#[template(path = "console/sessions.html")]
+pub struct Sessions {
+    pub frame: Frame,
+    pub rows: Vec<SessionRow>,
+    pub person: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    #[test]
+    fn times_read_as_people_say_them() {
+        let now = Utc::now();
+        assert_eq!(relative(&(now + Duration::days(3)), now), "in 3 days");
+        assert_eq!(
+            relative(&(now - Duration::minutes(5)), now),
+            "5 minutes ago"
+        );
+        assert_eq!(relative(&(now - Duration::hours(1)), now), "1 hour ago");
+        assert_eq!(relative(&now, now), "just now");
+    }
+
+    #[test]
+    fn queries_are_escaped() {
+        assert_eq!(
+            query_escape("/console/instances?name=a b&x"),
+            "/console/instances%3Fname%3Da%20b%26x"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! The console, driven as a browser drives it (cookies, forms, redirects):
+//! sign-in through the real provider with MFA, a key issued and shown
+//! once, every change behind the sign-in's CSRF token and the role matrix.
+//! (tests/browser/console.mjs drives it in Chromium.)
+
+use keyplane_domain::ManagementRole;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::idp::{Browser, Person, keyplane_with_idp};
+use crate::support::{BOOTSTRAP, TestServer, admin_settings_for, fresh_database};
+
+/// The value of the first `name="csrf"` field of `html`.
+fn csrf(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a CSRF token")
+        + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn page(browser: &Browser, url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = browser.client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+async fn post(browser: &Browser, url: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+    let response = browser.client.post(url).form(form).send().await.unwrap();
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, location, response.text().await.unwrap())
+}
+
+async fn signed_in(origin: &str, person: &Person) -> Browser {
+    let browser = Browser::default();
+    let login = format!("{origin}/v1/auth/oidc/login?return_to=/console/");
+    let response = browser.sign_in(&login, person).await;
+    assert_eq!(response.status(), 302, "{:?}", response.text().await);
+    assert_eq!(response.headers()["location"], "/console/");
+    browser
+}
+
+async fn key_status(server: &TestServer, id: &str) -> Value {
+    server
+        .admin(Method::GET, &format!("/v1/keys/{id}"), None)
+        .await
+        .1["status"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_sign_in_issue_a_key_once_and_every_change_keeps_its_checks() {
+    let url = fresh_database().await;
+    let (mut settings, _idp, origin) = keyplane_with_idp(admin_settings_for(&url)).await;
+    if let Some(oidc) = settings.oidc.as_mut() {
+        oidc.role_map
+            .push(("keyplane-viewers".to_owned(), ManagementRole::Viewer));
+    }
+    let server = TestServer::start_with(settings).await;
+    let instance = server
+        .instance("jan-console", &["inference:chat", "models:read"])
+        .await;
+
+    // No sign-in: to the sign-in page, which offers the provider.
+    let stranger = Browser::default();
+    let (status, headers, _) = page(&stranger, &format!("{origin}/console/")).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/console/sign-in?return_to=/console/");
+    let (status, headers, html) = page(&stranger, &format!("{origin}/console/sign-in")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("/v1/auth/oidc/login?return_to=/console/"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(r#"name="key""#),
+        "no admin keys once people sign in"
+    );
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    assert!(!policy.contains("unsafe-inline"));
+    // Back from the provider, a browser leaves the SameSite=Strict cookie
+    // behind: the page loads itself once more, from here.
+    let response = stranger
+        .client
+        .get(format!("{origin}/console/instances"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains(r#"content="0; url=/console/instances""#),
+        "{html}"
+    );
+
+    // An operator issues a key and sees its secret once.
+    let operator = signed_in(&origin, &Person::in_group("olga", "keyplane-ops")).await;
+    let (status, headers, html) = page(&operator, &format!("{origin}/console/")).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(html.contains("olga@example.com") && html.contains("operator"));
+    let instance_page = format!("{origin}/console/instances/{instance}");
+    let (_, _, html) = page(&operator, &instance_page).await;
+    assert!(html.contains("Issue a key"), "{html}");
+    let token = csrf(&html);
+    let issue = format!("{instance_page}/keys");
+
+    // Without the CSRF token (another site's form): refused, nothing made.
+    let (status, _, _) = post(
+        &operator,
+        &issue,
+        &[("name", "forged"), ("scopes", "inference:chat")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, keys) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/keys?instance_id={instance}"),
+            None,
+        )
+        .await;
+    assert_eq!(keys["items"], json!([]));
+
+    let response = operator
+        .client
+        .post(&issue)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("name", "laptop"),
+            ("scopes", "inference:chat"),
+            ("scopes", "models:read"),
+            ("expires_in_days", "30"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let html = response.text().await.unwrap();
+    let at = html.find("kpi_").expect("the secret, shown once");
+    let secret = &html[at..at + 42];
+    assert!(html.contains("you will not see it again"));
+    let (_, keys) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/keys?instance_id={instance}"),
+            None,
+        )
+        .await;
+    let key = &keys["items"][0];
+    assert_eq!(
+        key["effective_scopes"],
+        json!(["inference:chat", "models:read"])
+    );
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    let (_, _, html) = page(&operator, &instance_page).await;
+    assert!(!html.contains(secret), "the secret is shown once only");
+    assert!(html.contains(key["masked_key"].as_str().unwrap()));
+
+    // A viewer sees no button, and a crafted form is refused anyway.
+    let viewer = signed_in(&origin, &Person::in_group("vic", "keyplane-viewers")).await;
+    let (status, _, html) = page(&viewer, &instance_page).await;
+    assert_eq!(status, 200);
+    assert!(!html.contains("Issue a key") && !html.contains("Revoke") && !html.contains("Suspend"));
+    let viewer_token = csrf(&html);
+    let (status, _, html) = post(
+        &viewer,
+        &format!("{origin}/console/keys/{key_id}/revoke"),
+        &[("csrf", viewer_token.as_str())],
+    )
+    .await;
+    assert_eq!(status, 403, "{html}");
+    assert_eq!(key_status(&server, &key_id).await, "active");
+
+    // The operator revokes it, after a confirmation page.
+    let confirm = format!("{origin}/console/keys/{key_id}/revoke");
+    let (status, _, html) = page(&operator, &confirm).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Revoke laptop?"));
+    let (status, location, _) = post(
+        &operator,
+        &confirm,
+        &[("csrf", token.as_str()), ("reason", "lost laptop")],
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, format!("/console/instances/{instance}").as_str())
+    );
+    assert_eq!(key_status(&server, &key_id).await, "revoked");
+
+    // Signed out: the cookie no longer opens anything.
+    let (status, location, _) = post(
+        &operator,
+        &format!("{origin}/console/sign-out"),
+        &[("csrf", token.as_str())],
+    )
+    .await;
+    assert_eq!((status, location.as_str()), (303, "/console/sign-in"));
+    let (status, headers, _) = page(&operator, &instance_page).await;
+    assert_eq!(status, 303);
+    assert!(
+        headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/console/sign-in")
+    );
+}
+
+#[tokio::test]
+async fn in_dev_an_admin_key_signs_in_to_the_console_and_says_so() {
+    let server = TestServer::start_admin().await;
+    let origin = server.url("");
+    let browser = Browser::default();
+    let (status, _, html) = page(&browser, &format!("{origin}/console/sign-in")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"name="key""#), "{html}");
+
+    let (status, _, html) = post(
+        &browser,
+        &format!("{origin}/console/sign-in"),
+        &[
+            ("key", "kpa_not-a-real-key"),
+            ("return_to", "/console/instances"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(html.contains("not a live admin key") && !html.contains("kpa_not-a-real-key"));
+
+    let response = browser
+        .client
+        .post(format!("{origin}/console/sign-in"))
+        .form(&[("key", BOOTSTRAP), ("return_to", "https://evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    // Never sent anywhere but the console.
+    assert_eq!(response.headers()["location"], "/console/");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/console"),
+        "{cookie}"
+    );
+    let (status, _, html) = page(&browser, &format!("{origin}/console/")).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("signed in with a key (dev)"));
+    assert!(html.contains("The hash chain verifies"));
+    // The cookie is the console's: the API does not take it.
+    let (status, _, _) = page(&browser, &format!("{origin}/v1/instances")).await;
+    assert_eq!(status, 401);
+}
