@@ -262,3 +262,98 @@ async fn in_dev_an_admin_key_signs_in_to_the_console_and_says_so() {
     let (status, _, _) = page(&browser, &format!("{origin}/v1/instances")).await;
     assert_eq!(status, 401);
 }
+
+/// Where a test's screenshots go, for people to look at: `target/console-screenshots`.
+fn screenshot_dir() -> std::path::PathBuf {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_chromium() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("tests/browser/console.mjs");
+    let chromium = std::env::var("KEYPLANE_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists()
+            && std::path::Path::new(&chromium).exists(),
+        "scripts/test installs Chromium and playwright-core (npm ci in tests/browser)"
+    );
+
+    let url = fresh_database().await;
+    let (mut settings, _idp, origin) = keyplane_with_idp(admin_settings_for(&url)).await;
+    if let Some(oidc) = settings.oidc.as_mut() {
+        oidc.role_map
+            .push(("keyplane-viewers".to_owned(), ManagementRole::Viewer));
+    }
+    let (server, clock) = TestServer::start_with_clock(settings).await;
+    let instance = server
+        .instance("jan-browser", &["inference:chat", "models:read"])
+        .await;
+    let (status, node) = server
+        .admin(
+            Method::POST,
+            "/v1/nodes",
+            Some(json!({ "name": "gate-browser" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{node}");
+    let upstream = crate::support::stub_upstream().await;
+    let _gate = crate::support::Gate::start(
+        &[
+            ("KEYPLANE_URL", origin.as_str()),
+            ("KEYPLANE_NODE_KEY", node["secret"].as_str().unwrap()),
+            ("KEYPLANE_GATE_UPSTREAM", upstream.as_str()),
+        ],
+        Stdio::null(),
+    )
+    .await;
+    let gate = _gate.base.clone();
+    let out = screenshot_dir();
+
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("KEYPLANE", &origin)
+        .env("GATE", &gate)
+        .env("INSTANCE", &instance)
+        .env("OUT", &out)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let finding: Value = serde_json::from_str(&line).unwrap_or(json!({ "text": line }));
+            if let Some(seconds) = finding["advance"].as_i64() {
+                clock.advance(chrono::Duration::seconds(seconds));
+                stdin.write_all(b"ok\n").await.unwrap();
+            }
+            said.push(finding);
+        }
+        child.wait().await.unwrap()
+    };
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(180), run)
+        .await
+        .expect("the browser test ends within 3 minutes");
+    let findings = serde_json::to_string_pretty(&said).unwrap();
+    assert!(exit.success(), "the browser test failed:\n{findings}");
+    assert!(said.iter().any(|f| f["done"] == true), "{findings}");
+    let shots = said.iter().filter(|f| f["screenshot"].is_string()).count();
+    assert!(shots >= 12, "a screenshot of every page: {findings}");
+    let took = said
+        .iter()
+        .find_map(|f| f["revoked_refused_after_ms"].as_u64())
+        .unwrap();
+    println!("the gate refused the revoked key {took} ms after the console revoked it");
+}

@@ -44,6 +44,7 @@ pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self
 
 static STYLE: &str = include_str!("../../assets/console/console.css");
 static SCRIPT: &str = include_str!("../../assets/console/console.js");
+static ICON: &str = include_str!("../../assets/console/icon.svg");
 
 /// The console's routes.
 pub fn router() -> Router<AppState> {
@@ -76,6 +77,7 @@ pub fn router() -> Router<AppState> {
         .layer(axum::middleware::map_response(guard))
         .route("/console/assets/console.css", get(style))
         .route("/console/assets/console.js", get(script))
+        .route("/console/assets/icon.svg", get(icon))
 }
 
 /// Every page: the policy, never cached (pages show secrets once, and
@@ -93,6 +95,10 @@ async fn style() -> Response {
 
 async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {

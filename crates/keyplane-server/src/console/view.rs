@@ -234,7 +234,10 @@ impl KeyRow {
                 at(&key.expires_at),
                 relative(&key.expires_at, now)
             ),
-            rotation_due: relative(&key.rotation_due_at, now),
+            rotation_due: match live {
+                true => relative(&key.rotation_due_at, now),
+                false => "—".to_owned(),
+            },
             rotation_overdue: live && key.rotation_due_at <= now,
             status,
         }
