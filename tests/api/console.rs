@@ -293,6 +293,28 @@ async fn the_console_works_in_chromium() {
             .push(("keyplane-viewers".to_owned(), ManagementRole::Viewer));
     }
     let (server, clock) = TestServer::start_with_clock(settings).await;
+    // Something on every page.
+    server
+        .admin(
+            Method::POST,
+            "/v1/webhooks",
+            Some(json!({ "url": "http://127.0.0.1:9/k", "events": ["key.revoked"] })),
+        )
+        .await;
+    server
+        .admin(
+            Method::POST,
+            "/v1/admin-keys",
+            Some(json!({ "name": "ci-deploy", "role": "operator" })),
+        )
+        .await;
+    server
+        .admin(
+            Method::POST,
+            "/v1/enrollment-tokens",
+            Some(json!({ "name": "lab laptops", "scopes": ["inference:chat"] })),
+        )
+        .await;
     let instance = server
         .instance("jan-browser", &["inference:chat", "models:read"])
         .await;
@@ -350,10 +372,146 @@ async fn the_console_works_in_chromium() {
     assert!(exit.success(), "the browser test failed:\n{findings}");
     assert!(said.iter().any(|f| f["done"] == true), "{findings}");
     let shots = said.iter().filter(|f| f["screenshot"].is_string()).count();
-    assert!(shots >= 12, "a screenshot of every page: {findings}");
+    assert!(shots >= 18, "a screenshot of every page: {findings}");
     let took = said
         .iter()
         .find_map(|f| f["revoked_refused_after_ms"].as_u64())
         .unwrap();
     println!("the gate refused the revoked key {took} ms after the console revoked it");
+}
+
+#[tokio::test]
+async fn every_section_works_for_an_admin_and_makes_what_it_offers() {
+    let server = TestServer::start_admin().await;
+    let origin = server.url("");
+    let browser = Browser::default();
+    let (status, _, _) = post(
+        &browser,
+        &format!("{origin}/console/sign-in"),
+        &[("key", BOOTSTRAP)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, html) = page(&browser, &format!("{origin}/console/")).await;
+    let token = csrf(&html);
+    for section in [
+        "/console/",
+        "/console/instances",
+        "/console/nodes",
+        "/console/roles",
+        "/console/roles/inference-client",
+        "/console/admin-keys",
+        "/console/enrollment-tokens",
+        "/console/webhooks",
+        "/console/audit",
+        "/console/sessions",
+    ] {
+        let (status, headers, html) = page(&browser, &format!("{origin}{section}")).await;
+        assert_eq!(status, 200, "{section}: {html}");
+        assert!(headers.contains_key("content-security-policy"), "{section}");
+        assert!(html.contains("<h1>"), "{section}");
+    }
+
+    // Each section makes what its form offers, and shows a secret once.
+    let made = [
+        (
+            "/console/instances",
+            vec![
+                ("name", "jan-made"),
+                ("allowed_scopes", "inference:chat"),
+                ("labels", "env=lab"),
+            ],
+            303,
+            "",
+        ),
+        ("/console/nodes", vec![("name", "cortex-made")], 200, "kpn_"),
+        (
+            "/console/admin-keys",
+            vec![("name", "ci"), ("role", "viewer"), ("expires_in_days", "7")],
+            200,
+            "kpa_",
+        ),
+        (
+            "/console/enrollment-tokens",
+            vec![
+                ("name", "lab"),
+                ("scopes", "inference:chat"),
+                ("uses", "2"),
+                ("expires_in_hours", "1"),
+            ],
+            200,
+            "kpe_",
+        ),
+        (
+            "/console/webhooks",
+            vec![
+                ("url", "http://127.0.0.1:9/made"),
+                ("events", "key.revoked"),
+            ],
+            200,
+            "whsec_",
+        ),
+        (
+            "/console/roles",
+            vec![("name", "readers"), ("scopes", "models:read")],
+            303,
+            "",
+        ),
+    ];
+    for (path, fields, expected, secret) in made {
+        let mut form = fields.clone();
+        form.push(("csrf", token.as_str()));
+        let (status, _, html) = post(&browser, &format!("{origin}{path}"), &form).await;
+        assert_eq!(status, expected, "{path}: {html}");
+        assert!(
+            html.contains(secret),
+            "{path} shows its secret once: {html}"
+        );
+    }
+    let (_, roles) = server.admin(Method::GET, "/v1/roles", None).await;
+    assert!(
+        roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "readers")
+    );
+
+    // A role change is previewed, and changes nothing until saved.
+    let (status, _, html) = post(
+        &browser,
+        &format!("{origin}/console/roles/readers"),
+        &[
+            ("csrf", token.as_str()),
+            ("scopes", "models:write"),
+            ("intent", "preview"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("What saving would change"));
+    let (_, roles) = server.admin(Method::GET, "/v1/roles", None).await;
+    let readers = roles["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "readers")
+        .unwrap()
+        .clone();
+    assert_eq!(readers["scopes"], json!(["models:read"]));
+
+    // The audit log, exported from the console.
+    let response = browser
+        .client
+        .get(format!("{origin}/console/audit/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let export = response.text().await.unwrap();
+    assert!(
+        export.lines().count() >= 6 && export.contains("role.create"),
+        "{export}"
+    );
+    assert!(!export.contains(BOOTSTRAP));
 }

@@ -164,10 +164,16 @@ try {
   check(await page.isVisible("text=did not come from this console"), "and says why");
   await shot(page, "08-forged-form");
 
-  for (const [section, name] of [["Audit log", "09-audit"], ["Sessions", "10-sessions"]]) {
-    await page.goto(`${KEYPLANE}/console/`);
-    await page.getByRole("link", { name: section }).click();
-    await shot(page, name);
+  // Every section an operator may read, from the navigation.
+  await page.goto(`${KEYPLANE}/console/`);
+  const sections = await page.locator("header nav a").evaluateAll((links) =>
+    links.map((link) => [link.textContent.trim(), link.getAttribute("href")]),
+  );
+  check(sections.length >= 6, `the navigation lists what an operator reads (${sections.length})`);
+  for (const [index, [label, href]] of sections.entries()) {
+    await page.goto(`${KEYPLANE}${href}`);
+    check(await page.isVisible("h1"), `${label} renders`);
+    await shot(page, `09-${index}-${label.toLowerCase().replace(/ /g, "-")}`);
   }
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${KEYPLANE}/console/instances/${INSTANCE}`);
@@ -186,6 +192,23 @@ try {
     scopes: "inference:chat",
   });
   check(crafted === 403, "a viewer's crafted form is refused with 403");
+
+  // An admin sees the admin pages too, and previews a role change.
+  const admin = await signIn(browser, "ada", "keyplane-admins");
+  for (const [href, name] of [
+    ["/console/admin-keys", "13-admin-keys"],
+    ["/console/webhooks", "14-webhooks"],
+  ]) {
+    await admin.page.goto(`${KEYPLANE}${href}`);
+    check(await admin.page.isVisible("form.card"), `an admin may add on ${href}`);
+    await shot(admin.page, name);
+  }
+  await admin.page.goto(`${KEYPLANE}/console/roles/inference-client`);
+  await admin.page.getByLabel("models:write").check();
+  await admin.page.getByRole("button", { name: "Preview the change" }).click();
+  await admin.page.waitForSelector("text=What saving would change");
+  await shot(admin.page, "15-role-preview");
+  await admin.context.close();
 
   // An expired session: back to sign-in (the clock moves past the idle limit).
   say({ advance: 31 * 60 });

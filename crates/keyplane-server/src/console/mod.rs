@@ -13,12 +13,13 @@
 //! sign-in page, kept in an HttpOnly cookie for the console's paths and
 //! shown as such on every page. Every form carries the sign-in's CSRF token.
 
+mod fleet;
 mod pages;
 mod view;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -56,7 +57,10 @@ pub fn router() -> Router<AppState> {
             get(pages::sign_in_page).post(pages::sign_in_with_key),
         )
         .route("/console/sign-out", post(pages::sign_out))
-        .route("/console/instances", get(pages::instances))
+        .route(
+            "/console/instances",
+            get(pages::instances).post(pages::create_instance),
+        )
         .route("/console/instances/{id}", get(pages::instance))
         .route("/console/instances/{id}/keys", post(pages::issue_key))
         .route("/console/instances/{id}/status", post(pages::set_status))
@@ -70,6 +74,62 @@ pub fn router() -> Router<AppState> {
             get(pages::confirm_revoke).post(pages::revoke_key),
         )
         .route("/console/audit", get(pages::audit))
+        .route("/console/audit/export", get(pages::export_audit))
+        .route(
+            "/console/instances/{id}/decommission",
+            get(pages::confirm_decommission).post(pages::decommission),
+        )
+        .route("/console/nodes", get(fleet::nodes).post(fleet::create_node))
+        .route(
+            "/console/nodes/{id}/rotate",
+            get(fleet::confirm_rotate_node).post(fleet::rotate_node),
+        )
+        .route(
+            "/console/nodes/{id}/retire",
+            get(fleet::confirm_retire_node).post(fleet::retire_node),
+        )
+        .route(
+            "/console/admin-keys",
+            get(fleet::admin_keys).post(fleet::create_admin_key),
+        )
+        .route(
+            "/console/admin-keys/{id}/rotate",
+            get(fleet::confirm_rotate_admin_key).post(fleet::rotate_admin_key),
+        )
+        .route(
+            "/console/admin-keys/{id}/revoke",
+            get(fleet::confirm_revoke_admin_key).post(fleet::revoke_admin_key),
+        )
+        .route(
+            "/console/enrollment-tokens",
+            get(fleet::enrollment_tokens).post(fleet::create_enrollment_token),
+        )
+        .route(
+            "/console/enrollment-tokens/{id}/revoke",
+            get(fleet::confirm_revoke_token).post(fleet::revoke_token),
+        )
+        .route(
+            "/console/webhooks",
+            get(fleet::webhooks).post(fleet::create_webhook),
+        )
+        .route("/console/webhooks/{id}", get(fleet::deliveries))
+        .route(
+            "/console/webhooks/{id}/rotate",
+            get(fleet::confirm_rotate_webhook).post(fleet::rotate_webhook),
+        )
+        .route(
+            "/console/webhooks/{id}/delete",
+            get(fleet::confirm_delete_webhook).post(fleet::delete_webhook),
+        )
+        .route("/console/roles", get(fleet::roles).post(fleet::create_role))
+        .route(
+            "/console/roles/{name}",
+            get(fleet::role).post(fleet::save_role),
+        )
+        .route(
+            "/console/roles/{name}/delete",
+            get(fleet::confirm_delete_role).post(fleet::delete_role),
+        )
         .route(
             "/console/sessions",
             get(pages::sessions).post(pages::sign_out_everywhere),
@@ -154,13 +214,68 @@ pub struct Frame {
     pub csrf: String,
     /// Which part of the console the page belongs to.
     pub section: &'static str,
+    /// The parts this operator may read: id, label, address.
+    pub nav: Vec<(&'static str, &'static str, &'static str)>,
 }
+
+/// The console's parts, and what reading each needs.
+const SECTIONS: [(&str, &str, &str, Permission); 9] = [
+    (
+        "overview",
+        "Overview",
+        "/console/",
+        Permission::InstancesRead,
+    ),
+    (
+        "instances",
+        "Instances",
+        "/console/instances",
+        Permission::InstancesRead,
+    ),
+    ("nodes", "Nodes", "/console/nodes", Permission::NodesRead),
+    ("roles", "Roles", "/console/roles", Permission::RolesRead),
+    (
+        "admin-keys",
+        "Admin keys",
+        "/console/admin-keys",
+        Permission::AdminKeysRead,
+    ),
+    (
+        "enrollment",
+        "Enrollment",
+        "/console/enrollment-tokens",
+        Permission::KeysRead,
+    ),
+    (
+        "webhooks",
+        "Webhooks",
+        "/console/webhooks",
+        Permission::WebhooksRead,
+    ),
+    (
+        "audit",
+        "Audit log",
+        "/console/audit",
+        Permission::AuditRead,
+    ),
+    (
+        "sessions",
+        "Sessions",
+        "/console/sessions",
+        Permission::InstancesRead,
+    ),
+];
 
 impl Console {
     /// Whether this operator's role grants `permission`: a page shows a
     /// button only when it does (and the operation checks again).
     pub fn may(&self, permission: Permission) -> bool {
         self.ops.actor().role.allows(permission)
+    }
+
+    /// The refusal of a posted form that lacks this sign-in's CSRF token.
+    pub fn refuses(&self, form: &Fields) -> Option<Response> {
+        self.refuses_csrf(&form.one("csrf"))
     }
 
     /// The refusal of a form that lacks this sign-in's CSRF token, if it does.
@@ -220,6 +335,11 @@ impl FromRequestParts<AppState> for Console {
             with_key: via == SignedInWith::Key,
             csrf: csrf_token(&token),
             section: "",
+            nav: SECTIONS
+                .iter()
+                .filter(|(.., needs)| operator.role.allows(*needs))
+                .map(|(id, label, href, _)| (*id, *label, *href))
+                .collect(),
         };
         Ok(Console {
             ops: Ops::new(state.clone(), operator, origin(&parts.extensions)),
@@ -276,6 +396,54 @@ fn to_sign_in(parts: &Parts, here: &str) -> Response {
         "/console/sign-in?return_to={}",
         view::query_escape(back)
     ))
+}
+
+/// A posted form, read as the pairs it is (checkboxes repeat their name).
+pub struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    /// The first value of `name`, trimmed; empty when absent.
+    pub fn one(&self, name: &str) -> String {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The first value of `name`, when given and not empty.
+    pub fn given(&self, name: &str) -> Option<String> {
+        Some(self.one(name)).filter(|v| !v.is_empty())
+    }
+
+    /// Every value of `name`.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+
+    /// The value of `name` as a whole number, when it is one.
+    pub fn number(&self, name: &str) -> Option<i64> {
+        self.one(name).parse().ok()
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Fields {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Fields(
+            url::form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        ))
+    }
 }
 
 /// A page, or why there is none.

@@ -7,16 +7,16 @@ use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Response};
-use keyplane_domain::Permission;
+use keyplane_domain::{Permission, SCOPE_CATALOG};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth;
 use crate::console::view::{self, KeyRow};
-use crate::console::{Console, KEY_COOKIE, Page, keys_allowed, see_other};
+use crate::console::{Console, Fields, KEY_COOKIE, Page, keys_allowed, see_other};
 use crate::ops::Apply;
 use crate::ops::audit::AuditFilter;
-use crate::ops::instances::{InstanceStatus, UpdateInstanceRequest};
+use crate::ops::instances::{CreateInstanceRequest, InstanceStatus, UpdateInstanceRequest};
 use crate::ops::keys::{
     CreateKeyRequest, KeyFilter, RevokeKeyRequest, RotateKeyRequest, UpdateKeyRequest,
 };
@@ -255,6 +255,9 @@ pub async fn instances(console: Console, Query(query): Query<InstanceQuery>) -> 
         name: name.to_owned(),
         selector: selector.to_owned(),
         status: query.status,
+        register: console
+            .may(Permission::InstancesWrite)
+            .then(|| SCOPE_CATALOG.iter().map(|s| (*s).to_owned()).collect()),
     })
 }
 
@@ -299,65 +302,31 @@ pub async fn instance(console: Console, Path(id): Path<Uuid>) -> Response {
     })
 }
 
-/// The issue-a-key form.
-#[derive(Debug, Deserialize)]
-pub struct IssueForm {
-    csrf: String,
-    name: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    expires_in_days: Option<i64>,
-}
-
 /// Issues a key and shows its secret, this once.
-pub async fn issue_key(
-    console: Console,
-    Path(id): Path<Uuid>,
-    body: axum::body::Bytes,
-) -> Response {
+pub async fn issue_key(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
     let here = format!("/console/instances/{id}");
-    // Checkboxes repeat their name: read the form as the pairs it is.
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body)
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let form = IssueForm {
-        csrf: value(&pairs, "csrf"),
-        name: value(&pairs, "name"),
-        scopes: pairs
-            .iter()
-            .filter(|(k, _)| k == "scopes")
-            .map(|(_, v)| v.clone())
-            .collect(),
-        expires_in_days: value(&pairs, "expires_in_days").parse().ok(),
-    };
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
     let request = CreateKeyRequest {
-        name: form.name,
-        scopes: Some(form.scopes),
+        name: form.one("name"),
+        scopes: Some(form.all("scopes")),
         roles: None,
-        expires_in: form.expires_in_days.map(|days| days.saturating_mul(86_400)),
+        expires_in: form
+            .number("expires_in_days")
+            .map(|days| days.saturating_mul(86_400)),
         expires_at: None,
         audience: None,
         rotate_after: None,
     };
     match console.ops.issue_key(Apply, id, request).await {
-        Ok(created) => Page::render(&view::Secret::new(
+        Ok(created) => Page::render(&view::Secret::key(
             console.frame("instances"),
             "Key issued",
             created,
         )),
         Err(refusal) => Page::refused(refusal, &here).into_response(),
     }
-}
-
-fn value(pairs: &[(String, String)], name: &str) -> String {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
 }
 
 /// Suspends or resumes an instance.
@@ -442,37 +411,64 @@ async fn confirm(console: Console, id: Uuid, action: Action) -> Response {
         Err(refusal) => return Page::refused(refusal, "/console/instances").into_response(),
     };
     let back = format!("/console/instances/{}", key.instance_id);
-    let (title, message, field, verb) = match action {
-        Action::Revoke => (
-            format!("Revoke {}?", key.name),
-            format!(
+    let ask = match action {
+        Action::Revoke => Ask {
+            title: format!("Revoke {}?", key.name),
+            message: format!(
                 "{} stops working at every node at once, for good. Whoever holds it will be \
                  refused.",
                 key.masked_key
             ),
-            "reason",
-            "revoke",
-        ),
-        Action::Rotate => (
-            format!("Rotate {}?", key.name),
-            format!(
+            action: format!("/console/keys/{id}/revoke"),
+            button: "Revoke",
+            back,
+            field: "reason",
+        },
+        Action::Rotate => Ask {
+            title: format!("Rotate {}?", key.name),
+            message: format!(
                 "A new key replaces {}; the old one keeps working for the grace window, then \
                  stops. The new key is shown once.",
                 key.masked_key
             ),
-            "grace",
-            "rotate",
-        ),
+            action: format!("/console/keys/{id}/rotate"),
+            button: "Rotate",
+            back,
+            field: "grace",
+        },
     };
-    Page::render(&view::Confirm {
-        frame: console.frame("instances"),
-        title,
-        message,
-        action: format!("/console/keys/{id}/{verb}"),
-        button: format!("{}{}", &verb[..1].to_uppercase(), &verb[1..]),
-        back,
-        field,
-    })
+    ask.page(&console)
+}
+
+/// What a confirmation page asks.
+pub struct Ask {
+    /// The question.
+    pub title: String,
+    /// What will happen.
+    pub message: String,
+    /// Where the form posts.
+    pub action: String,
+    /// The button's label.
+    pub button: &'static str,
+    /// Where Cancel goes.
+    pub back: String,
+    /// `reason`, `grace` or nothing: the field the form adds.
+    pub field: &'static str,
+}
+
+impl Ask {
+    /// The confirmation page.
+    pub fn page(self, console: &Console) -> Response {
+        Page::render(&view::Confirm {
+            frame: console.frame(console.frame.section),
+            title: self.title,
+            message: self.message,
+            action: self.action,
+            button: self.button.to_owned(),
+            back: self.back,
+            field: self.field,
+        })
+    }
 }
 
 /// The revoke form.
@@ -524,12 +520,105 @@ pub async fn rotate_key(
         grace_seconds: form.grace_minutes.map(|m| m.saturating_mul(60)),
     };
     match console.ops.rotate_key(Apply, id, request).await {
-        Ok(created) => Page::render(&view::Secret::new(
+        Ok(created) => Page::render(&view::Secret::key(
             console.frame("instances"),
             "Key rotated",
             created,
         )),
         Err(refusal) => Page::refused(refusal, &here).into_response(),
+    }
+}
+
+/// Asks before decommissioning an instance.
+pub async fn confirm_decommission(console: Console, Path(id): Path<Uuid>) -> Response {
+    let instance = match console.ops.get_instance(id).await {
+        Ok(instance) => instance,
+        Err(refusal) => return Page::refused(refusal, "/console/instances").into_response(),
+    };
+    Ask {
+        title: format!("Decommission {}?", instance.name),
+        message: "The instance and every key of it stop working at once, for good; its name \
+                  becomes free."
+            .to_owned(),
+        action: format!("/console/instances/{id}/decommission"),
+        button: "Decommission",
+        back: format!("/console/instances/{id}"),
+        field: "",
+    }
+    .page(&console)
+}
+
+/// Decommissions an instance: it and all its keys stop at once.
+pub async fn decommission(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
+        return refusal;
+    }
+    let here = format!("/console/instances/{id}/decommission");
+    match console.ops.decommission_instance(Apply, id).await {
+        Ok(_) => see_other("/console/instances"),
+        Err(refusal) => Page::refused(refusal, &here).into_response(),
+    }
+}
+
+/// Registers an instance.
+pub async fn create_instance(console: Console, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
+        return refusal;
+    }
+    let labels = match labels(&form.one("labels")) {
+        Some(labels) => labels,
+        None => {
+            return Page::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Labels are key=value pairs, separated by commas.",
+            )
+            .into_response();
+        }
+    };
+    let request = CreateInstanceRequest {
+        name: form.one("name"),
+        description: form.given("description"),
+        labels: Some(labels),
+        allowed_scopes: Some(form.all("allowed_scopes")),
+        allowed_cidrs: None,
+        self_rotation: None,
+    };
+    match console.ops.create_instance(Apply, request).await {
+        Ok(instance) => see_other(&format!("/console/instances/{}", instance.id)),
+        Err(refusal) => Page::refused(refusal, "/console/instances").into_response(),
+    }
+}
+
+/// `k=v, k=v` as labels; None when a pair has no `=`.
+pub fn labels(text: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The whole audit log as JSON lines, to keep elsewhere.
+pub async fn export_audit(console: Console) -> Response {
+    match console.ops.export_audit_log(None, None) {
+        Ok(lines) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"keyplane-audit.jsonl\""),
+                ),
+            ],
+            axum::body::Body::from_stream(lines),
+        )
+            .into_response(),
+        Err(refusal) => Page::refused(refusal, "/console/audit").into_response(),
     }
 }
 

@@ -190,6 +190,8 @@ pub struct Instances {
     pub status: String,
     pub rows: Vec<InstanceRow>,
     pub more: bool,
+    /// The scope catalog, when the operator may register instances.
+    pub register: Option<Vec<String>>,
 }
 
 /// A key as a row of its instance's page.
@@ -261,36 +263,203 @@ pub struct Instance {
     pub may_write_instance: bool,
 }
 
-/// A key just made: its secret, this once.
+/// A credential just made: its secret, this once.
 #[derive(Template)]
 #[template(path = "console/secret.html")]
 pub struct Secret {
     pub frame: Frame,
     pub title: String,
     pub name: String,
-    pub masked: String,
     pub secret: String,
-    pub expires: String,
-    pub scopes: String,
+    /// What else to know, as label and value.
+    pub facts: Vec<(String, String)>,
     pub warnings: Vec<String>,
-    pub instance_id: String,
+    /// Where the page sends people afterwards (and what a reload shows).
+    pub done: String,
 }
 
 impl Secret {
-    pub fn new(frame: Frame, title: &str, created: CreatedKeyResponse) -> Secret {
+    /// An instance key just issued or rotated.
+    pub fn key(frame: Frame, title: &str, created: CreatedKeyResponse) -> Secret {
         let key = created.key;
         Secret {
             frame,
             title: title.to_owned(),
             name: key.name,
-            masked: key.masked_key,
-            expires: at(&key.expires_at),
-            scopes: list(&key.effective_scopes),
+            facts: vec![
+                ("Shown from now on as".to_owned(), key.masked_key),
+                ("Scopes".to_owned(), list(&key.effective_scopes)),
+                ("Expires".to_owned(), at(&key.expires_at)),
+            ],
             warnings: created.warnings,
-            instance_id: key.instance_id.to_string(),
+            done: format!("/console/instances/{}", key.instance_id),
             secret: created.secret,
         }
     }
+}
+
+/// One cell of a table: text, maybe a link, maybe a style.
+pub struct Cell {
+    pub text: String,
+    pub href: Option<String>,
+    pub class: &'static str,
+}
+
+impl Cell {
+    /// Plain text.
+    pub fn text(text: impl Into<String>) -> Cell {
+        Cell {
+            text: text.into(),
+            href: None,
+            class: "",
+        }
+    }
+
+    /// A link.
+    pub fn link(text: impl Into<String>, href: String) -> Cell {
+        Cell {
+            href: Some(href),
+            ..Cell::text(text)
+        }
+    }
+
+    /// A status word, styled as such.
+    pub fn status(text: &str) -> Cell {
+        let class = match text {
+            "active" | "enabled" | "delivered" | "live" => "status active",
+            "revoked" | "expired" | "retired" | "failed" | "spent" | "disabled" => "status revoked",
+            _ => "status rotating",
+        };
+        Cell {
+            class,
+            ..Cell::text(text)
+        }
+    }
+}
+
+/// A link from a row to one of its actions (a confirmation page, for
+/// what cannot be undone).
+pub struct RowAction {
+    pub label: &'static str,
+    pub href: String,
+    pub danger: bool,
+}
+
+/// A row of a table, named for the labels of its actions.
+pub struct Row {
+    pub name: String,
+    pub cells: Vec<Cell>,
+    pub actions: Vec<RowAction>,
+}
+
+/// One field of a form.
+pub struct Field {
+    pub name: &'static str,
+    pub label: &'static str,
+    /// `text`, `url`, `number`, `select` or `checks`.
+    pub kind: &'static str,
+    /// For `select` and `checks`: value and label.
+    pub options: Vec<(String, String)>,
+    pub required: bool,
+    pub placeholder: &'static str,
+}
+
+impl Field {
+    /// A text input.
+    pub fn input(name: &'static str, label: &'static str, kind: &'static str) -> Field {
+        Field {
+            name,
+            label,
+            kind,
+            options: Vec::new(),
+            required: false,
+            placeholder: "",
+        }
+    }
+
+    /// A required input.
+    pub fn required(self) -> Field {
+        Field {
+            required: true,
+            ..self
+        }
+    }
+
+    /// With a placeholder.
+    pub fn hint(self, placeholder: &'static str) -> Field {
+        Field {
+            placeholder,
+            ..self
+        }
+    }
+
+    /// A choice of one.
+    pub fn select(name: &'static str, label: &'static str, options: &[(&str, &str)]) -> Field {
+        Field {
+            kind: "select",
+            options: options
+                .iter()
+                .map(|(v, l)| ((*v).to_owned(), (*l).to_owned()))
+                .collect(),
+            ..Field::input(name, label, "select")
+        }
+    }
+
+    /// Checkboxes, one per option.
+    pub fn checks(name: &'static str, label: &'static str, options: &[&str]) -> Field {
+        Field {
+            kind: "checks",
+            options: options
+                .iter()
+                .map(|o| ((*o).to_owned(), (*o).to_owned()))
+                .collect(),
+            ..Field::input(name, label, "checks")
+        }
+    }
+}
+
+/// A form that makes something.
+pub struct FormSpec {
+    pub title: &'static str,
+    pub action: String,
+    pub button: &'static str,
+    pub fields: Vec<Field>,
+}
+
+/// A section of the console: a table of what there is, and a form to add
+/// to it when the operator may.
+#[derive(Template)]
+#[template(path = "console/table.html")]
+pub struct Table {
+    pub frame: Frame,
+    pub title: String,
+    pub intro: String,
+    pub empty: &'static str,
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Row>,
+    pub form: Option<FormSpec>,
+}
+
+impl Table {
+    /// Whether any row has an action (the table then has their column).
+    pub fn actions(&self) -> bool {
+        self.rows.iter().any(|row| !row.actions.is_empty())
+    }
+}
+
+/// A role: its scopes to edit, and what a change would do.
+#[derive(Template)]
+#[template(path = "console/role.html")]
+pub struct Role {
+    pub frame: Frame,
+    pub name: String,
+    pub description: String,
+    /// Every scope of the catalog, and whether the role (or the form) has it.
+    pub scopes: Vec<(String, bool)>,
+    /// After a preview: the keys that would gain or lose scopes.
+    pub plan: Option<Vec<(String, String, String)>>,
+    pub nodes: usize,
+    pub may_write: bool,
 }
 
 /// Asks before a change that cannot be undone.
