@@ -198,6 +198,54 @@ async fn people_sign_in_issue_a_key_once_and_every_change_keeps_its_checks() {
     );
     assert_eq!(key_status(&server, &key_id).await, "revoked");
 
+    // Two more keys, renamed and then revoked together as a selection.
+    let mut picked = Vec::new();
+    for name in ["a", "b"] {
+        let key = server
+            .key(
+                &instance,
+                json!({ "name": name, "scopes": ["inference:chat"] }),
+            )
+            .await;
+        picked.push(key["id"].as_str().unwrap().to_owned());
+    }
+    let (status, location, _) = post(
+        &operator,
+        &format!("{origin}/console/keys/{}", picked[0]),
+        &[("csrf", token.as_str()), ("name", "renamed")],
+    )
+    .await;
+    assert_eq!(status, 303, "{location}");
+    let (_, key) = server
+        .admin(Method::GET, &format!("/v1/keys/{}", picked[0]), None)
+        .await;
+    assert_eq!(key["name"], "renamed");
+    let (status, _, html) = page(
+        &operator,
+        &format!(
+            "{instance_page}/revoke-selected?key={}&key={}",
+            picked[0], picked[1]
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Revoke 2 keys?"), "{html}");
+    let (status, _, _) = post(
+        &operator,
+        &format!("{instance_page}/revoke-selected"),
+        &[
+            ("csrf", token.as_str()),
+            ("key", picked[0].as_str()),
+            ("key", picked[1].as_str()),
+            ("reason", "offboarding"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    for id in &picked {
+        assert_eq!(key_status(&server, id).await, "revoked");
+    }
+
     // Signed out: the cookie no longer opens anything.
     let (status, location, _) = post(
         &operator,

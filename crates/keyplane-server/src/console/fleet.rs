@@ -176,6 +176,7 @@ pub async fn confirm_rotate_node(console: Console, Path(id): Path<Uuid>) -> Resp
             button: "Rotate",
             back: "/console/nodes".to_owned(),
             field: "grace",
+            hidden: Vec::new(),
         }
         .page(&console)
     })
@@ -207,6 +208,7 @@ pub async fn confirm_retire_node(console: Console, Path(id): Path<Uuid>) -> Resp
             button: "Retire",
             back: "/console/nodes".to_owned(),
             field: "",
+            hidden: Vec::new(),
         }
         .page(&console)
     })
@@ -379,6 +381,7 @@ pub async fn confirm_rotate_admin_key(console: Console, Path(id): Path<Uuid>) ->
         button: "Rotate",
         back: "/console/admin-keys".to_owned(),
         field: "grace",
+        hidden: Vec::new(),
     }
     .page(&console)
 }
@@ -415,6 +418,7 @@ pub async fn confirm_revoke_admin_key(console: Console, Path(id): Path<Uuid>) ->
         button: "Revoke",
         back: "/console/admin-keys".to_owned(),
         field: "reason",
+        hidden: Vec::new(),
     }
     .page(&console)
 }
@@ -557,6 +561,7 @@ pub async fn confirm_revoke_token(console: Console, Path(id): Path<Uuid>) -> Res
         button: "Revoke",
         back: "/console/enrollment-tokens".to_owned(),
         field: "",
+        hidden: Vec::new(),
     }
     .page(&console)
 }
@@ -720,6 +725,7 @@ pub async fn confirm_rotate_webhook(console: Console, Path(id): Path<Uuid>) -> R
         button: "Rotate",
         back: "/console/webhooks".to_owned(),
         field: "grace",
+        hidden: Vec::new(),
     }
     .page(&console)
 }
@@ -749,6 +755,7 @@ pub async fn confirm_delete_webhook(console: Console, Path(id): Path<Uuid>) -> R
         button: "Delete",
         back: "/console/webhooks".to_owned(),
         field: "",
+        hidden: Vec::new(),
     }
     .page(&console)
 }
@@ -904,6 +911,7 @@ pub async fn confirm_delete_role(console: Console, Path(name): Path<String>) -> 
         button: "Delete",
         back: "/console/roles".to_owned(),
         field: "",
+        hidden: Vec::new(),
     }
     .page(&console)
 }

@@ -64,7 +64,15 @@ pub fn router() -> Router<AppState> {
         .route("/console/instances/{id}", get(pages::instance))
         .route("/console/instances/{id}/keys", post(pages::issue_key))
         .route("/console/instances/{id}/status", post(pages::set_status))
+        .route(
+            "/console/keys/{id}",
+            get(pages::key).post(pages::rename_key),
+        )
         .route("/console/keys/{id}/enabled", post(pages::set_enabled))
+        .route(
+            "/console/instances/{id}/revoke-selected",
+            get(pages::confirm_revoke_selected).post(pages::revoke_selected),
+        )
         .route(
             "/console/keys/{id}/rotate",
             get(pages::confirm_rotate).post(pages::rotate_key),

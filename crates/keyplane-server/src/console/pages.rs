@@ -423,6 +423,7 @@ async fn confirm(console: Console, id: Uuid, action: Action) -> Response {
             button: "Revoke",
             back,
             field: "reason",
+            hidden: Vec::new(),
         },
         Action::Rotate => Ask {
             title: format!("Rotate {}?", key.name),
@@ -435,6 +436,7 @@ async fn confirm(console: Console, id: Uuid, action: Action) -> Response {
             button: "Rotate",
             back,
             field: "grace",
+            hidden: Vec::new(),
         },
     };
     ask.page(&console)
@@ -454,6 +456,8 @@ pub struct Ask {
     pub back: String,
     /// `reason`, `grace` or nothing: the field the form adds.
     pub field: &'static str,
+    /// Fields the form carries as they are.
+    pub hidden: Vec<(String, String)>,
 }
 
 impl Ask {
@@ -467,6 +471,7 @@ impl Ask {
             button: self.button.to_owned(),
             back: self.back,
             field: self.field,
+            hidden: self.hidden,
         })
     }
 }
@@ -529,6 +534,101 @@ pub async fn rotate_key(
     }
 }
 
+/// One key's page: everything about it, and its name to change.
+pub async fn key(console: Console, Path(id): Path<Uuid>) -> Response {
+    let key = match console.ops.get_key(id).await {
+        Ok(key) => key,
+        Err(refusal) => return Page::refused(refusal, "/console/instances").into_response(),
+    };
+    let now = console.ops.state().clock.now();
+    let mut facts = vec![
+        ("Issued".to_owned(), view::at(&key.created_at)),
+        ("Roles".to_owned(), view::list(&key.roles)),
+        ("Own scopes".to_owned(), view::list(&key.scopes)),
+    ];
+    if let Some(until) = &key.grace_until {
+        facts.push(("Works until (rotated)".to_owned(), view::at(until)));
+    }
+    if let Some(reason) = &key.revoked_reason {
+        facts.push(("Revoked because".to_owned(), reason.clone()));
+    }
+    Page::render(&view::Key {
+        frame: console.frame("instances"),
+        instance_id: key.instance_id.to_string(),
+        key: KeyRow::new(&key, now),
+        facts,
+        may_write: console.may(Permission::KeysWrite),
+    })
+}
+
+/// Renames a key.
+pub async fn rename_key(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
+        return refusal;
+    }
+    let request = UpdateKeyRequest {
+        name: Some(form.one("name")),
+        enabled: None,
+    };
+    match console.ops.update_key(Apply, id, request).await {
+        Ok(_) => see_other(&format!("/console/keys/{id}")),
+        Err(refusal) => Page::refused(refusal, &format!("/console/keys/{id}")).into_response(),
+    }
+}
+
+/// Asks before revoking the keys selected on an instance's page.
+pub async fn confirm_revoke_selected(
+    console: Console,
+    Path(id): Path<Uuid>,
+    uri: axum::http::Uri,
+) -> Response {
+    let back = format!("/console/instances/{id}");
+    let selected: Vec<Uuid> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .filter(|(k, _)| k == "key")
+            .filter_map(|(_, v)| v.parse().ok())
+            .collect();
+    if selected.is_empty() {
+        return Page::error(StatusCode::BAD_REQUEST, "Select the keys to revoke first.")
+            .into_response();
+    }
+    Ask {
+        title: format!("Revoke {} keys?", selected.len()),
+        message: "They stop working at every node at once, for good.".to_owned(),
+        action: format!("/console/instances/{id}/revoke-selected"),
+        button: "Revoke them",
+        back,
+        field: "reason",
+        hidden: selected
+            .iter()
+            .map(|key| ("key".to_owned(), key.to_string()))
+            .collect(),
+    }
+    .page(&console)
+}
+
+/// Revokes the selected keys, one operation each: every rule (and audit
+/// entry) of a single revocation holds for each.
+pub async fn revoke_selected(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
+        return refusal;
+    }
+    let here = format!("/console/instances/{id}");
+    for key in form.all("key") {
+        let Ok(key) = key.parse::<Uuid>() else {
+            return Page::error(StatusCode::BAD_REQUEST, "A selected key is not a key id.")
+                .into_response();
+        };
+        let request = RevokeKeyRequest {
+            reason: form.given("reason"),
+        };
+        if let Err(refusal) = console.ops.revoke_key(Apply, key, request).await {
+            return Page::refused(refusal, &here).into_response();
+        }
+    }
+    see_other(&here)
+}
+
 /// Asks before decommissioning an instance.
 pub async fn confirm_decommission(console: Console, Path(id): Path<Uuid>) -> Response {
     let instance = match console.ops.get_instance(id).await {
@@ -544,6 +644,7 @@ pub async fn confirm_decommission(console: Console, Path(id): Path<Uuid>) -> Res
         button: "Decommission",
         back: format!("/console/instances/{id}"),
         field: "",
+        hidden: Vec::new(),
     }
     .page(&console)
 }

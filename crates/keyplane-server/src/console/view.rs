@@ -474,6 +474,19 @@ pub struct Confirm {
     pub back: String,
     /// `reason` (revoke) or `grace` (rotate): the field the form adds.
     pub field: &'static str,
+    /// Fields the form carries as they are (the keys of a selection).
+    pub hidden: Vec<(String, String)>,
+}
+
+/// One key: everything about it, and its name to change.
+#[derive(Template)]
+#[template(path = "console/key.html")]
+pub struct Key {
+    pub frame: Frame,
+    pub key: KeyRow,
+    pub instance_id: String,
+    pub facts: Vec<(String, String)>,
+    pub may_write: bool,
 }
 
 /// The audit log.
