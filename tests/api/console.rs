@@ -100,6 +100,27 @@ async fn people_sign_in_issue_a_key_once_and_every_change_keeps_its_checks() {
         html.contains(r#"content="0; url=/console/instances""#),
         "{html}"
     );
+    // Never onto a confirmation page, or a page its query shapes: a link
+    // from elsewhere lands on the overview.
+    for path in [
+        "/console/keys/0f8fad5b-d9cb-469f-a165-70867728950e/revoke",
+        "/console/instances/x/revoke-selected?key=y",
+    ] {
+        let html = stranger
+            .client
+            .get(format!("{origin}{path}"))
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            html.contains(r#"content="0; url=/console/""#),
+            "{path}: {html}"
+        );
+    }
 
     // An operator issues a key and sees its secret once.
     let operator = signed_in(&origin, &Person::in_group("olga", "keyplane-ops")).await;
@@ -245,6 +266,23 @@ async fn people_sign_in_issue_a_key_once_and_every_change_keeps_its_checks() {
     for id in &picked {
         assert_eq!(key_status(&server, id).await, "revoked");
     }
+    // A key of another instance is not part of this one's selection.
+    let other = server.instance("jan-other", &["inference:chat"]).await;
+    let stranger_key = server
+        .key(
+            &other,
+            json!({ "name": "theirs", "scopes": ["inference:chat"] }),
+        )
+        .await;
+    let stranger_id = stranger_key["id"].as_str().unwrap();
+    let (status, _, _) = post(
+        &operator,
+        &format!("{instance_page}/revoke-selected"),
+        &[("csrf", token.as_str()), ("key", stranger_id)],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(key_status(&server, stranger_id).await, "active");
 
     // Signed out: the cookie no longer opens anything.
     let (status, location, _) = post(
@@ -305,6 +343,18 @@ async fn in_dev_an_admin_key_signs_in_to_the_console_and_says_so() {
     let (status, _, html) = page(&browser, &format!("{origin}/console/")).await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("signed in with a key (dev)"));
+    assert!(html.contains("Recent denials and suspected probes"));
+    // Another site's form cannot sign a browser in with its own key.
+    let response = Browser::default()
+        .client
+        .post(format!("{origin}/console/sign-in"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("key", BOOTSTRAP)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("set-cookie").is_none());
     assert!(html.contains("The hash chain verifies"));
     // The cookie is the console's: the API does not take it.
     let (status, _, _) = page(&browser, &format!("{origin}/v1/instances")).await;
@@ -525,6 +575,15 @@ async fn every_section_works_for_an_admin_and_makes_what_it_offers() {
             .any(|r| r["name"] == "readers")
     );
 
+    // A role's name from a path steers no form anywhere else.
+    let (status, _, html) = page(
+        &browser,
+        &format!("{origin}/console/roles/..%2Fadmin-keys%2Fx%2Frevoke%3F/delete"),
+    )
+    .await;
+    assert_eq!(status, 404, "{html}");
+    assert!(!html.contains("admin-keys/x/revoke"));
+
     // A role change is previewed, and changes nothing until saved.
     let (status, _, html) = post(
         &browser,
@@ -562,4 +621,10 @@ async fn every_section_works_for_an_admin_and_makes_what_it_offers() {
         "{export}"
     );
     assert!(!export.contains(BOOTSTRAP));
+    let (status, listed) = server
+        .admin(Method::GET, "/v1/audit?outcome=success&limit=2", None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let items = listed["items"].as_array().unwrap();
+    assert!(!items.is_empty() && items.iter().all(|e| e["outcome"] == "success"));
 }

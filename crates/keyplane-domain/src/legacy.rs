@@ -34,9 +34,11 @@ impl LegacyKey {
     pub fn parse(text: &str) -> Result<LegacyKey, KeyError> {
         let shaped = (Self::MIN_LEN..=Self::MAX_LEN).contains(&text.len())
             && text.bytes().all(|b| b.is_ascii_graphic());
-        let ours = KeyKind::ALL
-            .into_iter()
-            .any(|kind| text.starts_with(kind.prefix()));
+        // `KPI_…` too: a key of ours re-typed in capitals is not a legacy one.
+        let ours = KeyKind::ALL.into_iter().any(|kind| {
+            text.get(..kind.prefix().len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(kind.prefix()))
+        });
         if !shaped || ours {
             return Err(KeyError::Malformed);
         }
@@ -53,6 +55,12 @@ impl LegacyKey {
     /// The digest stored and looked up in place of the key.
     pub fn digest(&self) -> KeyDigest {
         KeyDigest::of(&self.text)
+    }
+
+    /// Shorter than 16 characters: guessable, and (stored as an unsalted
+    /// hash, as every key is) recoverable from a stolen database.
+    pub fn weak(&self) -> bool {
+        self.text.len() < 16
     }
 
     /// `legacy…` and, for a key of 20 characters or more, its last four.
@@ -141,6 +149,7 @@ mod tests {
         for kind in KeyKind::ALL {
             let text = format!("{}looks-like-ours-but-is-not", kind.prefix());
             assert!(LegacyKey::parse(&text).is_err(), "{text}");
+            assert!(LegacyKey::parse(&text.to_uppercase()).is_err(), "{text}");
         }
     }
 

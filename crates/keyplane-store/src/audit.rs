@@ -204,6 +204,8 @@ pub struct Filter {
     pub since: Option<DateTime<Utc>>,
     /// Only before this time.
     pub until: Option<DateTime<Utc>>,
+    /// Only with this outcome (`success`, `denied`).
+    pub outcome: Option<String>,
 }
 
 /// A page of entries in chain order, after `after_seq`.
@@ -221,6 +223,7 @@ pub async fn list(
               and ($4::text is null or target_id = $4)
               and ($5::timestamptz is null or at >= $5)
               and ($6::timestamptz is null or at < $6)
+              and ($8::text is null or outcome = $8)
             order by seq
             limit $7"#,
     )
@@ -230,6 +233,37 @@ pub async fn list(
     .bind(&filter.target)
     .bind(filter.since)
     .bind(filter.until)
+    .bind(limit)
+    .bind(&filter.outcome)
+    .fetch_all(db)
+    .await?)
+}
+
+/// The newest `limit` chained entries that match, newest first (what a
+/// person looks at first; lists for tools page oldest first).
+pub async fn latest(
+    db: impl PgExecutor<'_>,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Vec<Entry>, StoreError> {
+    Ok(sqlx::query_as::<_, Entry>(
+        r#"select * from audit_log
+            where seq is not null
+              and ($1::text is null or actor = $1)
+              and ($2::text is null or action = $2)
+              and ($3::text is null or target_id = $3)
+              and ($4::timestamptz is null or at >= $4)
+              and ($5::timestamptz is null or at < $5)
+              and ($6::text is null or outcome = $6)
+            order by seq desc
+            limit $7"#,
+    )
+    .bind(&filter.actor)
+    .bind(&filter.action)
+    .bind(&filter.target)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(&filter.outcome)
     .bind(limit)
     .fetch_all(db)
     .await?)

@@ -5,7 +5,7 @@
 
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
-use keyplane_domain::{Permission, SCOPE_CATALOG};
+use keyplane_domain::{Permission, RoleName, SCOPE_CATALOG};
 use uuid::Uuid;
 
 use crate::console::pages::{Ask, labels};
@@ -835,8 +835,23 @@ pub async fn create_role(console: Console, form: Fields) -> Response {
     or_refused(put, "/console/roles", |_| see_other("/console/roles"))
 }
 
+/// A role's name from a path: only a name a role may have, so that what
+/// is built from it (a form's target) stays the role's.
+fn role_name(name: &str) -> Option<String> {
+    RoleName::parse(name)
+        .ok()
+        .map(|name| name.as_str().to_owned())
+}
+
+fn no_role() -> Response {
+    Page::error(axum::http::StatusCode::NOT_FOUND, "No role of this name.").into_response()
+}
+
 /// A role, to read or change.
 pub async fn role(console: Console, Path(name): Path<String>) -> Response {
+    let Some(name) = role_name(&name) else {
+        return no_role();
+    };
     let listed = console.ops.list_roles(page()).await;
     or_refused(listed, "/console/roles", |roles| {
         let Some(role) = roles.items.into_iter().find(|role| role.name == name) else {
@@ -867,6 +882,9 @@ pub async fn save_role(console: Console, Path(name): Path<String>, form: Fields)
     if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
+    let Some(name) = role_name(&name) else {
+        return no_role();
+    };
     let here = format!("/console/roles/{name}");
     let scopes = form.all("scopes");
     let request = || PutRoleRequest {
@@ -904,6 +922,9 @@ pub async fn save_role(console: Console, Path(name): Path<String>, form: Fields)
 
 /// Asks before deleting a role.
 pub async fn confirm_delete_role(console: Console, Path(name): Path<String>) -> Response {
+    let Some(name) = role_name(&name) else {
+        return no_role();
+    };
     Ask {
         title: format!("Delete the role {name}?"),
         message: "keyplane refuses while a live key still carries it.".to_owned(),
@@ -921,6 +942,9 @@ pub async fn delete_role(console: Console, Path(name): Path<String>, form: Field
     if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
+    let Some(name) = role_name(&name) else {
+        return no_role();
+    };
     let deleted = console.ops.delete_role(Apply, &name).await;
     or_refused(deleted, &format!("/console/roles/{name}/delete"), |_| {
         see_other("/console/roles")

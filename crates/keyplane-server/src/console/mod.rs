@@ -384,15 +384,13 @@ pub fn keys_allowed(state: &AppState) -> bool {
 /// Sends a visitor without a sign-in to the sign-in page. A navigation that
 /// arrives from another site (the identity provider's redirect back) did
 /// not bring the session's SameSite=Strict cookie: the page is loaded once
-/// more from here, which does.
+/// more from here, which does. Only a plain page is reloaded so: a link
+/// from elsewhere never becomes a same-site visit to a confirmation page or
+/// to a page its query shapes.
 fn to_sign_in(parts: &Parts, here: &str) -> Response {
-    let cross_site = parts
-        .headers
-        .get("sec-fetch-site")
-        .is_some_and(|site| site == "cross-site");
-    if cross_site && parts.method.is_safe() {
+    if cross_site(parts) && parts.method.is_safe() {
         return Page::render(&view::Reload {
-            to: here.to_owned(),
+            to: landing(here).to_owned(),
         });
     }
     let back = if parts.method.is_safe() {
@@ -452,6 +450,30 @@ impl<S: Send + Sync> FromRequest<S> for Fields {
                 .collect(),
         ))
     }
+}
+
+/// Whether the browser says the request comes from another site.
+pub fn cross_site(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site == "cross-site" || site == "same-site")
+}
+
+/// Where a visit from another site may land: `here` when it is a plain
+/// page (no query, no action), else the overview.
+fn landing(here: &str) -> &str {
+    const ACTIONS: [&str; 7] = [
+        "/rotate",
+        "/revoke",
+        "/retire",
+        "/delete",
+        "/decommission",
+        "/revoke-selected",
+        "/sign-out",
+    ];
+    let plain = !here.contains('?') && !ACTIONS.iter().any(|action| here.ends_with(action));
+    if plain { here } else { "/console/" }
 }
 
 /// A page, or why there is none.
@@ -517,5 +539,18 @@ impl Page {
 impl IntoResponse for Page {
     fn into_response(self) -> Response {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_visit_from_elsewhere_lands_on_plain_pages_only() {
+        assert_eq!(landing("/console/instances"), "/console/instances");
+        assert_eq!(landing("/console/keys/k/revoke"), "/console/");
+        assert_eq!(landing("/console/instances/i/revoke-selected"), "/console/");
+        assert_eq!(landing("/console/instances?name=x"), "/console/");
     }
 }

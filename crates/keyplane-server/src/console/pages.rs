@@ -61,14 +61,23 @@ pub async fn overview(console: Console) -> Response {
                 Ok(verification) => verification,
                 Err(refusal) => return Page::refused(refusal, "/console/").into_response(),
             };
-            let recent = match ops
-                .list_audit_entries(AuditFilter::default(), page(10))
-                .await
-            {
-                Ok(entries) => entries.items.iter().map(view::AuditRow::from).collect(),
-                Err(refusal) => return Page::refused(refusal, "/console/").into_response(),
+            let denied = AuditFilter {
+                outcome: Some("denied".to_owned()),
+                ..AuditFilter::default()
             };
-            (Some(verification), Some(recent))
+            let (recent, denials) = match (
+                ops.latest_audit_entries(AuditFilter::default(), 10).await,
+                ops.latest_audit_entries(denied, 10).await,
+            ) {
+                (Ok(recent), Ok(denials)) => (recent, denials),
+                (Err(refusal), _) | (_, Err(refusal)) => {
+                    return Page::refused(refusal, "/console/").into_response();
+                }
+            };
+            let rows = |entries: Vec<crate::audit_trail::AuditEntry>| {
+                entries.iter().map(view::AuditRow::from).collect::<Vec<_>>()
+            };
+            (Some(verification), Some((rows(recent), rows(denials))))
         }
         false => (None, None),
     };
@@ -88,18 +97,13 @@ pub struct ReturnTo {
 }
 
 /// A path of the console, else the overview: a sign-in never sends anyone
-/// elsewhere.
+/// elsewhere (the rules of the identity provider's `return_to`, within
+/// the console).
 fn console_path(asked: Option<&str>) -> String {
-    match asked {
-        Some(path)
-            if path.starts_with("/console/")
-                && !path.starts_with("//")
-                && path.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            path.to_owned()
-        }
-        _ => "/console/".to_owned(),
-    }
+    crate::ops::people::safe_return_to(asked)
+        .ok()
+        .filter(|path| path.starts_with("/console/"))
+        .unwrap_or_else(|| "/console/".to_owned())
 }
 
 /// The sign-in page: the identity provider, and in `dev` an admin key.
@@ -145,6 +149,11 @@ pub async fn sign_in_with_key(
         return Page::error(StatusCode::BAD_REQUEST, "The form could not be read.").into_response();
     };
     let return_to = console_path(form.return_to.as_deref());
+    // Another site's form must not sign a browser in with its own key.
+    if crate::console::cross_site(&parts) {
+        return Page::error(StatusCode::FORBIDDEN, "Sign in from keyplane's own page.")
+            .into_response();
+    }
     if !keys_allowed(&state) {
         return Page::error(
             StatusCode::FORBIDDEN,
@@ -153,10 +162,26 @@ pub async fn sign_in_with_key(
         .into_response();
     }
     let key = form.key.trim();
-    match auth::authenticate(&parts, &state, key, auth::Credential::Any).await {
+    // Only what a cookie carries as it is (admin keys and sane tokens do).
+    let cookie_safe = key
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'));
+    let signed_in = match cookie_safe {
+        true => auth::authenticate(&parts, &state, key, auth::Credential::Any).await,
+        false => Err(crate::error::ApiError::Unauthorized {
+            code: "invalid_credentials",
+            detail: "not a key",
+        }),
+    };
+    match signed_in {
         Ok(_) => {
+            let secure = if state.settings.tls.is_some() {
+                "; Secure"
+            } else {
+                ""
+            };
             let cookie = format!(
-                "{KEY_COOKIE}={key}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=28800"
+                "{KEY_COOKIE}={key}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=28800{secure}"
             );
             let mut response = see_other(&return_to);
             if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -576,49 +601,89 @@ pub async fn rename_key(console: Console, Path(id): Path<Uuid>, form: Fields) ->
     }
 }
 
-/// Asks before revoking the keys selected on an instance's page.
+/// The most keys one selection revokes.
+const MOST_SELECTED: usize = 100;
+
+/// The selected keys, each of which must be of instance `id`: answers
+/// their ids and names (masked key included), or the page that refuses.
+async fn selection(
+    console: &Console,
+    id: Uuid,
+    keys: &[String],
+) -> Result<Vec<(Uuid, String)>, (StatusCode, String)> {
+    if keys.is_empty() || keys.len() > MOST_SELECTED {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("Select 1 to {MOST_SELECTED} keys of this instance first."),
+        ));
+    }
+    let mut found = Vec::with_capacity(keys.len());
+    for key in keys {
+        let key = match key.parse::<Uuid>() {
+            Ok(key) => console.ops.get_key(key).await.ok(),
+            Err(_) => None,
+        };
+        match key {
+            Some(key) if key.instance_id == id => {
+                found.push((key.id, format!("{} ({})", key.name, key.masked_key)));
+            }
+            _ => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    "A selected key is not a key of this instance.".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Asks before revoking the keys selected on an instance's page, naming each.
 pub async fn confirm_revoke_selected(
     console: Console,
     Path(id): Path<Uuid>,
     uri: axum::http::Uri,
 ) -> Response {
-    let back = format!("/console/instances/{id}");
-    let selected: Vec<Uuid> =
-        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
-            .filter(|(k, _)| k == "key")
-            .filter_map(|(_, v)| v.parse().ok())
-            .collect();
-    if selected.is_empty() {
-        return Page::error(StatusCode::BAD_REQUEST, "Select the keys to revoke first.")
-            .into_response();
-    }
+    let keys: Vec<String> = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "key")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let selected = match selection(&console, id, &keys).await {
+        Ok(selected) => selected,
+        Err((status, message)) => return Page::error(status, message).into_response(),
+    };
+    let names: Vec<String> = selected.iter().map(|(_, name)| name.clone()).collect();
     Ask {
         title: format!("Revoke {} keys?", selected.len()),
-        message: "They stop working at every node at once, for good.".to_owned(),
+        message: format!(
+            "{} stop working at every node at once, for good.",
+            names.join(", ")
+        ),
         action: format!("/console/instances/{id}/revoke-selected"),
         button: "Revoke them",
-        back,
+        back: format!("/console/instances/{id}"),
         field: "reason",
         hidden: selected
             .iter()
-            .map(|key| ("key".to_owned(), key.to_string()))
+            .map(|(key, _)| ("key".to_owned(), key.to_string()))
             .collect(),
     }
     .page(&console)
 }
 
-/// Revokes the selected keys, one operation each: every rule (and audit
-/// entry) of a single revocation holds for each.
+/// Revokes the selected keys (all of this instance, checked before any is
+/// revoked), one operation each: every rule (and audit entry) of a single
+/// revocation holds for each.
 pub async fn revoke_selected(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
     if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
     let here = format!("/console/instances/{id}");
-    for key in form.all("key") {
-        let Ok(key) = key.parse::<Uuid>() else {
-            return Page::error(StatusCode::BAD_REQUEST, "A selected key is not a key id.")
-                .into_response();
-        };
+    let selected = match selection(&console, id, &form.all("key")).await {
+        Ok(selected) => selected,
+        Err((status, message)) => return Page::error(status, message).into_response(),
+    };
+    for (key, _) in selected {
         let request = RevokeKeyRequest {
             reason: form.given("reason"),
         };
@@ -730,6 +795,8 @@ pub struct AuditQuery {
     actor: String,
     #[serde(default)]
     action: String,
+    #[serde(default)]
+    outcome: String,
 }
 
 /// The audit log: the chain's verification, then the latest entries.
@@ -739,19 +806,22 @@ pub async fn audit(console: Console, Query(query): Query<AuditQuery>) -> Respons
         Ok(verification) => verification,
         Err(refusal) => return Page::refused(refusal, "/console/audit").into_response(),
     };
+    let given = |text: &str| Some(text.trim().to_owned()).filter(|t| !t.is_empty());
     let filter = AuditFilter {
-        actor: Some(query.actor.trim().to_owned()).filter(|a| !a.is_empty()),
-        action: Some(query.action.trim().to_owned()).filter(|a| !a.is_empty()),
+        actor: given(&query.actor),
+        action: given(&query.action),
+        outcome: given(&query.outcome),
         ..AuditFilter::default()
     };
-    let entries = match ops.list_audit_entries(filter, page(100)).await {
-        Ok(entries) => entries.items,
+    let entries = match ops.latest_audit_entries(filter, 200).await {
+        Ok(entries) => entries,
         Err(refusal) => return Page::refused(refusal, "/console/audit").into_response(),
     };
     Page::render(&view::Audit {
         frame: console.frame("audit"),
         actor: query.actor,
         action: query.action,
+        outcome: query.outcome,
         verification,
         recent: entries.iter().map(view::AuditRow::from).collect(),
     })

@@ -151,7 +151,8 @@ pub struct Overview {
     pub warnings: Vec<Warning>,
     pub verification: Option<AuditVerification>,
     pub nodes: Option<Vec<NodeRow>>,
-    pub recent: Option<Vec<AuditRow>>,
+    /// The newest entries, and the newest denials (probes, refused sign-ins).
+    pub recent: Option<(Vec<AuditRow>, Vec<AuditRow>)>,
 }
 
 /// An instance as a row of the list.
@@ -496,6 +497,7 @@ pub struct Audit {
     pub frame: Frame,
     pub actor: String,
     pub action: String,
+    pub outcome: String,
     pub verification: AuditVerification,
     pub recent: Vec<AuditRow>,
 }

@@ -30,7 +30,25 @@ pub struct AuditFilter {
     pub since: Option<DateTime<Utc>>,
     /// Before this time.
     pub until: Option<DateTime<Utc>>,
+    /// Only with this outcome (`success`, `denied`).
+    pub outcome: Option<String>,
 }
+
+impl From<AuditFilter> for audit::Filter {
+    fn from(filter: AuditFilter) -> Self {
+        audit::Filter {
+            actor: filter.actor,
+            action: filter.action,
+            target: filter.target,
+            since: filter.since,
+            until: filter.until,
+            outcome: filter.outcome,
+        }
+    }
+}
+
+/// The most entries [`Ops::latest_audit_entries`] reads.
+pub const MOST_LATEST: i64 = 500;
 
 /// The result of re-checking the chain.
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,13 +103,7 @@ impl Ops<Operator> {
             .map(|c| cursors.decode_seq(LIST, c))
             .transpose()?
             .unwrap_or(0);
-        let filter = audit::Filter {
-            actor: filter.actor,
-            action: filter.action,
-            target: filter.target,
-            since: filter.since,
-            until: filter.until,
-        };
+        let filter = audit::Filter::from(filter);
         let mut rows = audit::list(self.state.db.pool(), &filter, after, limit + 1).await?;
         let next = if rows.len() as i64 > limit {
             rows.truncate(usize::try_from(limit).unwrap_or(0));
@@ -105,6 +117,19 @@ impl Ops<Operator> {
             items: rows.into_iter().map(Into::into).collect(),
             next_cursor: next,
         })
+    }
+
+    /// The newest `limit` entries that match (at most [`MOST_LATEST`]), newest first.
+    pub async fn latest_audit_entries(
+        &self,
+        filter: AuditFilter,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, Refusal> {
+        self.actor.require(Permission::AuditRead)?;
+        let filter = audit::Filter::from(filter);
+        let rows =
+            audit::latest(self.state.db.pool(), &filter, limit.clamp(1, MOST_LATEST)).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Re-checks the whole chain (streamed) against every signed checkpoint.

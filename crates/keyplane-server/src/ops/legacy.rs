@@ -131,6 +131,15 @@ impl Ops<Operator> {
                 "{repeated} keys were given twice and registered once"
             ));
         }
+        let weak = found
+            .iter()
+            .filter(|key| matches!(key, InstanceKey::Legacy(legacy) if legacy.weak()))
+            .count();
+        if weak > 0 {
+            warnings.push(format!(
+                "{weak} keys are shorter than 16 characters: easy to guess, so rotate them first"
+            ));
+        }
         if !settings.accept_legacy_keys {
             warnings.push(
                 "legacy keys are not accepted until KEYPLANE_ACCEPT_LEGACY_KEYS=true, here and \

@@ -30,6 +30,8 @@ pub struct AuditParams {
     pub since: Option<DateTime<Utc>>,
     /// Before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
+    /// Only with this outcome: `success` or `denied`.
+    pub outcome: Option<String>,
     /// How many items to return, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -56,6 +58,7 @@ pub async fn list_audit_entries(
         target: params.target,
         since: params.since,
         until: params.until,
+        outcome: params.outcome,
     };
     let page = PageParams {
         limit: params.limit,

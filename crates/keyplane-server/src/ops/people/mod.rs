@@ -27,7 +27,7 @@ pub use device::{DeviceAuthorization, DevicePoll, DeviceToken, DeviceWait, norma
 pub use sessions::{
     RevokeAllRequest, RevokedSessions, SessionPage, SessionResponse, WhoAmI, csrf_token,
 };
-pub use sign_in::{Callback, Purpose, SignInStarted, SignedIn};
+pub use sign_in::{Callback, Purpose, SignInStarted, SignedIn, safe_return_to};
 
 /// How long a sign-in may take at the provider.
 const SIGN_IN_TTL: i64 = 600;

@@ -66,7 +66,8 @@ pub enum SignedIn {
 
 /// Where a sign-in may send the browser afterwards: a path on keyplane's
 /// own origin, never another site.
-fn safe_return_to(return_to: Option<&str>) -> Result<String, Refusal> {
+/// A `return_to` on keyplane's own origin (default `/console/`).
+pub fn safe_return_to(return_to: Option<&str>) -> Result<String, Refusal> {
     let Some(path) = return_to.filter(|p| !p.is_empty()) else {
         return Ok("/console/".to_owned());
     };
