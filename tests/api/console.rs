@@ -187,6 +187,31 @@ async fn people_sign_in_issue_a_key_once_and_every_change_keeps_its_checks() {
     assert!(!html.contains(secret), "the secret is shown once only");
     assert!(html.contains(key["masked_key"].as_str().unwrap()));
 
+    // Disabled and enabled again; the instance suspended and resumed.
+    for (enabled, status) in [("false", "disabled"), ("true", "active")] {
+        let (code, _, _) = post(
+            &operator,
+            &format!("{origin}/console/keys/{key_id}/enabled"),
+            &[("csrf", token.as_str()), ("enabled", enabled)],
+        )
+        .await;
+        assert_eq!(code, 303);
+        assert_eq!(key_status(&server, &key_id).await, status);
+    }
+    for status in ["suspended", "active"] {
+        let (code, _, _) = post(
+            &operator,
+            &format!("{instance_page}/status"),
+            &[("csrf", token.as_str()), ("status", status)],
+        )
+        .await;
+        assert_eq!(code, 303);
+        let (_, body) = server
+            .admin(Method::GET, &format!("/v1/instances/{instance}"), None)
+            .await;
+        assert_eq!(body["status"], status);
+    }
+
     // A viewer sees no button, and a crafted form is refused anyway.
     let viewer = signed_in(&origin, &Person::in_group("vic", "keyplane-viewers")).await;
     let (status, _, html) = page(&viewer, &instance_page).await;

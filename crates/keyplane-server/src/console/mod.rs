@@ -9,9 +9,10 @@
 //! keyplane's own origin under a strict Content-Security-Policy.
 //!
 //! Who is signed in: a person's session cookie (OpenID Connect with MFA),
-//! or, in `dev` without an identity provider only, an admin key (or the bootstrap token) typed into the
-//! sign-in page, kept in an HttpOnly cookie for the console's paths and
-//! shown as such on every page. Every form carries the sign-in's CSRF token.
+//! or, in `dev` without an identity provider only, an admin key (or the
+//! bootstrap token) typed into the sign-in page, kept in an HttpOnly cookie
+//! for the console's paths and shown as such on every page. Every form
+//! carries the sign-in's CSRF token.
 
 mod fleet;
 mod pages;
@@ -25,7 +26,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use keyplane_domain::{ManagementRole, Mode, Permission};
+use keyplane_domain::{Mode, Permission};
 
 use crate::auth::{self, Credential};
 use crate::error::ApiError;
@@ -339,7 +340,7 @@ impl FromRequestParts<AppState> for Console {
         };
         let frame = Frame {
             who,
-            role: role_name(operator.role),
+            role: operator.role.as_str(),
             with_key: via == SignedInWith::Key,
             csrf: csrf_token(&token),
             section: "",
@@ -355,10 +356,6 @@ impl FromRequestParts<AppState> for Console {
             token,
         })
     }
-}
-
-fn role_name(role: ManagementRole) -> &'static str {
-    role.as_str()
 }
 
 /// The sign-in a request carries: the session cookie, else (in `dev`) the

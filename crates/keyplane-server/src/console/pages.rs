@@ -24,12 +24,6 @@ use crate::ops::people::RevokeAllRequest;
 use crate::pagination::PageParams;
 use crate::state::AppState;
 
-/// A form that carries nothing but its CSRF token.
-#[derive(Debug, Deserialize)]
-pub struct Plain {
-    csrf: String,
-}
-
 fn page(limit: i64) -> PageParams {
     PageParams {
         limit: Some(limit),
@@ -209,8 +203,8 @@ pub async fn sign_in_with_key(
 }
 
 /// Signs out: a person's session ends; a key's cookie is dropped.
-pub async fn sign_out(console: Console, Form(form): Form<Plain>) -> Response {
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+pub async fn sign_out(console: Console, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
     if !console.frame.with_key
@@ -354,24 +348,13 @@ pub async fn issue_key(console: Console, Path(id): Path<Uuid>, form: Fields) -> 
     }
 }
 
-/// Suspends or resumes an instance.
-#[derive(Debug, Deserialize)]
-pub struct StatusForm {
-    csrf: String,
-    status: String,
-}
-
 /// Suspends an instance (all its keys stop at once) or resumes it.
-pub async fn set_status(
-    console: Console,
-    Path(id): Path<Uuid>,
-    Form(form): Form<StatusForm>,
-) -> Response {
+pub async fn set_status(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
     let here = format!("/console/instances/{id}");
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
-    let status = match form.status.as_str() {
+    let status = match form.one("status").as_str() {
         "suspended" => InstanceStatus::Suspended,
         "active" => InstanceStatus::Active,
         _ => {
@@ -388,25 +371,14 @@ pub async fn set_status(
     }
 }
 
-/// Disables or enables a key.
-#[derive(Debug, Deserialize)]
-pub struct EnabledForm {
-    csrf: String,
-    enabled: bool,
-}
-
 /// Disables a key (reversibly) or enables it again.
-pub async fn set_enabled(
-    console: Console,
-    Path(id): Path<Uuid>,
-    Form(form): Form<EnabledForm>,
-) -> Response {
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+pub async fn set_enabled(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
     let request = UpdateKeyRequest {
         name: None,
-        enabled: Some(form.enabled),
+        enabled: Some(form.one("enabled") == "true"),
     };
     match console.ops.update_key(Apply, id, request).await {
         Ok(key) => see_other(&format!("/console/instances/{}", key.instance_id)),
@@ -501,27 +473,14 @@ impl Ask {
     }
 }
 
-/// The revoke form.
-#[derive(Debug, Deserialize)]
-pub struct RevokeForm {
-    csrf: String,
-    #[serde(default)]
-    reason: String,
-}
-
 /// Revokes a key, for good.
-pub async fn revoke_key(
-    console: Console,
-    Path(id): Path<Uuid>,
-    Form(form): Form<RevokeForm>,
-) -> Response {
+pub async fn revoke_key(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
     let here = format!("/console/keys/{id}/revoke");
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
-    let reason = form.reason.trim();
     let request = RevokeKeyRequest {
-        reason: (!reason.is_empty()).then(|| reason.to_owned()),
+        reason: form.given("reason"),
     };
     match console.ops.revoke_key(Apply, id, request).await {
         Ok(key) => see_other(&format!("/console/instances/{}", key.instance_id)),
@@ -529,25 +488,14 @@ pub async fn revoke_key(
     }
 }
 
-/// The rotate form.
-#[derive(Debug, Deserialize)]
-pub struct RotateForm {
-    csrf: String,
-    grace_minutes: Option<i64>,
-}
-
 /// Rotates a key and shows its successor's secret, this once.
-pub async fn rotate_key(
-    console: Console,
-    Path(id): Path<Uuid>,
-    Form(form): Form<RotateForm>,
-) -> Response {
+pub async fn rotate_key(console: Console, Path(id): Path<Uuid>, form: Fields) -> Response {
     let here = format!("/console/keys/{id}/rotate");
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
     let request = RotateKeyRequest {
-        grace_seconds: form.grace_minutes.map(|m| m.saturating_mul(60)),
+        grace_seconds: form.number("grace_minutes").map(|m| m.saturating_mul(60)),
     };
     match console.ops.rotate_key(Apply, id, request).await {
         Ok(created) => Page::render(&view::Secret::key(
@@ -847,8 +795,8 @@ pub async fn sessions(console: Console) -> Response {
 }
 
 /// Ends every session of the person signed in, this one included.
-pub async fn sign_out_everywhere(console: Console, Form(form): Form<Plain>) -> Response {
-    if let Some(refusal) = console.refuses_csrf(&form.csrf) {
+pub async fn sign_out_everywhere(console: Console, form: Fields) -> Response {
+    if let Some(refusal) = console.refuses(&form) {
         return refusal;
     }
     match console
