@@ -306,13 +306,8 @@ pub async fn instance(console: Console, Path(id): Path<Uuid>) -> Response {
         id: id.to_string(),
         name: instance.name,
         description: instance.description,
-        status: format!("{:?}", instance.status).to_lowercase(),
-        labels: instance
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        status: instance.status.as_str().to_owned(),
+        labels: view::labels(&instance.labels),
         ceiling: instance.allowed_scopes,
         cidrs: view::list(&instance.allowed_cidrs),
         keys: rows,

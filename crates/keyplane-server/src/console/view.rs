@@ -55,6 +55,15 @@ pub fn list(items: &[String]) -> String {
     }
 }
 
+/// Labels as people write them: `env=prod, team=ml`.
+pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Loads the page being looked at once more (see `console::to_sign_in`).
 #[derive(Template)]
 #[template(path = "console/reload.html")]
@@ -169,13 +178,8 @@ impl From<&InstanceResponse> for InstanceRow {
         InstanceRow {
             id: instance.id.to_string(),
             name: instance.name.clone(),
-            status: format!("{:?}", instance.status).to_lowercase(),
-            labels: instance
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            status: instance.status.as_str().to_owned(),
+            labels: labels(&instance.labels),
             created: at(&instance.created_at),
         }
     }
@@ -214,7 +218,7 @@ pub struct KeyRow {
 
 impl KeyRow {
     pub fn new(key: &KeyResponse, now: DateTime<Utc>) -> KeyRow {
-        let status = format!("{:?}", key.status).to_lowercase();
+        let status = key.status.as_str().to_owned();
         let live = matches!(status.as_str(), "active" | "disabled" | "rotating");
         KeyRow {
             id: key.id.to_string(),

@@ -40,7 +40,8 @@ pub enum KeyStatus {
 }
 
 impl KeyStatus {
-    fn as_str(self) -> &'static str {
+    /// As the API spells it.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             KeyStatus::Active => "active",
             KeyStatus::Disabled => "disabled",
