@@ -29,6 +29,7 @@ mod leak_reports;
 mod leaks;
 mod legacy;
 mod lifecycle;
+mod limits;
 mod people;
 mod plans;
 mod selectors;

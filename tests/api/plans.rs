@@ -241,6 +241,8 @@ async fn a_suspension_planned_lists_the_keys_that_would_stop_and_the_nodes_they_
         allowed_cidrs: None,
         status: Some(InstanceStatus::Suspended),
         self_rotation: None,
+        limits: None,
+        models: None,
     };
     let plan = ops
         .update_instance(DryRun, instance.parse().unwrap(), suspend())
@@ -286,6 +288,8 @@ async fn a_key_planned_is_never_made_and_its_secret_never_leaves() {
         expires_at: None,
         audience: None,
         rotate_after: None,
+        limits: None,
+        models: None,
     };
     // The type says it: a dry run answers a Plan, never the created key.
     let plan: Plan = ops
@@ -325,6 +329,8 @@ async fn a_key_planned_is_never_made_and_its_secret_never_leaves() {
                 expires_at: None,
                 audience: None,
                 rotate_after: None,
+                limits: None,
+                models: None,
             },
         )
         .await

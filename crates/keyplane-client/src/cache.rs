@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyplane_domain::{InstanceKey, KeyKind, KeySecret};
+use keyplane_domain::{InstanceKey, KeyKind, KeySecret, Limits, Models};
 use moka::Expiry;
 use moka::future::Cache;
 use secrecy::ExposeSecret;
@@ -33,12 +33,23 @@ pub struct Identity {
     pub scopes: BTreeSet<String>,
     /// When it stops working (Unix seconds).
     pub expires_at: u64,
+    /// Its rate limits and token budgets, for the node to enforce.
+    pub limits: Limits,
+    /// The models it may use; None: every model.
+    pub models: Option<Models>,
 }
 
 impl Identity {
     /// Whether the key holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.contains(scope)
+    }
+
+    /// Whether the key may use `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.allows(model))
     }
 
     fn expired(&self) -> bool {
@@ -297,6 +308,10 @@ struct IntrospectAnswer {
     scope: Option<String>,
     exp: Option<u64>,
     cache_ttl: Option<u64>,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
 }
 
 /// keyplane did not give an answer.
@@ -572,6 +587,8 @@ async fn fetch(
             scope,
             exp: Some(expires_at),
             cache_ttl,
+            limits,
+            models,
         } => {
             let left = Duration::from_secs(expires_at.saturating_sub(unix_now()));
             // An eviction while this request was out may have been for this
@@ -594,6 +611,8 @@ async fn fetch(
                     .map(str::to_owned)
                     .collect(),
                 expires_at,
+                limits: limits.unwrap_or_default(),
+                models: models.as_deref().map(Models::from_trusted),
             });
             let fetched = Instant::now();
             if !raced && !inner.config.effective_stale_window().is_zero() {

@@ -10,6 +10,7 @@ mod duration;
 mod forward_auth;
 mod key;
 mod legacy;
+mod limits;
 mod mode;
 mod name;
 mod route;
@@ -26,6 +27,7 @@ pub use key::{
     KEY_LEN, KeyDigest, KeyError, KeyKind, KeySecret, find_keys, mask_untrusted, scrub_keys,
 };
 pub use legacy::{InstanceKey, LegacyKey};
+pub use limits::{LimitError, Limits, MAX_MODEL_LEN, MAX_MODELS, ModelError, ModelPattern, Models};
 pub use mode::{Mode, ModeError};
 pub use name::{Name, NameError, RoleName, RoleNameError};
 pub use route::{Access, PathError, RouteError, RouteMap, decoded_segments};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 use keyplane_domain::{
-    ForwardAuthProxy, InstanceKey, KeyKind, KeySecret, ScopeSet, effective_scopes,
+    ForwardAuthProxy, InstanceKey, KeyKind, KeySecret, Limits, Models, ScopeSet, effective_scopes,
 };
 use keyplane_store::introspection::{self, KeyFacts, NodeFacts};
 use keyplane_store::nodes;
@@ -54,6 +54,10 @@ pub struct CachedKey {
     pub issued_at: DateTime<Utc>,
     /// When it stops working (expiry, or the end of its grace window).
     pub ends_at: DateTime<Utc>,
+    /// Its limits: the tighter of its own and its instance's.
+    pub limits: Limits,
+    /// The models both it and its instance allow; None: every model.
+    pub models: Option<Vec<String>>,
     /// The last second it was accepted in, so use is noted once a second at most.
     used_second: AtomicI64,
 }
@@ -70,6 +74,8 @@ impl CachedKey {
         let ends_at = facts
             .grace_until
             .map_or(facts.expires_at, |grace| grace.min(facts.expires_at));
+        let key_models = facts.key_models.as_deref().map(Models::from_trusted);
+        let instance_models = facts.instance_models.as_deref().map(Models::from_trusted);
         CachedKey {
             key_id: facts.key_id,
             instance_id: facts.instance_id,
@@ -90,6 +96,9 @@ impl CachedKey {
                 .collect(),
             issued_at: facts.created_at,
             ends_at,
+            limits: facts.key_limits.0.tighter(&facts.instance_limits.0),
+            models: Models::both(key_models.as_ref(), instance_models.as_ref())
+                .map(|models| models.to_strings()),
             used_second: AtomicI64::new(0),
         }
     }

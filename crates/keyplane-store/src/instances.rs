@@ -33,6 +33,10 @@ pub struct Instance {
     pub decommissioned_at: Option<DateTime<Utc>>,
     /// Whether its keys may rotate themselves (`POST /v1/self/rotate`).
     pub self_rotation: bool,
+    /// Rate limits and token budgets for each of its keys.
+    pub limits: sqlx::types::Json<keyplane_domain::Limits>,
+    /// The models its keys may use; None: every model.
+    pub models: Option<Vec<String>>,
 }
 
 /// Registers `instance`.
@@ -40,8 +44,8 @@ pub async fn insert(conn: &mut PgConnection, instance: &Instance) -> Result<Inst
     let row = sqlx::query_as::<_, Instance>(
         r#"insert into instances
                (id, name, description, labels, allowed_scopes, allowed_cidrs, status,
-                created_at, updated_at, decommissioned_at, self_rotation)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                created_at, updated_at, decommissioned_at, self_rotation, limits, models)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
            returning *"#,
     )
     .bind(instance.id)
@@ -55,6 +59,8 @@ pub async fn insert(conn: &mut PgConnection, instance: &Instance) -> Result<Inst
     .bind(instance.updated_at)
     .bind(instance.decommissioned_at)
     .bind(instance.self_rotation)
+    .bind(instance.limits)
+    .bind(&instance.models)
     .fetch_one(conn)
     .await?;
     Ok(row)
@@ -66,7 +72,7 @@ pub async fn save(conn: &mut PgConnection, instance: &Instance) -> Result<Instan
         r#"update instances
               set name = $2, description = $3, labels = $4, allowed_scopes = $5,
                   allowed_cidrs = $6, status = $7, updated_at = $8, decommissioned_at = $9,
-                  self_rotation = $10
+                  self_rotation = $10, limits = $11, models = $12
             where id = $1
            returning *"#,
     )
@@ -80,6 +86,8 @@ pub async fn save(conn: &mut PgConnection, instance: &Instance) -> Result<Instan
     .bind(instance.updated_at)
     .bind(instance.decommissioned_at)
     .bind(instance.self_rotation)
+    .bind(instance.limits)
+    .bind(&instance.models)
     .fetch_one(conn)
     .await?;
     Ok(row)

@@ -37,6 +37,14 @@ pub struct KeyFacts {
     pub expires_at: DateTime<Utc>,
     /// After a rotation, when it stops.
     pub grace_until: Option<DateTime<Utc>>,
+    /// The key's own limits.
+    pub key_limits: sqlx::types::Json<keyplane_domain::Limits>,
+    /// The key's own model allow-list.
+    pub key_models: Option<Vec<String>>,
+    /// Its instance's limits.
+    pub instance_limits: sqlx::types::Json<keyplane_domain::Limits>,
+    /// Its instance's model allow-list.
+    pub instance_models: Option<Vec<String>>,
 }
 
 /// The query of [`KeyFacts`] for keys `k` (joined to their instances `i`)
@@ -49,7 +57,9 @@ macro_rules! key_facts_where {
                       coalesce((select array_agg(distinct s) from roles r, unnest(r.scopes) s
                                  where r.name = any(k.roles)), '{}') as role_scopes,
                       k.audience, k.enabled, k.revoked_at is not null as revoked,
-                      k.created_at, k.expires_at, k.grace_until
+                      k.created_at, k.expires_at, k.grace_until,
+                      k.limits as key_limits, k.models as key_models,
+                      i.limits as instance_limits, i.models as instance_models
                  from api_keys k
                  join instances i on i.id = k.instance_id
                 where "#,

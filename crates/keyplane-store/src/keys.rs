@@ -53,6 +53,10 @@ pub struct ApiKey {
     pub rotate_after_seconds: Option<i64>,
     /// Imported from before keyplane: no prefix, no checksum.
     pub legacy: bool,
+    /// Its own rate limits and token budgets.
+    pub limits: sqlx::types::Json<keyplane_domain::Limits>,
+    /// Its own model allow-list; None: every model.
+    pub models: Option<Vec<String>>,
     /// Derived at read time: `active`, `disabled`, `rotating`, `revoked` or `expired`.
     #[sqlx(default)]
     pub status: String,
@@ -67,8 +71,8 @@ pub async fn insert(
     let row = sqlx::query_as::<_, ApiKey>(
         r#"insert into api_keys as k
                (id, instance_id, name, digest, masked, scopes, roles, audience, enabled,
-                created_at, expires_at, rotated_from, rotate_after_seconds, legacy)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15)
+                created_at, expires_at, rotated_from, rotate_after_seconds, legacy, limits, models)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15, $16, $17)
            returning k.*, api_key_status(k, $13) as status"#,
     )
     .bind(key.id)
@@ -86,6 +90,8 @@ pub async fn insert(
     .bind(now)
     .bind(key.rotate_after_seconds)
     .bind(key.legacy)
+    .bind(key.limits)
+    .bind(&key.models)
     .fetch_one(conn)
     .await?;
     Ok(row)
@@ -100,7 +106,8 @@ pub async fn save(
     let row = sqlx::query_as::<_, ApiKey>(
         r#"update api_keys as k
               set name = $2, enabled = $3, revoked_at = $4, revoked_reason = $5,
-                  rotated_to = $6, grace_until = $7, rotated_at = $9, rotated_by = $10
+                  rotated_to = $6, grace_until = $7, rotated_at = $9, rotated_by = $10,
+                  limits = $11, models = $12
             where id = $1
            returning k.*, api_key_status(k, $8) as status"#,
     )
@@ -114,6 +121,8 @@ pub async fn save(
     .bind(now)
     .bind(key.rotated_at)
     .bind(&key.rotated_by)
+    .bind(key.limits)
+    .bind(&key.models)
     .fetch_one(conn)
     .await?;
     Ok(row)
@@ -183,6 +192,9 @@ pub async fn list(
                      where i.id = k.instance_id and i.labels @> $7
                        and i.labels @@ $8::jsonpath))
               and ($9::bool is null or legacy = $9)
+              and ($10::timestamptz is null or (
+                    api_key_status(k, $3) in ('active', 'rotating')
+                    and coalesce(last_used_at, created_at) < $10))
               and ($4::timestamptz is null or (created_at, id) > ($4, $5))
             order by created_at, id
             limit $6"#,
@@ -196,6 +208,7 @@ pub async fn list(
     .bind(labels.map(|l| &l.contains))
     .bind(labels.map(|l| &l.path))
     .bind(filter.legacy)
+    .bind(filter.idle_since)
     .fetch_all(db)
     .await?;
     Ok(paginate(rows, limit, |k| After {
@@ -215,6 +228,9 @@ pub struct ListFilter<'a> {
     pub labels: Option<&'a LabelQuery>,
     /// Only legacy keys (true) or only keyplane's own (false).
     pub legacy: Option<bool>,
+    /// Only keys still working (active or rotating) that no node accepted
+    /// since then (a key never used: issued before then).
+    pub idle_since: Option<DateTime<Utc>>,
 }
 
 /// Which of `digests` some key already has.

@@ -332,6 +332,8 @@ pub async fn issue_key(console: Console, Path(id): Path<Uuid>, form: Fields) -> 
         expires_at: None,
         audience: None,
         rotate_after: None,
+        limits: None,
+        models: None,
     };
     match console.ops.issue_key(Apply, id, request).await {
         Ok(created) => Page::render(&view::Secret::key(
@@ -374,6 +376,7 @@ pub async fn set_enabled(console: Console, Path(id): Path<Uuid>, form: Fields) -
     let request = UpdateKeyRequest {
         name: None,
         enabled: Some(form.one("enabled") == "true"),
+        ..UpdateKeyRequest::default()
     };
     match console.ops.update_key(Apply, id, request).await {
         Ok(key) => see_other(&format!("/console/instances/{}", key.instance_id)),
@@ -536,7 +539,7 @@ pub async fn rename_key(console: Console, Path(id): Path<Uuid>, form: Fields) ->
     }
     let request = UpdateKeyRequest {
         name: Some(form.one("name")),
-        enabled: None,
+        ..UpdateKeyRequest::default()
     };
     match console.ops.update_key(Apply, id, request).await {
         Ok(_) => see_other(&format!("/console/keys/{id}")),
@@ -691,6 +694,8 @@ pub async fn create_instance(console: Console, form: Fields) -> Response {
         allowed_scopes: Some(form.all("allowed_scopes")),
         allowed_cidrs: None,
         self_rotation: None,
+        limits: None,
+        models: None,
     };
     match console.ops.create_instance(Apply, request).await {
         Ok(instance) => see_other(&format!("/console/instances/{}", instance.id)),

@@ -292,6 +292,13 @@ impl<'a, R: Run> Change<'a, R> {
         Ok(())
     }
 
+    /// Puts `keys`, which still work but whose limits changed, on the
+    /// revocation log (reason `changed`): nodes drop their cached answers
+    /// and ask again.
+    pub async fn changed(&mut self, keys: &[Uuid]) -> Result<(), Refusal> {
+        self.revoke(keys, "changed").await
+    }
+
     /// Queues webhook `event` with `data`, sent if the change commits.
     pub async fn notify(&mut self, event: &'static str, data: Value) -> Result<(), Refusal> {
         Ok(crate::webhooks::notify(&mut self.tx, event, data, self.at).await?)

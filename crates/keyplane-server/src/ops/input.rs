@@ -131,3 +131,16 @@ pub fn selector(field: &str, text: &str) -> Result<keyplane_store::instances::La
         .map_err(|err: keyplane_domain::SelectorError| Refusal::invalid(field, err.to_string()))?;
     Ok((&selector).into())
 }
+
+/// A duration from `field`: seconds, or a number with a unit (`30d`).
+pub fn duration(field: &str, text: &str) -> Result<chrono::Duration, Refusal> {
+    keyplane_domain::parse_duration(text)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| {
+            Refusal::invalid(
+                field,
+                format!("{field}: {}", keyplane_domain::DurationError),
+            )
+        })
+}

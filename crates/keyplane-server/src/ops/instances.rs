@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::events::Event;
+use crate::ops::limits::{self, LimitsBody};
 use crate::ops::{Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
 
@@ -62,6 +63,12 @@ pub struct InstanceResponse {
     pub status: InstanceStatus,
     /// Whether its keys may rotate themselves (`POST /v1/self/rotate`).
     pub self_rotation: bool,
+    /// Rate limits and token budgets for each of its keys (a key's own
+    /// apply too: the tighter wins).
+    pub limits: LimitsBody,
+    /// The models its keys may use (names, or prefixes ending in `*`);
+    /// null: every model.
+    pub models: Option<Vec<String>>,
     /// When it was registered.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -83,6 +90,8 @@ impl From<instances::Instance> for InstanceResponse {
                 _ => InstanceStatus::Active,
             },
             self_rotation: row.self_rotation,
+            limits: row.limits.0.into(),
+            models: row.models,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -106,6 +115,11 @@ pub struct CreateInstanceRequest {
     /// Whether its keys may rotate themselves with `POST /v1/self/rotate`
     /// (default true).
     pub self_rotation: Option<bool>,
+    /// Rate limits and token budgets for each of its keys.
+    pub limits: Option<LimitsBody>,
+    /// The models its keys may use: names, or prefixes ending in `*`
+    /// (e.g. `llama3*`); absent: every model.
+    pub models: Option<Vec<String>>,
 }
 
 /// Changes an instance; absent fields stay as they are.
@@ -126,6 +140,13 @@ pub struct UpdateInstanceRequest {
     pub status: Option<InstanceStatus>,
     /// Whether its keys may rotate themselves.
     pub self_rotation: Option<bool>,
+    /// New limits for each of its keys, replacing the old ones (`{}`:
+    /// none). Nodes drop their cached answers at once.
+    pub limits: Option<LimitsBody>,
+    /// A new model allow-list; null: every model.
+    #[serde(default, deserialize_with = "input::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub models: Option<Option<Vec<String>>>,
 }
 
 const LIST: &str = "instances";
@@ -143,6 +164,8 @@ pub(crate) fn summary(row: &instances::Instance) -> serde_json::Value {
         "allowed_cidrs": row.allowed_cidrs,
         "labels": row.labels.0,
         "self_rotation": row.self_rotation,
+        "limits": row.limits.0,
+        "models": row.models,
     })
 }
 
@@ -166,6 +189,8 @@ pub(crate) fn new_instance_row(
         updated_at: now,
         decommissioned_at: None,
         self_rotation: true,
+        limits: sqlx::types::Json(keyplane_domain::Limits::default()),
+        models: None,
     }
 }
 
@@ -186,12 +211,16 @@ impl Ops<Operator> {
                 .map_err(|_| Refusal::Internal(anyhow::anyhow!("bad default ceiling")))?,
         };
         let cidrs = input::cidrs(&input.allowed_cidrs.unwrap_or_default())?;
+        let limits = limits::limits(input.limits)?;
+        let models = limits::models(input.models.as_deref())?;
         let now = self.now();
 
         let mut change = self.begin(run, now).await?;
         let row = instances::Instance {
             allowed_cidrs: cidrs,
             self_rotation: input.self_rotation.unwrap_or(true),
+            limits: sqlx::types::Json(limits),
+            models,
             ..new_instance_row(
                 name.into_string(),
                 description,
@@ -286,6 +315,11 @@ impl Ops<Operator> {
             .as_deref()
             .map(input::cidrs)
             .transpose()?;
+        let new_limits = input.limits.map(|l| limits::limits(Some(l))).transpose()?;
+        let new_models = input
+            .models
+            .map(|m| limits::models(m.as_deref()))
+            .transpose()?;
         let now = self.now();
 
         let mut change = self.begin(run, now).await?;
@@ -320,12 +354,21 @@ impl Ops<Operator> {
         if let Some(self_rotation) = input.self_rotation {
             after.self_rotation = self_rotation;
         }
+        if let Some(limits) = new_limits {
+            after.limits = sqlx::types::Json(limits);
+        }
+        if let Some(models) = new_models {
+            after.models = models;
+        }
         after.updated_at = now;
         let after = instances::save(change.db(), &after).await?;
         change.publish(Event::Instance { id });
         if before.status == "active" && after.status == "suspended" {
             let stopped = revocations::live_keys_of_instance(change.db(), id, now).await?;
             change.revoke(&stopped, "suspended").await?;
+        } else if before.limits != after.limits || before.models != after.models {
+            let live = revocations::live_keys_of_instance(change.db(), id, now).await?;
+            change.changed(&live).await?;
         }
         let action = match (before.status.as_str(), after.status.as_str()) {
             ("active", "suspended") => "instance.suspend",

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::events::Event;
+use crate::ops::limits::{self, LimitsBody};
 use crate::ops::rotation::{self, RotatedBy};
 use crate::ops::{Change, Operator, Ops, Refusal, Run, input};
 use crate::pagination::{PageParams, page_type};
@@ -111,6 +112,12 @@ pub struct KeyResponse {
     /// prefix, no checksum, accepted only where KEYPLANE_ACCEPT_LEGACY_KEYS
     /// is on. Rotating it replaces it with a `kpi_` key.
     pub legacy: bool,
+    /// Its own rate limits and token budgets (its instance's apply too: the
+    /// tighter wins).
+    pub limits: LimitsBody,
+    /// The models it may use (names, or prefixes ending in `*`); null:
+    /// every model its instance allows.
+    pub models: Option<Vec<String>>,
 }
 
 /// A key just made: its metadata and, this once, the key itself.
@@ -145,16 +152,29 @@ pub struct CreateKeyRequest {
     /// Rotation policy: the holder should rotate it this many seconds after
     /// issue (`GET /v1/self` says when; the agent does it). Successors keep it.
     pub rotate_after: Option<i64>,
+    /// Rate limits and token budgets (successors keep them).
+    pub limits: Option<LimitsBody>,
+    /// The models it may use: names, or prefixes ending in `*` (e.g.
+    /// `llama3*`); absent: every model its instance allows.
+    pub models: Option<Vec<String>>,
 }
 
-/// Renames, disables or enables a key.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Renames, disables or enables a key, or changes its limits; absent
+/// fields stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
     /// A new name.
     pub name: Option<String>,
     /// False disables the key (reversibly); true enables it again.
     pub enabled: Option<bool>,
+    /// New limits, replacing the old ones (`{}`: none). Nodes drop their
+    /// cached answer at once (the revocation stream says `changed`).
+    pub limits: Option<LimitsBody>,
+    /// A new model allow-list; null: every model its instance allows.
+    #[serde(default, deserialize_with = "input::present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub models: Option<Option<Vec<String>>>,
 }
 
 /// Rotates a key.
@@ -184,6 +204,8 @@ pub struct KeyFilter {
     pub selector: Option<String>,
     /// Only legacy keys (true) or only `kpi_` keys (false).
     pub legacy: Option<bool>,
+    /// Only keys still working and unused this long (`30d`).
+    pub idle_for: Option<String>,
 }
 
 const LIST: &str = "keys";
@@ -317,6 +339,8 @@ async fn view(
                 revoked_at: row.revoked_at,
                 revoked_reason: row.revoked_reason,
                 legacy: row.legacy,
+                limits: row.limits.0.into(),
+                models: row.models,
             }
         })
         .collect())
@@ -485,6 +509,8 @@ pub(crate) fn summary(row: &keys::ApiKey) -> serde_json::Value {
         "enabled": row.enabled,
         "expires_at": row.expires_at,
         "legacy": row.legacy,
+        "limits": row.limits.0,
+        "models": row.models,
     })
 }
 
@@ -519,6 +545,8 @@ pub(crate) fn new_key_row(
         last_used_at: None,
         rotate_after_seconds: None,
         legacy: matches!(secret, InstanceKey::Legacy(_)),
+        limits: sqlx::types::Json(keyplane_domain::Limits::default()),
+        models: None,
         status: String::new(),
     }
 }
@@ -704,6 +732,8 @@ impl Ops<Operator> {
         let name = input::name("name", &input.name)?;
         let (scopes, role_names) = grants(input.scopes, input.roles)?;
         let rotate_after = rotate_after(settings, input.rotate_after)?;
+        let limits = limits::limits(input.limits)?;
+        let models = limits::models(input.models.as_deref())?;
         let now = self.now();
         let (expires_at, warnings) =
             policy_expiry(settings, now, input.expires_in, input.expires_at)?;
@@ -725,6 +755,8 @@ impl Ops<Operator> {
             roles: role_names,
             audience,
             rotate_after_seconds: rotate_after,
+            limits: sqlx::types::Json(limits),
+            models,
             ..new_key_row(instance_id, name.into_string(), &secret, now, expires_at)
         };
         change.concerns_new(row.id, instance_id);
@@ -758,12 +790,19 @@ impl Ops<Operator> {
             .map(|text| input::selector("selector", text))
             .transpose()?;
         let now = self.now();
+        let idle_since = filter
+            .idle_for
+            .as_deref()
+            .map(|text| input::duration("idle_for", text))
+            .transpose()?
+            .map(|idle| now - idle);
         let mut conn = self.state.db.pool().acquire().await?;
         let list = keys::ListFilter {
             instance_id: filter.instance_id,
             status: filter.status.map(KeyStatus::as_str),
             labels: labels.as_ref(),
             legacy: filter.legacy,
+            idle_since,
         };
         let (rows, next) = keys::list(&mut *conn, &list, after, limit, now).await?;
         Ok(KeyPage {
@@ -795,6 +834,11 @@ impl Ops<Operator> {
             .as_deref()
             .map(|n| input::name("name", n))
             .transpose()?;
+        let new_limits = input.limits.map(|l| limits::limits(Some(l))).transpose()?;
+        let new_models = input
+            .models
+            .map(|m| limits::models(m.as_deref()))
+            .transpose()?;
         let now = self.now();
 
         let mut change = self.begin(run, now).await?;
@@ -817,10 +861,18 @@ impl Ops<Operator> {
         if let Some(enabled) = input.enabled {
             after.enabled = enabled;
         }
+        if let Some(limits) = new_limits {
+            after.limits = sqlx::types::Json(limits);
+        }
+        if let Some(models) = new_models {
+            after.models = models;
+        }
         let after = keys::save(change.db(), &after, now).await?;
         change.publish(Event::Key { id });
         if before.enabled && !after.enabled {
             change.revoke(&[id], "disabled").await?;
+        } else if before.limits != after.limits || before.models != after.models {
+            change.changed(&[id]).await?;
         }
         let action = match (before.enabled, after.enabled) {
             (true, false) => "key.disable",

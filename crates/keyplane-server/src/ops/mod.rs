@@ -31,6 +31,7 @@ pub mod instances;
 pub mod keys;
 pub mod leaks;
 pub mod legacy;
+pub mod limits;
 pub mod master_key;
 pub mod node_calls;
 pub mod nodes;

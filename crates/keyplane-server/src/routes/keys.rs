@@ -30,6 +30,10 @@ pub struct ListKeysParams {
     pub selector: Option<String>,
     /// Only legacy keys (`true`: imported from before keyplane) or only `kpi_` keys (`false`).
     pub legacy: Option<bool>,
+    /// Only idle keys: still working, and not accepted by any node for this
+    /// long (e.g. `30d`; seconds or a number with a unit). A key never used
+    /// counts from its issue.
+    pub idle_for: Option<String>,
     /// How many items to return, 1 to 500 (default 50).
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
@@ -102,6 +106,7 @@ pub async fn list_keys(
         status: params.status,
         selector: params.selector,
         legacy: params.legacy,
+        idle_for: params.idle_for,
     };
     let page = PageParams {
         limit: params.limit,

@@ -219,6 +219,15 @@ pub struct IntrospectResponse<'a> {
     /// How many seconds the node may cache this answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ttl: Option<u64>,
+    /// The key's rate limits and token budgets (the tighter of its own and
+    /// its instance's), enforced by the node; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::ops::limits::LimitsBody>)]
+    pub limits: Option<&'a keyplane_domain::Limits>,
+    /// The models the key may use (names, or prefixes ending in `*`);
+    /// absent: every model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<&'a [String]>,
 }
 
 /// The media type of signed answers (RFC 9701).
@@ -317,6 +326,8 @@ fn active_body<'a>(
         nbf: Some(verdict.issued_at.timestamp()),
         iss: Some(&state.issuer),
         cache_ttl: Some(cache_ttl),
+        limits: (!verdict.limits.is_unlimited()).then_some(&verdict.limits),
+        models: verdict.models.as_deref(),
     };
     (body, cache_ttl)
 }
