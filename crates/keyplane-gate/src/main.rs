@@ -3,6 +3,7 @@
 //! changing it. See the README's "The gate" section.
 
 mod heartbeat;
+mod metering;
 mod proxy;
 mod settings;
 
@@ -31,6 +32,10 @@ use crate::settings::{Args, Settings};
 /// allocations from thread-local pages instead of glibc's arenas.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The most keys whose rate limits are tracked at once (least recently
+/// used go first; their buckets would be full again by then anyway).
+const LIMITED_KEYS: u64 = 100_000;
 
 /// Shared by the gate's own routes.
 struct Status {
@@ -117,6 +122,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         forwarded: Default::default(),
         refused: Default::default(),
+        limiter: keyplane_client::Limiter::new(LIMITED_KEYS),
     });
     let status = Arc::new(Status {
         gate: gate.clone(),

@@ -5,13 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use futures_util::StreamExt;
-use keyplane_client::{KeyplaneLayer, openai_error};
+use keyplane_client::{Admission, Identity, KeyplaneLayer, Limiter, openai_error, window_headers};
+use keyplane_domain::Limits;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
+
+use crate::metering::{self, Meter};
 
 /// What every request needs.
 pub struct Gate {
@@ -34,6 +39,18 @@ pub struct Gate {
     pub forwarded: AtomicU64,
     /// Requests refused here.
     pub refused: AtomicU64,
+    /// Keys' requests and tokens per minute.
+    pub limiter: Limiter,
+}
+
+/// A request let through a key's limits: what to settle once the upstream
+/// has said what it used.
+struct Metered {
+    key_id: uuid::Uuid,
+    limits: Limits,
+    admission: Admission,
+    /// Whether the gate asked for `usage` in a stream on the client's behalf.
+    strip_usage: bool,
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
@@ -176,6 +193,18 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
         return too_large(gate.max_body);
     }
 
+    // A key's limits and models are checked before the upstream sees anything.
+    let (body, metered) = match &caller {
+        Some(identity) => match limit(&gate, identity, &parts, body).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                gate.refused.fetch_add(1, Ordering::Relaxed);
+                return refusal;
+            }
+        },
+        None => (Unread(body), None),
+    };
+
     // The client's key, and any X-Keyplane-* header it tried to forge (the
     // upstream trusts those: identity, scopes), stop here.
     let mut headers = forwardable(&parts.headers, &[AUTHORIZATION, HOST]);
@@ -221,28 +250,35 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
     // when spans are not exported).
     keyplane_telemetry::inject_current(&mut headers);
 
-    // The body streams through, counted against the cap as it goes.
+    // A body not read yet streams through, counted against the cap as it goes.
     let over_cap = Arc::new(AtomicBool::new(false));
-    let max_body = gate.max_body;
-    let mut seen = 0u64;
-    let body = body.into_data_stream().map({
-        let over_cap = over_cap.clone();
-        move |chunk| {
-            let chunk = chunk?;
-            seen += chunk.len() as u64;
-            if seen > max_body {
-                over_cap.store(true, Ordering::Relaxed);
-                return Err(axum::Error::new("request body over the cap"));
-            }
-            Ok(chunk)
+    let body = match body {
+        Read(bytes) => {
+            // Its length is its own (it may have been rewritten).
+            headers.remove(CONTENT_LENGTH);
+            reqwest::Body::from(bytes)
         }
-    });
+        Unread(body) => {
+            let max_body = gate.max_body;
+            let mut seen = 0u64;
+            let over_cap = over_cap.clone();
+            reqwest::Body::wrap_stream(body.into_data_stream().map(move |chunk| {
+                let chunk = chunk?;
+                seen += chunk.len() as u64;
+                if seen > max_body {
+                    over_cap.store(true, Ordering::Relaxed);
+                    return Err(axum::Error::new("request body over the cap"));
+                }
+                Ok(chunk)
+            }))
+        }
+    };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let upstream = gate
         .http
         .request(parts.method, format!("{}{path}", gate.upstream))
         .headers(headers)
-        .body(reqwest::Body::wrap_stream(body))
+        .body(body)
         .send();
     let upstream = match tokio::time::timeout(gate.request_timeout, upstream).await {
         Ok(Ok(upstream)) => upstream,
@@ -270,16 +306,160 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
 
     // The answer streams back chunk by chunk as the upstream sends it (SSE).
     let status = upstream.status();
-    let headers = forwardable(upstream.headers(), &[]);
+    let mut headers = forwardable(upstream.headers(), &[]);
+    let events = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     // The answer holds its place until its last chunk has gone.
     let stream = upstream.bytes_stream().map(move |chunk| {
         let _place = &place;
         chunk
     });
-    let mut response = Response::new(Body::from_stream(stream));
+    let body = match metered {
+        Some(metered) => {
+            window_headers(
+                &mut headers,
+                metered.admission.requests,
+                metered.admission.tokens,
+            );
+            let meter = settle_when_done(&gate, metered, status.is_success(), events);
+            Body::from_stream(metered_stream(stream, meter))
+        }
+        None => Body::from_stream(stream),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A request body: read whole (to check the model and count tokens), or
+/// not read at all.
+enum RequestBody {
+    Read(Bytes),
+    Unread(Body),
+}
+use RequestBody::{Read, Unread};
+
+/// Holds a request of `identity` to its limits: the model it names must be
+/// allowed, and its requests and tokens per minute within bounds (an
+/// inference request's body is read for both). Answers the body to forward
+/// and what to settle later, or the refusal.
+async fn limit(
+    gate: &Gate,
+    identity: &Identity,
+    parts: &Parts,
+    body: Body,
+) -> Result<(RequestBody, Option<Metered>), Response<Body>> {
+    let limited = !identity.limits.is_unlimited() || identity.models.is_some();
+    if !limited {
+        return Ok((Unread(body), None));
+    }
+    let (body, inference) = match metering::is_inference(&parts.method, parts.uri.path()) {
+        true => {
+            let bytes = read_whole(body, gate.max_body).await?;
+            match metering::read_request(bytes.clone()) {
+                Some(inference) => (Read(inference.body.clone()), Some(inference)),
+                None => (Read(bytes), None),
+            }
+        }
+        false => (Unread(body), None),
+    };
+    if let Some(models) = &identity.models {
+        let model = inference.as_ref().and_then(|i| i.model.as_deref());
+        if !model.is_some_and(|model| models.allows(model)) {
+            let message = match model {
+                Some(model) => format!("This API key may not use the model {model}."),
+                None => {
+                    "This API key may use only some models, and the request names none.".to_owned()
+                }
+            };
+            return Err(openai_error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                &message,
+            ));
+        }
+    }
+    let estimate = inference.as_ref().map_or(0, |i| i.estimate);
+    let admission = gate
+        .limiter
+        .admit(identity.key_id, &identity.limits, estimate)
+        .map_err(|limited| {
+            tracing::info!(key_id = %identity.key_id, exceeded = ?limited.exceeded, "rate limited");
+            limited.to_response()
+        })?;
+    let metered = Metered {
+        key_id: identity.key_id,
+        limits: identity.limits,
+        admission,
+        strip_usage: inference.is_some_and(|i| i.strip_usage),
+    };
+    Ok((body, Some(metered)))
+}
+
+/// The whole body, at most `max` bytes.
+async fn read_whole(body: Body, max: u64) -> Result<Bytes, Response<Body>> {
+    let mut stream = body.into_data_stream();
+    let mut whole = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_body",
+                "The request body could not be read.",
+            )
+        })?;
+        if (whole.len() + chunk.len()) as u64 > max {
+            return Err(too_large(max));
+        }
+        whole.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(whole))
+}
+
+/// A meter that, once the answer is done, settles what the request was
+/// charged against what it used (nothing, when the upstream refused it; the
+/// estimate, when the upstream did not say).
+fn settle_when_done(gate: &Gate, metered: Metered, succeeded: bool, events: bool) -> Meter {
+    let limiter = gate.limiter.clone();
+    Meter::new(events, metered.strip_usage, move |usage| {
+        let charged = metered.admission.charged;
+        let used = match (succeeded, usage) {
+            (false, _) => 0,
+            (true, Some(usage)) => usage.total(),
+            (true, None) => charged,
+        };
+        limiter.settle(metered.key_id, &metered.limits, charged, used);
+    })
+}
+
+/// `stream` read through `meter`, with what it holds back sent at the end.
+fn metered_stream<S>(
+    stream: S,
+    meter: Meter,
+) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+{
+    futures_util::stream::unfold(Some((stream, meter)), |state| async move {
+        let (mut stream, mut meter) = state?;
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let out = meter.feed(chunk);
+                Some((Ok(out), Some((stream, meter))))
+            }
+            Some(Err(err)) => Some((Err(err), None)),
+            None => {
+                let rest = meter.finish();
+                Some((Ok(rest), None))
+            }
+        }
+    })
+    .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())))
 }
 
 #[cfg(test)]
