@@ -25,6 +25,7 @@ fn allowed(role: &str, area: &str) -> bool {
                     | "roles:read"
                     | "enrollment:write"
                     | "webhooks:read"
+                    | "usage:read"
             ),
             "auditor" => area.ends_with(":read"),
             // Rotating signing keys is for admins only (the first arm).
@@ -310,6 +311,13 @@ async fn every_management_route_enforces_the_role_matrix() {
         ),
         (
             Method::GET,
+            "/v1/usage".into(),
+            "/v1/usage",
+            "usage:read",
+            None,
+        ),
+        (
+            Method::GET,
             "/v1/audit/verify".into(),
             "/v1/audit/verify",
             "audit:read",
@@ -466,6 +474,8 @@ async fn every_management_route_enforces_the_role_matrix() {
         (Method::DELETE, "/v1/authz/check/{path}"),
         (Method::GET, "/v1/revocations/stream"),
         (Method::POST, "/v1/heartbeat"),
+        (Method::POST, "/v1/usage/reports"),
+        (Method::POST, "/v1/usage/leases"),
         (Method::GET, "/v1/nodes/self"),
         (Method::POST, "/v1/nodes/self/rotate"),
         // Instances' own routes take their enrollment token or API key.

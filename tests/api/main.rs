@@ -36,4 +36,5 @@ mod selectors;
 mod self_service;
 mod time_travel;
 mod tls;
+mod usage;
 mod webhooks;

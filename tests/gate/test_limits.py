@@ -17,7 +17,7 @@ import uuid
 import openai
 import pytest
 
-from conftest import ALL_SCOPES, Gate, Key, Keyplane
+from conftest import ALL_SCOPES, Gate, Key, Keyplane, wait_until
 from upstream import Upstream, reply_tokens
 
 
@@ -163,3 +163,110 @@ def gate_post(gate: Gate, key: Key, path: str, body: object) -> tuple[int, dict]
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+# -- usage reports and budgets --------------------------------------------------
+
+#: Gates of these tests report usage often, so a test waits a second, not ten.
+FAST_REPORTS = {"KEYPLANE_GATE_USAGE_REPORT_EVERY": "300ms"}
+
+
+def usage_rows(kp: Keyplane, key: Key, bucket: str = "hour") -> list[dict]:
+    return kp.api("GET", f"/v1/usage?key_id={key.id}&bucket={bucket}")["items"]
+
+
+def totals(rows: list[dict]) -> dict:
+    return {
+        field: sum(row[field] for row in rows)
+        for field in ("requests", "prompt_tokens", "completion_tokens", "errors")
+    }
+
+
+def test_usage_reaches_keyplane_by_key_and_model(keyplane: Keyplane, start_gate) -> None:
+    gate = start_gate(keyplane, settings=FAST_REPORTS)
+    key = limited_key(keyplane)
+    client = gate.client(key.secret)
+    for _ in range(3):
+        raw_chat(client, "one two three", model="usage-model-a")
+    list(
+        client.chat.completions.create(
+            model="usage-model-b", messages=[{"role": "user", "content": "four five"}], stream=True
+        )
+    )
+    client.embeddings.create(model="usage-embedder", input="six seven eight nine")
+
+    def reported() -> list[dict] | None:
+        rows = usage_rows(keyplane, key)
+        return rows if totals(rows)["requests"] == 5 else None
+
+    rows = wait_until(reported, timeout=20, what="the gate's usage report")
+    by_model = {row["model"]: row for row in rows}
+    # The upstream counts a word a token; its answer is "You said: <prompt>".
+    assert by_model["usage-model-a"]["requests"] == 3
+    assert by_model["usage-model-a"]["prompt_tokens"] == 9
+    assert by_model["usage-model-a"]["completion_tokens"] == 3 * 5
+    # The stream's tokens, though its client never asked for usage.
+    assert by_model["usage-model-b"]["prompt_tokens"] == 2
+    assert by_model["usage-model-b"]["completion_tokens"] == 4
+    assert by_model["usage-embedder"]["prompt_tokens"] == 4
+    assert all(row["instance_id"] == key.instance_id for row in rows)
+    assert totals(usage_rows(keyplane, key, "day")) == totals(rows)
+
+
+def test_a_spent_budget_is_insufficient_quota_and_not_retried(
+    keyplane: Keyplane, gate: Gate, upstream: Upstream
+) -> None:
+    key = limited_key(keyplane, limits={"daily_tokens": 300})
+    # Retries allowed: a spent budget must not be retried all the same.
+    client = gate.client(key.secret, max_retries=3)
+    marker = f"budget-{uuid.uuid4().hex[:8]}"
+    spent = 0
+    with pytest.raises(openai.RateLimitError) as caught:
+        for _ in range(50):
+            raw_chat(client, f"{marker} a b c d e f g h i j", max_tokens=20)
+            spent += 1
+    err = caught.value
+    assert err.code == "insufficient_quota", err.body
+    assert err.body["type"] == "insufficient_quota"
+    assert err.response.headers["x-should-retry"] == "false"
+    # About 23 tokens each: the budget let a dozen or so through, no more.
+    assert 5 <= spent <= 300 // 23, spent
+    assert len(upstream.requests_with(marker)) == spent, "a refused request was retried or forwarded"
+
+
+def test_two_gates_sharing_a_budget_stay_within_it(keyplane: Keyplane, start_gate) -> None:
+    budget = 5000
+    gates = [start_gate(keyplane, settings=FAST_REPORTS) for _ in range(2)]
+    key = limited_key(keyplane, limits={"daily_tokens": budget})
+    clients = [g.client(key.secret) for g in gates]
+    # 20 words in, 22 out: 42 tokens a request, each estimated at more
+    # than that (a quarter of the body's bytes plus max_tokens), so the
+    # stated bound is no overspend at all.
+    prompt = " ".join(["w"] * 20)
+    served = [0, 0]
+    done = [False, False]
+    for turn in range(400):
+        i = turn % 2
+        if done[i]:
+            if all(done):
+                break
+            continue
+        try:
+            raw_chat(clients[i], prompt, max_tokens=50)
+            served[i] += 1
+        except openai.RateLimitError as err:
+            assert err.code == "insufficient_quota", err.body
+            done[i] = True
+    assert all(done), f"the budget never ran out: {served}"
+    assert min(served) > 0, f"one gate got the whole budget: {served}"
+
+    def settled() -> dict | None:
+        seen = totals(usage_rows(keyplane, key, "day"))
+        return seen if seen["requests"] == sum(served) else None
+
+    seen = wait_until(settled, timeout=20, what="both gates' usage reports")
+    spent = seen["prompt_tokens"] + seen["completion_tokens"]
+    assert spent == 42 * sum(served)
+    assert spent <= budget, f"overspent: {spent} of {budget} ({served})"
+    # What is left unspent is at most a lease held by the other gate.
+    assert spent >= budget - 1000 - 2 * 42, f"underspent: {spent} of {budget} ({served})"

@@ -11,6 +11,7 @@
 //! [`KeyplaneLayer`] puts it in front of any tower service (axum, tonic,
 //! hyper), and [`Caller`] hands the verified identity to axum handlers.
 
+mod budget;
 mod cache;
 mod config;
 mod env;
@@ -21,7 +22,9 @@ mod limiter;
 mod net;
 mod node_key;
 mod stream;
+mod usage;
 
+pub use budget::{BudgetRefusal, Budgets, Charge};
 pub use cache::{Identity, Introspector, Metrics, Refusal};
 pub use config::{Config, ConfigError, HeaderHook, require_https};
 pub use env::{EnvError, secret_from_env};
@@ -30,3 +33,4 @@ pub use files::write_private;
 pub use layer::{Caller, KeyplaneLayer, KeyplaneService};
 pub use limiter::{Admission, Exceeded, Limited, Limiter, Window, reset_text, window_headers};
 pub use stream::StreamState;
+pub use usage::{ReportError, UsageRecorder, Used};

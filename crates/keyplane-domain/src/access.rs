@@ -49,11 +49,13 @@ pub enum Permission {
     WebhooksWrite,
     /// Rotate the keys that sign introspection answers.
     SigningKeysWrite,
+    /// Read what keys used (requests and tokens, by model and hour or day).
+    UsageRead,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 16] = [
         Permission::InstancesRead,
         Permission::InstancesWrite,
         Permission::KeysRead,
@@ -69,6 +71,7 @@ impl Permission {
         Permission::WebhooksRead,
         Permission::WebhooksWrite,
         Permission::SigningKeysWrite,
+        Permission::UsageRead,
     ];
 }
 
@@ -98,6 +101,7 @@ impl ManagementRole {
                     | RolesRead
                     | EnrollmentWrite
                     | WebhooksRead
+                    | UsageRead
             ),
             ManagementRole::Auditor => matches!(
                 permission,
@@ -108,6 +112,7 @@ impl ManagementRole {
                     | AdminKeysRead
                     | AuditRead
                     | WebhooksRead
+                    | UsageRead
             ),
             ManagementRole::Viewer => matches!(permission, InstancesRead | KeysRead | NodesRead),
         }

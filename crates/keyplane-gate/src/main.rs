@@ -20,7 +20,7 @@ use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
-use keyplane_client::{Config, Introspector, KeyplaneLayer};
+use keyplane_client::{Budgets, Config, Introspector, KeyplaneLayer, UsageRecorder};
 use keyplane_domain::Mode;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -123,7 +123,25 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         forwarded: Default::default(),
         refused: Default::default(),
         limiter: keyplane_client::Limiter::new(LIMITED_KEYS),
+        metering: introspector.clone().map(|introspector| {
+            let usage = UsageRecorder::new();
+            proxy::Metering {
+                budgets: Budgets::new(introspector, usage.clone(), LIMITED_KEYS),
+                usage,
+            }
+        }),
     });
+    // Usage goes to keyplane in batches, and once more on the way out.
+    let reporting = match (&introspector, &gate.metering) {
+        (Some(introspector), Some(metering)) => Some((
+            metering
+                .usage
+                .report_every(introspector.clone(), settings.usage_report_every),
+            metering.usage.clone(),
+            introspector.clone(),
+        )),
+        _ => None,
+    };
     let status = Arc::new(Status {
         gate: gate.clone(),
         introspector: introspector.clone(),
@@ -184,6 +202,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         "keyplane-gate serving"
     );
     keyplane_tls::serve(listener, tls, app, settings.connections, shutdown()).await;
+    if let Some((every, usage, introspector)) = reporting {
+        every.abort();
+        if let Err(err) = usage.report(&introspector).await {
+            tracing::warn!(error = %err, "could not report the last usage");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -255,7 +255,13 @@ impl Meter {
 }
 
 impl Drop for Meter {
+    /// The answer was sent, or its client went away: a body of known length
+    /// is dropped once its last byte is out, without being polled to its
+    /// end, so what is held is read here.
     fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.finish();
+        }
         if let Some(done) = self.done.take() {
             done(self.usage);
         }
@@ -409,6 +415,14 @@ mod tests {
         let (mut meter, seen) = metered(false, false);
         let text = answer.to_string();
         assert_eq!(run(&mut meter, &text, 3), text);
+        drop(meter);
+        assert_eq!(seen.lock().unwrap().unwrap().unwrap().total(), 9);
+
+        // Dropped as soon as its last byte is out, never polled to the end.
+        let (mut meter, seen) = metered(false, false);
+        for piece in text.as_bytes().chunks(10) {
+            meter.feed(Bytes::copy_from_slice(piece));
+        }
         drop(meter);
         assert_eq!(seen.lock().unwrap().unwrap().unwrap().total(), 9);
 

@@ -11,7 +11,10 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use futures_util::StreamExt;
-use keyplane_client::{Admission, Identity, KeyplaneLayer, Limiter, openai_error, window_headers};
+use keyplane_client::{
+    Admission, BudgetRefusal, Budgets, Charge, Identity, KeyplaneLayer, Limiter, UsageRecorder,
+    Used, openai_error, window_headers,
+};
 use keyplane_domain::Limits;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::Instrument;
@@ -41,6 +44,16 @@ pub struct Gate {
     pub refused: AtomicU64,
     /// Keys' requests and tokens per minute.
     pub limiter: Limiter,
+    /// Usage counted and reported, and budgets leased (None: auth disabled).
+    pub metering: Option<Metering>,
+}
+
+/// Usage reports and budget leases, both with keyplane.
+pub struct Metering {
+    /// Counts usage and reports it in batches.
+    pub usage: UsageRecorder,
+    /// Leases of keys' daily and monthly token budgets.
+    pub budgets: Budgets,
 }
 
 /// A request let through a key's limits: what to settle once the upstream
@@ -49,6 +62,10 @@ struct Metered {
     key_id: uuid::Uuid,
     limits: Limits,
     admission: Admission,
+    /// What the request was charged of the key's budgets.
+    charge: Charge,
+    /// The model it named ('' for none).
+    model: String,
     /// Whether the gate asked for `usage` in a stream on the client's behalf.
     strip_usage: bool,
 }
@@ -343,19 +360,16 @@ enum RequestBody {
 use RequestBody::{Read, Unread};
 
 /// Holds a request of `identity` to its limits: the model it names must be
-/// allowed, and its requests and tokens per minute within bounds (an
-/// inference request's body is read for both). Answers the body to forward
-/// and what to settle later, or the refusal.
+/// allowed, its requests and tokens per minute within bounds, and its
+/// budgets not spent (an inference request's body is read for all three,
+/// and for the usage report). Answers the body to forward and what to
+/// settle later, or the refusal.
 async fn limit(
     gate: &Gate,
     identity: &Identity,
     parts: &Parts,
     body: Body,
 ) -> Result<(RequestBody, Option<Metered>), Response<Body>> {
-    let limited = !identity.limits.is_unlimited() || identity.models.is_some();
-    if !limited {
-        return Ok((Unread(body), None));
-    }
     let (body, inference) = match metering::is_inference(&parts.method, parts.uri.path()) {
         true => {
             let bytes = read_whole(body, gate.max_body).await?;
@@ -384,20 +398,60 @@ async fn limit(
         }
     }
     let estimate = inference.as_ref().map_or(0, |i| i.estimate);
+    let (key_id, limits) = (identity.key_id, &identity.limits);
     let admission = gate
         .limiter
-        .admit(identity.key_id, &identity.limits, estimate)
+        .admit(key_id, limits, estimate)
         .map_err(|limited| {
-            tracing::info!(key_id = %identity.key_id, exceeded = ?limited.exceeded, "rate limited");
+            tracing::info!(%key_id, exceeded = ?limited.exceeded, "rate limited");
             limited.to_response()
         })?;
+    let charge = match &gate.metering {
+        Some(metering) => match metering.budgets.charge(key_id, limits, estimate).await {
+            Ok(charge) => charge,
+            Err(refusal) => {
+                gate.limiter.settle(key_id, limits, admission.charged, 0);
+                tracing::info!(%key_id, reason = %refusal, "budget refused");
+                return Err(budget_refused(refusal));
+            }
+        },
+        None => Charge::default(),
+    };
+    let (model, strip_usage) = match inference {
+        Some(inference) => (inference.model.unwrap_or_default(), inference.strip_usage),
+        None => (String::new(), false),
+    };
     let metered = Metered {
-        key_id: identity.key_id,
+        key_id,
         limits: identity.limits,
         admission,
-        strip_usage: inference.is_some_and(|i| i.strip_usage),
+        charge,
+        model,
+        strip_usage,
     };
     Ok((body, Some(metered)))
+}
+
+/// OpenAI's answer for a spent budget: 429 `insufficient_quota`, which
+/// clients must not retry (`x-should-retry: false`); or, when keyplane
+/// cannot be asked, 503 (fail closed).
+fn budget_refused(refusal: BudgetRefusal) -> Response<Body> {
+    match refusal {
+        BudgetRefusal::Spent => {
+            let mut response = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "insufficient_quota",
+                "This API key's token budget is spent (or what is left is less than this request \
+                 may use); it renews at the start of the next UTC day or month.",
+            );
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+            response
+        }
+        BudgetRefusal::Unavailable => keyplane_client::Refusal::Unavailable.to_response(),
+    }
 }
 
 /// The whole body, at most `max` bytes.
@@ -423,9 +477,14 @@ async fn read_whole(body: Body, max: u64) -> Result<Bytes, Response<Body>> {
 
 /// A meter that, once the answer is done, settles what the request was
 /// charged against what it used (nothing, when the upstream refused it; the
-/// estimate, when the upstream did not say).
+/// estimate, when the upstream did not say), and counts it for the usage
+/// report.
 fn settle_when_done(gate: &Gate, metered: Metered, succeeded: bool, events: bool) -> Meter {
     let limiter = gate.limiter.clone();
+    let metering = gate
+        .metering
+        .as_ref()
+        .map(|m| (m.usage.clone(), m.budgets.clone()));
     Meter::new(events, metered.strip_usage, move |usage| {
         let charged = metered.admission.charged;
         let used = match (succeeded, usage) {
@@ -434,6 +493,31 @@ fn settle_when_done(gate: &Gate, metered: Metered, succeeded: bool, events: bool
             (true, None) => charged,
         };
         limiter.settle(metered.key_id, &metered.limits, charged, used);
+        let Some((recorder, budgets)) = metering else {
+            return;
+        };
+        let usage = usage.unwrap_or_default();
+        recorder.record(
+            metered.key_id,
+            &metered.model,
+            Used {
+                prompt_tokens: usage.prompt,
+                completion_tokens: usage.completion,
+                error: !succeeded,
+            },
+        );
+        if metered.charge != Charge::default() {
+            let budget_used = match (succeeded, usage.total()) {
+                (false, _) => Some(0),
+                (true, 0) => None,
+                (true, total) => Some(total),
+            };
+            tokio::spawn(async move {
+                budgets
+                    .settle(metered.key_id, metered.charge, budget_used)
+                    .await;
+            });
+        }
     })
 }
 

@@ -56,6 +56,10 @@ pub struct Args {
     /// The largest request body passed upstream, in bytes.
     #[arg(long, env = "KEYPLANE_GATE_MAX_BODY", default_value_t = 16 * 1024 * 1024)]
     pub max_body: u64,
+    /// How often the gate reports usage (requests and tokens by key, model
+    /// and minute) to keyplane.
+    #[arg(long, env = "KEYPLANE_GATE_USAGE_REPORT_EVERY", default_value = "10s")]
+    pub usage_report_every: String,
     /// How often the gate reports itself to keyplane.
     #[arg(long, env = "KEYPLANE_GATE_HEARTBEAT", default_value = "30s")]
     pub heartbeat: String,
@@ -133,6 +137,8 @@ pub struct Settings {
     pub max_body: u64,
     /// The heartbeat period.
     pub heartbeat: Duration,
+    /// How often usage is reported.
+    pub usage_report_every: Duration,
     /// Deadlines and the bound on client connections.
     pub connections: keyplane_tls::ConnectionLimits,
     /// The longest the upstream may take to start answering.
@@ -276,6 +282,11 @@ impl Settings {
             max_body: args.max_body,
             heartbeat: duration("KEYPLANE_GATE_HEARTBEAT", &args.heartbeat)?
                 .max(Duration::from_secs(1)),
+            usage_report_every: duration(
+                "KEYPLANE_GATE_USAGE_REPORT_EVERY",
+                &args.usage_report_every,
+            )?
+            .max(Duration::from_millis(200)),
             connections: keyplane_tls::ConnectionLimits {
                 header_timeout: positive(
                     "KEYPLANE_GATE_HEADER_TIMEOUT",

@@ -60,6 +60,9 @@ pub struct CachedKey {
     pub models: Option<Vec<String>>,
     /// The last second it was accepted in, so use is noted once a second at most.
     used_second: AtomicI64,
+    /// The node it was last accepted for (folded to 64 bits), so that which
+    /// nodes saw it is noted when it changes, not on every request.
+    last_node: AtomicU64,
 }
 
 impl CachedKey {
@@ -100,6 +103,7 @@ impl CachedKey {
             models: Models::both(key_models.as_ref(), instance_models.as_ref())
                 .map(|models| models.to_strings()),
             used_second: AtomicI64::new(0),
+            last_node: AtomicU64::new(0),
         }
     }
 
@@ -259,6 +263,8 @@ struct Usage {
     nodes: HashMap<Uuid, DateTime<Utc>>,
     /// Nodes' new keys, used for the first time.
     new_node_keys: Vec<(Uuid, [u8; 32], DateTime<Utc>)>,
+    /// Which node was answered about which key (key, node), and when.
+    sightings: HashMap<(Uuid, Uuid), DateTime<Utc>>,
 }
 
 /// The introspection cache and the bookkeeping around it.
@@ -350,11 +356,16 @@ impl Introspector {
             }
         };
         let verdict = cached.filter(|key| key.admits(node, wanted, client_ip, now));
-        if let Some(key) = &verdict
-            && first_use_this_second(&key.used_second, now)
-            && let Ok(mut usage) = self.usage.lock()
-        {
-            usage.keys.insert(key.key_id, now);
+        if let Some(key) = &verdict {
+            let (lo, hi) = node.as_u64_pair();
+            let new_node = key.last_node.swap(lo ^ hi, Ordering::Relaxed) != lo ^ hi;
+            let first_use = first_use_this_second(&key.used_second, now);
+            if (new_node || first_use)
+                && let Ok(mut usage) = self.usage.lock()
+            {
+                usage.keys.insert(key.key_id, now);
+                usage.sightings.insert((key.key_id, node), now);
+            }
         }
         Ok(verdict)
     }
@@ -586,6 +597,15 @@ impl Introspector {
             && let Err(err) = introspection::touch_nodes(&self.pool, &node_ids, &node_times).await
         {
             tracing::warn!(error = %err, "could not record when nodes were last seen");
+        }
+        if !usage.sightings.is_empty() {
+            let ((keys, nodes), times): ((Vec<_>, Vec<_>), Vec<_>) =
+                usage.sightings.into_iter().unzip();
+            if let Err(err) =
+                keyplane_store::usage::note_sightings(&self.pool, &keys, &nodes, &times).await
+            {
+                tracing::warn!(error = %err, "could not record which nodes saw which keys");
+            }
         }
         if !usage.new_node_keys.is_empty() {
             let (mut ids, mut digests, mut times) = (Vec::new(), Vec::new(), Vec::new());

@@ -115,6 +115,9 @@ async fn run(state: &AppState, http: &reqwest::Client) {
     if let Err(err) = forget_ended_sessions(state).await {
         failed("ended sessions", err);
     }
+    if let Err(err) = forget_old_usage(state).await {
+        failed("old usage", err);
+    }
     loop {
         match webhooks::deliver_due(state, http).await {
             Ok(0) => break,
@@ -135,6 +138,17 @@ async fn run(state: &AppState, http: &reqwest::Client) {
 async fn forget_ended_sessions(state: &AppState) -> anyhow::Result<()> {
     let before = state.clock.now() - chrono::Duration::days(7);
     keyplane_store::people::delete_sessions_ended_before(state.db.pool(), before).await?;
+    Ok(())
+}
+
+/// Usage rollups past their retention are deleted, a batch per run, so
+/// that storage stays bounded however much is reported.
+async fn forget_old_usage(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    let settings = &state.settings;
+    let hourly = now - chrono::Duration::from_std(settings.usage_hourly_retention)?;
+    let daily = now - chrono::Duration::from_std(settings.usage_daily_retention)?;
+    keyplane_store::usage::delete_old(state.db.pool(), hourly, daily, 10_000).await?;
     Ok(())
 }
 

@@ -24,6 +24,7 @@ pub mod roles;
 pub mod scheduler;
 pub mod signing_keys;
 pub mod stats;
+pub mod usage;
 pub mod webhooks;
 
 pub use database::{Database, DatabaseLocation, PoolSettings, Readiness, describe_url};

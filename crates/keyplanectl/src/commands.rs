@@ -65,6 +65,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("logout", "", "sign_out"),
     ("leaks", "report", "report_leaks"),
     ("health", "", "get_health"),
+    ("usage", "", "get_usage"),
 ];
 
 /// Operations that are not for operators at a terminal, and why: each is
@@ -90,6 +91,8 @@ pub const NOT_COMMANDS: &[(&str, &str)] = &[
     ),
     ("stream_revocations", "nodes' revocation stream"),
     ("node_heartbeat", "a node's own key"),
+    ("report_usage", "a node's own key"),
+    ("lease_budget", "a node's own key"),
     ("get_node_self", "a node's own key"),
     ("rotate_node_self", "a node's own key"),
     ("enroll", "an instance's enrollment token"),
@@ -223,6 +226,16 @@ pub fn operations() -> anyhow::Result<BTreeMap<String, Operation>> {
     Ok(found)
 }
 
+/// Whether every property of an object schema is a whole number.
+fn counts(spec: &Value, schema: &Value) -> bool {
+    schema["properties"].as_object().is_some_and(|properties| {
+        !properties.is_empty()
+            && properties
+                .values()
+                .all(|property| kind_of(spec, property) == "integer")
+    })
+}
+
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().trim().to_owned()
 }
@@ -238,10 +251,13 @@ fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
     }
 }
 
-/// A schema's JSON type, through `$ref`, `oneOf` and nullable type lists.
+/// A schema's JSON type, through `$ref`, `oneOf` and nullable type lists;
+/// `counts` for an object of whole numbers (limits), whose flag reads
+/// `rpm=60,tpm=1000`.
 fn kind_of(spec: &Value, schema: &Value) -> String {
     let schema = resolve(spec, schema);
     match &schema["type"] {
+        Value::String(kind) if kind == "object" && counts(spec, schema) => "counts".to_owned(),
         Value::String(kind) => kind.clone(),
         Value::Array(kinds) => kinds
             .iter()

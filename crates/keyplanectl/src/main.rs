@@ -186,6 +186,7 @@ fn group_help(group: &str) -> &'static str {
         "audit" => "the hash-chained audit log",
         "sessions" => "people's sessions",
         "leaks" => "reports of leaked keys",
+        "usage" => "what keys used, by model and hour or day",
         _ => "",
     }
 }
@@ -272,6 +273,7 @@ fn field_arg(field: &Field) -> Arg {
     match field.kind.as_str() {
         "array" => arg.value_name("A,B"),
         "object" => arg.value_name("K=V,K=V"),
+        "counts" => arg.value_name("K=N,K=N"),
         "boolean" => arg.value_name("true|false"),
         _ if field.name.ends_with("_seconds") => arg,
         _ => arg.value_name(field.name.to_uppercase()),
@@ -504,6 +506,24 @@ fn field_value(field: &Field, text: &str) -> Result<Value, Failure> {
                 .map(str::to_owned)
                 .collect::<Vec<_>>(),
         ),
+        "counts" => {
+            let mut map = Map::new();
+            for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad("expected name=number pairs, e.g. rpm=60,tpm=100000"))?;
+                let value = match value.trim() {
+                    "" | "none" | "null" => Value::Null,
+                    number => Value::from(
+                        number
+                            .parse::<i64>()
+                            .map_err(|_| bad("expected whole numbers, e.g. rpm=60"))?,
+                    ),
+                };
+                map.insert(key.trim().to_owned(), value);
+            }
+            Value::Object(map)
+        }
         "object" => {
             let mut map = Map::new();
             for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -561,6 +581,9 @@ mod tests {
         assert_eq!(grace, serde_json::json!(3600));
         let scopes = field_value(&field("scopes", "array"), "a, b").unwrap();
         assert_eq!(scopes, serde_json::json!(["a", "b"]));
+        let limits = field_value(&field("limits", "counts"), "rpm=60, tpm=none").unwrap();
+        assert_eq!(limits, serde_json::json!({"rpm": 60, "tpm": null}));
+        assert!(field_value(&field("limits", "counts"), "rpm=lots").is_err());
         let labels = field_value(&field("labels", "object"), "env=prod,team=ml").unwrap();
         assert_eq!(labels, serde_json::json!({"env": "prod", "team": "ml"}));
         assert!(field_value(&field("labels", "object"), "env").is_err());

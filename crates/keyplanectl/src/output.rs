@@ -16,6 +16,7 @@ pub enum Format {
 
 /// The columns worth a person's look, in this order, when an item has them.
 const COLUMNS: &[&str] = &[
+    "bucket_start",
     "id",
     "name",
     "subject",
@@ -31,6 +32,11 @@ const COLUMNS: &[&str] = &[
     "masked_token",
     "key_id",
     "instance_id",
+    "model",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "errors",
     "scopes",
     "effective_scopes",
     "labels",

@@ -86,6 +86,12 @@ pub struct SettingsArgs {
     /// than KEYPLANE_MAX_KEY_LIFETIME).
     #[arg(long, env = "KEYPLANE_LEGACY_KEY_LIFETIME", global = true)]
     pub legacy_key_lifetime: Option<String>,
+    /// How long hourly usage rollups are kept (default 31d).
+    #[arg(long, env = "KEYPLANE_USAGE_HOURLY_RETENTION", global = true)]
+    pub usage_hourly_retention: Option<String>,
+    /// How long daily usage rollups are kept (default 400d).
+    #[arg(long, env = "KEYPLANE_USAGE_DAILY_RETENTION", global = true)]
+    pub usage_daily_retention: Option<String>,
     /// How long nodes may cache a positive introspection answer (e.g. 30s).
     #[arg(long, env = "KEYPLANE_INTROSPECTION_CACHE_TTL", global = true)]
     pub introspection_cache_ttl: Option<String>,

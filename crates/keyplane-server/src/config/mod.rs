@@ -113,6 +113,10 @@ pub struct Settings {
     pub accept_legacy_keys: bool,
     /// The longest life of an imported legacy key.
     pub legacy_key_lifetime: Duration,
+    /// How long hourly usage rollups are kept.
+    pub usage_hourly_retention: Duration,
+    /// How long daily usage rollups are kept (budgets need the month).
+    pub usage_daily_retention: Duration,
     /// How long nodes may cache a positive introspection answer.
     pub introspection_cache_ttl: Duration,
     /// How many keys the introspection cache holds; 0 turns it off.
@@ -166,6 +170,8 @@ impl Default for Settings {
             max_key_lifetime: Duration::from_secs(90 * 86_400),
             accept_legacy_keys: false,
             legacy_key_lifetime: Duration::from_secs(30 * 86_400),
+            usage_hourly_retention: Duration::from_secs(31 * 86_400),
+            usage_daily_retention: Duration::from_secs(400 * 86_400),
             introspection_cache_ttl: Duration::from_secs(30),
             introspection_cache_capacity: 100_000,
             probe_threshold: 100,

@@ -50,6 +50,34 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
                 settings.legacy_key_lifetime.min(settings.max_key_lifetime);
         }
     }
+    for (name, given, kept, least) in [
+        (
+            "KEYPLANE_USAGE_HOURLY_RETENTION",
+            &args.usage_hourly_retention,
+            &mut settings.usage_hourly_retention,
+            Duration::from_secs(86_400),
+        ),
+        (
+            "KEYPLANE_USAGE_DAILY_RETENTION",
+            &args.usage_daily_retention,
+            &mut settings.usage_daily_retention,
+            // Monthly budgets are counted from daily rollups.
+            Duration::from_secs(32 * 86_400),
+        ),
+    ] {
+        if let Some(retention) = sources.duration(name, given)? {
+            if retention < least {
+                return Err(ConfigError::new(
+                    name,
+                    format!(
+                        "expected at least {}",
+                        keyplane_domain::format_duration(least)
+                    ),
+                ));
+            }
+            *kept = retention;
+        }
+    }
     if let Some(ttl) = sources.duration(
         "KEYPLANE_INTROSPECTION_CACHE_TTL",
         &args.introspection_cache_ttl,

@@ -40,6 +40,7 @@ pub mod roles;
 pub mod rotation;
 pub mod self_service;
 pub mod signing_keys;
+pub mod usage;
 pub mod webhooks;
 
 use std::net::IpAddr;

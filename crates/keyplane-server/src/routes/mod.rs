@@ -15,6 +15,7 @@ pub mod people;
 pub mod roles;
 pub mod self_service;
 pub mod signing_keys;
+pub mod usage;
 pub mod webhooks;
 
 use axum::Router;
@@ -49,6 +50,7 @@ use crate::state::AppState;
         (name = "self-service", description = "A key holder's own key: read it, rotate it"),
         (name = "webhooks", description = "Event deliveries to operators' endpoints (Standard Webhooks)"),
         (name = "leaks", description = "Reports of leaked keys, from anyone"),
+        (name = "usage", description = "What keys used, as nodes report it, and budget leases"),
         (name = "people", description = "Signing in with the identity provider, and sessions"),
     ),
     paths(node_api::check_access_envoy),
@@ -154,6 +156,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(node_api::stream_revocations))
         .routes(routes!(node_api::jwks))
         .routes(routes!(signing_keys::rotate_signing_key))
+        .routes(routes!(usage::get_usage))
+        .routes(routes!(usage::report_usage))
+        .routes(routes!(usage::lease_budget))
         .routes(routes!(audit::list_audit_entries))
         .routes(routes!(audit::verify_audit_log))
         .routes(routes!(audit::export_audit_log))
