@@ -311,6 +311,27 @@ async fn every_management_route_enforces_the_role_matrix() {
         ),
         (
             Method::GET,
+            "/v1/scopes".into(),
+            "/v1/scopes",
+            "roles:read",
+            None,
+        ),
+        (
+            Method::PUT,
+            "/v1/scopes/matrix:check".into(),
+            "/v1/scopes/{name}",
+            "roles:write",
+            Some(json!({"description": "d"})),
+        ),
+        (
+            Method::DELETE,
+            "/v1/scopes/matrix:none".into(),
+            "/v1/scopes/{name}",
+            "roles:write",
+            None,
+        ),
+        (
+            Method::GET,
             "/v1/usage".into(),
             "/v1/usage",
             "usage:read",

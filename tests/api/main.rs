@@ -32,6 +32,7 @@ mod lifecycle;
 mod limits;
 mod people;
 mod plans;
+mod scopes;
 mod selectors;
 mod self_service;
 mod time_travel;

@@ -66,7 +66,10 @@ pub enum RouteError {
     Scope(#[from] ScopeError),
 }
 
-/// The routes of OpenAI-compatible servers and Cortex, and their scopes.
+/// The routes of OpenAI-compatible servers and Cortex's whole API, and
+/// their scopes: reading and writing are separate scopes, messages are
+/// matched before the threads they belong to, and stopping the server or its
+/// processes needs an admin scope.
 const DEFAULTS: &str = "\
 POST /v1/chat/completions=inference:chat,
 POST /v1/completions=inference:chat,
@@ -76,9 +79,38 @@ POST /v1/images/**=inference:images,
 GET /v1/models=models:read,
 GET /v1/models/**=models:read,
 POST /v1/models/**=models:write,
+PATCH /v1/models/**=models:write,
 DELETE /v1/models/**=models:write,
 * /v1/configs=configs:admin,
-* /v1/configs/**=configs:admin";
+* /v1/configs/**=configs:admin,
+GET /v1/engines=engines:read,
+GET /v1/engines/**=engines:read,
+* /v1/engines/**=engines:write,
+GET /v1/hardware=hardware:read,
+GET /v1/hardware/**=hardware:read,
+* /v1/hardware/**=hardware:write,
+GET /v1/threads/*/messages=messages:read,
+GET /v1/threads/*/messages/**=messages:read,
+* /v1/threads/*/messages=messages:write,
+* /v1/threads/*/messages/**=messages:write,
+GET /v1/threads=threads:read,
+GET /v1/threads/**=threads:read,
+* /v1/threads=threads:write,
+* /v1/threads/**=threads:write,
+GET /v1/assistants=assistants:read,
+GET /v1/assistants/**=assistants:read,
+* /v1/assistants=assistants:write,
+* /v1/assistants/**=assistants:write,
+GET /v1/files=files:read,
+GET /v1/files/**=files:read,
+* /v1/files=files:write,
+* /v1/files/**=files:write,
+GET /v1/system=system:read,
+GET /v1/system/**=system:read,
+* /v1/system=system:admin,
+* /v1/system/**=system:admin,
+* /processManager/**=process:admin,
+* /processmanager/**=process:admin";
 
 impl RouteMap {
     /// Reads comma- or newline-separated rules.
@@ -95,6 +127,22 @@ impl RouteMap {
     pub fn defaults() -> RouteMap {
         // The defaults are a constant that the tests below parse.
         RouteMap::parse(DEFAULTS).unwrap_or(RouteMap(Vec::new()))
+    }
+
+    /// The scopes rules name that are not built in: keys get them only once
+    /// an operator defines them (so a typo denies its routes; worth a warning).
+    pub fn scopes_not_built_in(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .0
+            .iter()
+            .filter_map(|rule| match &rule.access {
+                Access::Scope(scope) if !scope.is_built_in() => Some(scope.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        found.sort();
+        found.dedup();
+        found
     }
 
     /// Whether any rule makes a route public.
@@ -136,7 +184,7 @@ fn parse_rule(text: &str) -> Result<Rule, RouteError> {
     }
     let access = match access.trim() {
         "public" => Access::Public,
-        scope => Access::Scope(Scope::parse(scope)?),
+        scope => Access::Scope(Scope::well_formed(scope)?),
     };
     Ok(Rule {
         method: (method != "*").then(|| method.to_ascii_uppercase()),
@@ -242,6 +290,34 @@ mod tests {
             scope("models:write")
         );
         assert_eq!(map.access("PATCH", "/v1/configs"), scope("configs:admin"));
+        assert_eq!(
+            map.access("PATCH", "/v1/models/llama3"),
+            scope("models:write")
+        );
+        for (method, path, wanted) in [
+            ("GET", "/v1/engines", "engines:read"),
+            ("GET", "/v1/engines/llama-cpp/releases", "engines:read"),
+            ("POST", "/v1/engines/llama-cpp/install", "engines:write"),
+            ("DELETE", "/v1/engines/llama-cpp/load", "engines:write"),
+            ("GET", "/v1/hardware", "hardware:read"),
+            ("POST", "/v1/hardware/activate", "hardware:write"),
+            ("GET", "/v1/threads", "threads:read"),
+            ("POST", "/v1/threads", "threads:write"),
+            ("PATCH", "/v1/threads/t1", "threads:write"),
+            ("GET", "/v1/threads/t1/messages", "messages:read"),
+            ("POST", "/v1/threads/t1/messages", "messages:write"),
+            ("DELETE", "/v1/threads/t1/messages/m1", "messages:write"),
+            ("GET", "/v1/assistants/a1", "assistants:read"),
+            ("POST", "/v1/assistants", "assistants:write"),
+            ("GET", "/v1/files/f1/content", "files:read"),
+            ("POST", "/v1/files", "files:write"),
+            ("GET", "/v1/system/events/hardware", "system:read"),
+            ("DELETE", "/v1/system", "system:admin"),
+            ("DELETE", "/processManager/destroy", "process:admin"),
+        ] {
+            assert_eq!(map.access(method, path), scope(wanted), "{method} {path}");
+        }
+        assert!(map.scopes_not_built_in().is_empty());
         assert_eq!(map.access("GET", "/v1/chat/completions"), Access::Unmapped);
         assert_eq!(map.access("POST", "/v1/shutdown"), Access::Unmapped);
         assert_eq!(
@@ -306,7 +382,22 @@ mod tests {
     fn bad_rules_are_refused() {
         assert!(RouteMap::parse("/v1/chat=inference:chat").is_err());
         assert!(RouteMap::parse("POST /v1/chat").is_err());
-        assert!(RouteMap::parse("POST /v1/chat=inference:caht").is_err());
+        assert!(RouteMap::parse("POST /v1/chat=Inference Chat").is_err());
         assert!(RouteMap::parse("POST v1/chat=inference:chat").is_err());
+    }
+
+    #[test]
+    fn rules_may_name_operators_scopes_and_say_which_are_not_built_in() {
+        let map = RouteMap::parse("POST /v1/rerank=inference:rerank, POST /v1/x=inference:caht")
+            .unwrap()
+            .then(RouteMap::defaults());
+        assert_eq!(
+            map.access("POST", "/v1/rerank"),
+            Access::Scope(Scope::well_formed("inference:rerank").unwrap())
+        );
+        assert_eq!(
+            map.scopes_not_built_in(),
+            ["inference:caht", "inference:rerank"]
+        );
     }
 }

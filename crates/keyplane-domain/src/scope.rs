@@ -3,9 +3,11 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// The scopes keyplane knows. A scope outside this catalog is refused, so a
-/// typo (`inference:caht`) can never be granted.
-pub const CATALOG: [&str; 8] = [
+/// The scopes keyplane knows from the start, covering OpenAI-compatible
+/// servers and Cortex's whole API. Operators define more (`PUT
+/// /v1/scopes/{name}`); a scope in neither is refused, so a typo
+/// (`inference:caht`) can never be granted.
+pub const CATALOG: [&str; 23] = [
     "inference:chat",
     "inference:embeddings",
     "inference:audio",
@@ -14,6 +16,21 @@ pub const CATALOG: [&str; 8] = [
     "models:write",
     "configs:admin",
     "configs:read",
+    "engines:read",
+    "engines:write",
+    "hardware:read",
+    "hardware:write",
+    "threads:read",
+    "threads:write",
+    "messages:read",
+    "messages:write",
+    "assistants:read",
+    "assistants:write",
+    "files:read",
+    "files:write",
+    "system:read",
+    "system:admin",
+    "process:admin",
 ];
 
 /// One permission a key can carry, e.g. `inference:chat`.
@@ -35,13 +52,29 @@ pub enum ScopeError {
     #[error("expected a scope of the form resource:action, e.g. inference:chat")]
     Malformed,
     /// Well-formed but not one keyplane knows.
-    #[error("unknown scope {0:?}; known scopes: {known}", known = CATALOG.join(", "))]
+    #[error("unknown scope {0:?}: not built in ({known}) nor defined by an operator (PUT /v1/scopes/{{name}})", known = CATALOG.join(", "))]
     Unknown(String),
 }
 
 impl Scope {
-    /// Reads a scope from the catalog.
+    /// Reads a scope from the built-in catalog.
     pub fn parse(text: &str) -> Result<Scope, ScopeError> {
+        Scope::parse_with(text, &[] as &[&str])
+    }
+
+    /// Reads a scope from the built-in catalog or `defined` (operators' own).
+    pub fn parse_with<S: AsRef<str>>(text: &str, defined: &[S]) -> Result<Scope, ScopeError> {
+        let scope = Scope::well_formed(text)?;
+        if !scope.is_built_in() && !defined.iter().any(|d| d.as_ref() == text) {
+            let shown: String = text.chars().take(64).collect();
+            return Err(ScopeError::Unknown(shown));
+        }
+        Ok(scope)
+    }
+
+    /// Reads any scope of the form `resource:action` (lowercase letters,
+    /// digits, `_` and `-`; at most 64 characters), known or not.
+    pub fn well_formed(text: &str) -> Result<Scope, ScopeError> {
         let well_formed = text.len() <= 64
             && text.split_once(':').is_some_and(|(resource, action)| {
                 [resource, action].iter().all(|part| {
@@ -54,11 +87,12 @@ impl Scope {
         if !well_formed {
             return Err(ScopeError::Malformed);
         }
-        if !CATALOG.contains(&text) {
-            let shown: String = text.chars().take(64).collect();
-            return Err(ScopeError::Unknown(shown));
-        }
         Ok(Scope(text.to_owned()))
+    }
+
+    /// Whether keyplane knows it from the start.
+    pub fn is_built_in(&self) -> bool {
+        CATALOG.contains(&self.0.as_str())
     }
 
     /// The scope's text.
@@ -78,12 +112,22 @@ impl fmt::Display for Scope {
 pub struct ScopeSet(BTreeSet<Scope>);
 
 impl ScopeSet {
-    /// Reads every text as a scope; the first bad one is the error, with its index.
+    /// Reads every text as a built-in scope; the first bad one is the
+    /// error, with its index.
     pub fn parse<S: AsRef<str>>(texts: &[S]) -> Result<ScopeSet, (usize, ScopeError)> {
+        ScopeSet::parse_with(texts, &[] as &[&str])
+    }
+
+    /// Reads every text as a scope, built in or `defined`; the first bad
+    /// one is the error, with its index.
+    pub fn parse_with<S: AsRef<str>, D: AsRef<str>>(
+        texts: &[S],
+        defined: &[D],
+    ) -> Result<ScopeSet, (usize, ScopeError)> {
         texts
             .iter()
             .enumerate()
-            .map(|(i, t)| Scope::parse(t.as_ref()).map_err(|e| (i, e)))
+            .map(|(i, t)| Scope::parse_with(t.as_ref(), defined).map_err(|e| (i, e)))
             .collect::<Result<BTreeSet<_>, _>>()
             .map(ScopeSet)
     }

@@ -84,6 +84,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    for scope in settings.routes.scopes_not_built_in() {
+        tracing::warn!(%scope, "a route rule names a scope that is not built in: keys hold it only once an operator defines it at keyplane");
+    }
     let introspector = match &settings.keyplane {
         Some(keyplane) => {
             let mut config = Config::new(&keyplane.url, keyplane.node_key.clone(), settings.mode);

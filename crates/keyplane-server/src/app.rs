@@ -177,6 +177,9 @@ impl App {
                 "chained audit entries written before the log was chained"
             );
         }
+        for scope in settings.routes.scopes_not_built_in() {
+            tracing::warn!(%scope, "a route rule names a scope that is not built in: keys hold it only once an operator defines it (PUT /v1/scopes/{{name}})");
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;

@@ -22,6 +22,7 @@ pub mod people;
 pub mod revocations;
 pub mod roles;
 pub mod scheduler;
+pub mod scopes;
 pub mod signing_keys;
 pub mod stats;
 pub mod usage;

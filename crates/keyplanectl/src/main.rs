@@ -178,6 +178,7 @@ fn group_help(group: &str) -> &'static str {
         "instances" => "the registry of client instances",
         "keys" => "instance API keys",
         "roles" => "named scope sets",
+        "scopes" => "the scope catalog (built in and operators' own)",
         "nodes" => "nodes that introspect keys",
         "admin-keys" => "operators' keys",
         "signing-keys" => "the keys that sign introspection answers",

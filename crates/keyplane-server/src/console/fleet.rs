@@ -5,7 +5,7 @@
 
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
-use keyplane_domain::{Permission, RoleName, SCOPE_CATALOG};
+use keyplane_domain::{Permission, RoleName};
 use uuid::Uuid;
 
 use crate::console::pages::{Ask, labels};
@@ -440,6 +440,7 @@ pub async fn revoke_admin_key(console: Console, Path(id): Path<Uuid>, form: Fiel
 /// Enrollment tokens: what an instance that enrolls with one becomes.
 pub async fn enrollment_tokens(console: Console) -> Response {
     let write = console.may(Permission::EnrollmentWrite);
+    let catalog = console.scope_catalog().await;
     let listed = console.ops.list_enrollment_tokens(page()).await;
     or_refused(listed, "/console/enrollment-tokens", |tokens| {
         let rows = tokens
@@ -491,7 +492,7 @@ pub async fn enrollment_tokens(console: Console) -> Response {
                     Field::input("name", "Name", "text")
                         .required()
                         .hint("lab laptops"),
-                    Field::checks("scopes", "Scopes of the keys it hands out", &SCOPE_CATALOG),
+                    Field::checks("scopes", "Scopes of the keys it hands out", &catalog),
                     Field::input("labels", "Labels of the instances it makes", "text")
                         .hint("env=lab"),
                     Field::input("uses", "Uses", "number").hint("1"),
@@ -774,6 +775,7 @@ pub async fn delete_webhook(console: Console, Path(id): Path<Uuid>, form: Fields
 /// Roles: named scope sets keys carry.
 pub async fn roles(console: Console) -> Response {
     let write = console.may(Permission::RolesWrite);
+    let catalog = console.scope_catalog().await;
     let listed = console.ops.list_roles(page()).await;
     or_refused(listed, "/console/roles", |roles| {
         let rows = roles
@@ -814,7 +816,7 @@ pub async fn roles(console: Console) -> Response {
                         .required()
                         .hint("inference-client"),
                     Field::input("description", "Description", "text"),
-                    Field::checks("scopes", "Scopes", &SCOPE_CATALOG),
+                    Field::checks("scopes", "Scopes", &catalog),
                 ],
             }),
         })
@@ -853,6 +855,7 @@ pub async fn role(console: Console, Path(name): Path<String>) -> Response {
         return no_role();
     };
     let listed = console.ops.list_roles(page()).await;
+    let catalog = console.scope_catalog().await;
     or_refused(listed, "/console/roles", |roles| {
         let Some(role) = roles.items.into_iter().find(|role| role.name == name) else {
             return Page::error(axum::http::StatusCode::NOT_FOUND, "No role of this name.")
@@ -860,7 +863,7 @@ pub async fn role(console: Console, Path(name): Path<String>) -> Response {
         };
         Page::render(&view::Role {
             frame: console.frame("roles"),
-            scopes: catalog_with(&role.scopes),
+            scopes: catalog_with(&catalog, &role.scopes),
             name: role.name,
             description: role.description,
             plan: None,
@@ -870,10 +873,11 @@ pub async fn role(console: Console, Path(name): Path<String>) -> Response {
     })
 }
 
-fn catalog_with(scopes: &[String]) -> Vec<(String, bool)> {
-    SCOPE_CATALOG
+/// Every scope of `catalog`, marked when `scopes` holds it.
+fn catalog_with(catalog: &[String], scopes: &[String]) -> Vec<(String, bool)> {
+    catalog
         .iter()
-        .map(|scope| ((*scope).to_owned(), scopes.iter().any(|s| s == scope)))
+        .map(|scope| (scope.clone(), scopes.contains(scope)))
         .collect()
 }
 
@@ -896,10 +900,11 @@ pub async fn save_role(console: Console, Path(name): Path<String>, form: Fields)
         return or_refused(saved, &here, |_| see_other("/console/roles"));
     }
     let planned = console.ops.put_role(DryRun, &name, request()).await;
+    let catalog = console.scope_catalog().await;
     or_refused(planned, &here, |plan| {
         Page::render(&view::Role {
             frame: console.frame("roles"),
-            scopes: catalog_with(&scopes),
+            scopes: catalog_with(&catalog, &scopes),
             description: form.one("description"),
             plan: Some(
                 plan.changes

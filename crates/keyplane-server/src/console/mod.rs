@@ -210,6 +210,20 @@ pub struct Console {
     token: String,
 }
 
+impl Console {
+    /// Every scope keys can be granted (built in, then operators' own), for
+    /// forms; the built-in ones alone when the catalog cannot be read.
+    pub async fn scope_catalog(&self) -> Vec<String> {
+        match self.ops.list_scopes().await {
+            Ok(list) => list.items.into_iter().map(|scope| scope.name).collect(),
+            Err(_) => keyplane_domain::SCOPE_CATALOG
+                .iter()
+                .map(|scope| (*scope).to_owned())
+                .collect(),
+        }
+    }
+}
+
 /// Who is signed in, for the header every page shows.
 #[derive(Debug, Clone)]
 pub struct Frame {

@@ -7,7 +7,7 @@ use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Response};
-use keyplane_domain::{Permission, SCOPE_CATALOG};
+use keyplane_domain::Permission;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -274,9 +274,10 @@ pub async fn instances(console: Console, Query(query): Query<InstanceQuery>) -> 
         name: name.to_owned(),
         selector: selector.to_owned(),
         status: query.status,
-        register: console
-            .may(Permission::InstancesWrite)
-            .then(|| SCOPE_CATALOG.iter().map(|s| (*s).to_owned()).collect()),
+        register: match console.may(Permission::InstancesWrite) {
+            true => Some(console.scope_catalog().await),
+            false => None,
+        },
     })
 }
 

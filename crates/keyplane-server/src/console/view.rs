@@ -411,12 +411,12 @@ impl Field {
     }
 
     /// Checkboxes, one per option.
-    pub fn checks(name: &'static str, label: &'static str, options: &[&str]) -> Field {
+    pub fn checks<S: AsRef<str>>(name: &'static str, label: &'static str, options: &[S]) -> Field {
         Field {
             kind: "checks",
             options: options
                 .iter()
-                .map(|o| ((*o).to_owned(), (*o).to_owned()))
+                .map(|o| (o.as_ref().to_owned(), o.as_ref().to_owned()))
                 .collect(),
             ..Field::input(name, label, "checks")
         }

@@ -168,7 +168,8 @@ impl Ops<Operator> {
         self.actor.require(Permission::EnrollmentWrite)?;
         let settings = &self.state.settings;
         let name = input::name("name", &input.name)?;
-        let (scopes, role_names) = grants(input.scopes, input.roles)?;
+        let defined = self.defined_scopes().await?;
+        let (scopes, role_names) = grants(input.scopes, input.roles, &defined)?;
         let labels = input::labels(input.labels)?;
         let uses = input.uses.unwrap_or(1);
         if !(1..=MAX_USES).contains(&uses) {
@@ -194,7 +195,7 @@ impl Ops<Operator> {
         let found = known_roles(change.db(), &role_names).await?;
         let ceiling = match &input.allowed_scopes {
             Some(allowed) => {
-                let ceiling = input::scopes("allowed_scopes", allowed)?;
+                let ceiling = input::scopes("allowed_scopes", allowed, &defined)?;
                 if let Some(outside) = scopes.outside(&ceiling).first() {
                     return Err(Refusal::policy(
                         "scopes",

@@ -55,10 +55,11 @@ pub fn bounded<T>(field: &str, items: &[T]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Scopes from the catalog; the first bad one is named with its index.
-pub fn scopes(field: &str, texts: &[String]) -> Result<ScopeSet, Refusal> {
+/// Scopes from the catalog, built in or `defined` by operators; the first
+/// bad one is named with its index.
+pub fn scopes(field: &str, texts: &[String], defined: &[String]) -> Result<ScopeSet, Refusal> {
     bounded(field, texts)?;
-    ScopeSet::parse(texts)
+    ScopeSet::parse_with(texts, defined)
         .map_err(|(index, err)| Refusal::invalid(format!("{field}[{index}]"), err.to_string()))
 }
 

@@ -206,7 +206,7 @@ impl Ops<Operator> {
         let description = input::description(input.description)?;
         let labels = input::labels(input.labels)?;
         let ceiling = match &input.allowed_scopes {
-            Some(scopes) => input::scopes("allowed_scopes", scopes)?,
+            Some(scopes) => input::scopes("allowed_scopes", scopes, &self.defined_scopes().await?)?,
             None => ScopeSet::parse(&DEFAULT_CEILING)
                 .map_err(|_| Refusal::Internal(anyhow::anyhow!("bad default ceiling")))?,
         };
@@ -305,11 +305,14 @@ impl Ops<Operator> {
             .map(|d| input::description(Some(d)))
             .transpose()?;
         let labels = input.labels.map(|l| input::labels(Some(l))).transpose()?;
-        let ceiling = input
-            .allowed_scopes
-            .as_deref()
-            .map(|s| input::scopes("allowed_scopes", s))
-            .transpose()?;
+        let ceiling = match input.allowed_scopes.as_deref() {
+            Some(s) => Some(input::scopes(
+                "allowed_scopes",
+                s,
+                &self.defined_scopes().await?,
+            )?),
+            None => None,
+        };
         let cidrs = input
             .allowed_cidrs
             .as_deref()

@@ -376,8 +376,9 @@ pub fn rotate_after(settings: &Settings, seconds: Option<i64>) -> Result<Option<
 pub fn grants(
     scopes: Option<Vec<String>>,
     roles: Option<Vec<String>>,
+    defined: &[String],
 ) -> Result<(ScopeSet, Vec<String>), Refusal> {
-    let scopes = input::scopes("scopes", scopes.as_deref().unwrap_or_default())?;
+    let scopes = input::scopes("scopes", scopes.as_deref().unwrap_or_default(), defined)?;
     let role_names = roles.unwrap_or_default();
     input::bounded("roles", &role_names)?;
     for (index, role) in role_names.iter().enumerate() {
@@ -730,7 +731,8 @@ impl Ops<Operator> {
         self.actor.require(Permission::KeysWrite)?;
         let settings = &self.state.settings;
         let name = input::name("name", &input.name)?;
-        let (scopes, role_names) = grants(input.scopes, input.roles)?;
+        let (scopes, role_names) =
+            grants(input.scopes, input.roles, &self.defined_scopes().await?)?;
         let rotate_after = rotate_after(settings, input.rotate_after)?;
         let limits = limits::limits(input.limits)?;
         let models = limits::models(input.models.as_deref())?;

@@ -117,7 +117,7 @@ impl Ops<Operator> {
         let whole_ceiling = input.scopes.is_none() && input.roles.is_none();
         let (scopes, role_names) = match whole_ceiling {
             true => (ScopeSet::default(), Vec::new()),
-            false => grants(input.scopes, input.roles)?,
+            false => grants(input.scopes, input.roles, &self.defined_scopes().await?)?,
         };
         let now = self.now();
         let most = Lifetime {

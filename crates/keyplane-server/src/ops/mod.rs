@@ -38,6 +38,7 @@ pub mod nodes;
 pub mod people;
 pub mod roles;
 pub mod rotation;
+pub mod scopes;
 pub mod self_service;
 pub mod signing_keys;
 pub mod usage;
@@ -97,6 +98,11 @@ impl<A> Ops<A> {
 
     fn now(&self) -> DateTime<Utc> {
         self.state.clock.now()
+    }
+
+    /// The scopes operators defined (the built-in ones are always known).
+    async fn defined_scopes(&self) -> Result<Vec<String>, Refusal> {
+        Ok(keyplane_store::scopes::names(self.state.db.pool()).await?)
     }
 
     /// Begins a change made by `actor` at `at`.

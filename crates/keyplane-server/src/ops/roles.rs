@@ -95,7 +95,7 @@ impl Ops<Operator> {
         self.dangerous::<R>()?;
         let name = role_name(name)?;
         let description = input::description(input.description)?;
-        let scopes = input::scopes("scopes", &input.scopes)?;
+        let scopes = input::scopes("scopes", &input.scopes, &self.defined_scopes().await?)?;
         let now = self.now();
 
         let mut change = self.begin(run, now).await?;

@@ -13,6 +13,7 @@ pub mod node_api;
 pub mod nodes;
 pub mod people;
 pub mod roles;
+pub mod scopes;
 pub mod self_service;
 pub mod signing_keys;
 pub mod usage;
@@ -101,6 +102,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(fleet::suspend_instances))
         .routes(routes!(roles::list_roles))
         .routes(routes!(roles::put_role, roles::delete_role))
+        .routes(routes!(scopes::list_scopes))
+        .routes(routes!(scopes::put_scope, scopes::delete_scope))
         .routes(routes!(nodes::create_node, nodes::list_nodes))
         .routes(routes!(
             nodes::get_node,
