@@ -653,3 +653,124 @@ async fn every_section_works_for_an_admin_and_makes_what_it_offers() {
     let items = listed["items"].as_array().unwrap();
     assert!(!items.is_empty() && items.iter().all(|e| e["outcome"] == "success"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_set_and_usage_is_drawn_in_the_console() {
+    let server = TestServer::start_admin().await;
+    let origin = server.url("");
+    let instance = server.instance("jan-1", &["inference:chat"]).await;
+    let key = server
+        .key(
+            &instance,
+            json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+        .await;
+    let key_id = key["id"].as_str().unwrap();
+    // Some usage, as a node reports it.
+    let (_, node) = server
+        .admin(Method::POST, "/v1/nodes", Some(json!({"name": "gate-1"})))
+        .await;
+    let node_key = node["secret"].as_str().unwrap();
+    let answer: Value = server
+        .client
+        .post(server.url("/v1/introspect"))
+        .bearer_auth(node_key)
+        .form(&[("token", key["secret"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["active"], true);
+    let (status, _) = crate::support::call(
+        server.as_(node_key, Method::POST, "/v1/usage/reports"),
+        Some(
+            json!({"items": [{"key_id": key_id, "model": "llama3", "minute": chrono::Utc::now(),
+                               "requests": 4, "prompt_tokens": 300, "completion_tokens": 120}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let browser = Browser::default();
+    let response = browser
+        .client
+        .post(format!("{origin}/console/sign-in"))
+        .form(&[("key", BOOTSTRAP), ("return_to", "/console/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let key_page = format!("{origin}/console/keys/{key_id}");
+    let (status, _, html) = page(&browser, &key_page).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("<h2 id=\"limits\">Limits</h2>") && html.contains("none"),
+        "{html}"
+    );
+    assert!(html.contains("420 tokens in 4 requests"), "{html}");
+    assert!(
+        html.contains("<rect ") && html.contains("420 tokens, 4 requests"),
+        "{html}"
+    );
+
+    let token = csrf(&html);
+    let limits_url = format!("{key_page}/limits");
+    let (status, location, _) = post(
+        &browser,
+        &limits_url,
+        &[
+            ("csrf", &token),
+            ("rpm", "60"),
+            ("tpm", ""),
+            ("daily_tokens", "50000"),
+            ("monthly_tokens", ""),
+            ("models", "llama3*, phi3"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, format!("/console/keys/{key_id}").as_str())
+    );
+    let (_, stored) = server
+        .admin(Method::GET, &format!("/v1/keys/{key_id}"), None)
+        .await;
+    assert_eq!(
+        stored["limits"],
+        json!({"rpm": 60, "tpm": null, "daily_tokens": 50000, "monthly_tokens": null})
+    );
+    assert_eq!(stored["models"], json!(["llama3*", "phi3"]));
+    let (_, _, html) = page(&browser, &key_page).await;
+    assert!(
+        html.contains("60 requests/min; 50000 tokens/day; models: llama3*, phi3"),
+        "{html}"
+    );
+
+    // Not a number, or out of bounds: refused, nothing changed.
+    for (rpm, status) in [("lots", 422), ("-5", 422)] {
+        let (got, _, html) = post(&browser, &limits_url, &[("csrf", &token), ("rpm", rpm)]).await;
+        assert_eq!(got, status, "{rpm}: {html}");
+    }
+    let (_, stored) = server
+        .admin(Method::GET, &format!("/v1/keys/{key_id}"), None)
+        .await;
+    assert_eq!(stored["limits"]["rpm"], 60);
+    // Without the sign-in's CSRF token: refused.
+    let (status, _, _) = post(&browser, &limits_url, &[("rpm", "1")]).await;
+    assert_eq!(status, 403);
+
+    // The instance's, for each of its keys.
+    let instance_page = format!("{origin}/console/instances/{instance}");
+    let (status, location, _) = post(
+        &browser,
+        &format!("{instance_page}/limits"),
+        &[("csrf", &token), ("tpm", "100000"), ("models", "")],
+    )
+    .await;
+    assert_eq!(status, 303, "{location}");
+    let (_, _, html) = page(&browser, &instance_page).await;
+    assert!(html.contains("100000 tokens/min"), "{html}");
+    assert!(html.contains("420 tokens in 4 requests"), "{html}");
+}

@@ -110,7 +110,7 @@ fn insecure_settings_are_refused_with_a_line_naming_them() {
             "KEYPLANE_CLIENT_CERT",
         ),
         (
-            &[("KEYPLANE_ROUTE_SCOPES", "GET /v1/models=inference:caht")],
+            &[("KEYPLANE_ROUTE_SCOPES", "GET /v1/models=Inference Chat")],
             "KEYPLANE_ROUTE_SCOPES",
         ),
         (

@@ -359,10 +359,14 @@ class _Handler(BaseHTTPRequestHandler):
         steps = self.owner._lockstep
         try:
             for payload in chunks:
-                if steps is not None:
+                # The usage-only chunk (no choices) may be the gate's own,
+                # asked for on the client's behalf and never shown to it:
+                # nothing to wait for.
+                paced = steps is not None and payload.get("choices") != []
+                if paced:
                     steps.sent += 1
                 self._write_chunk(f"data: {json.dumps(payload)}\n\n".encode())
-                if steps is not None:
+                if paced:
                     steps.wait()
             self._write_chunk(b"data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")

@@ -38,11 +38,22 @@ struct Lease {
     generation: u64,
 }
 
+/// One key's lease, and the lock that keeps its lease requests one at a time.
+#[derive(Debug, Default)]
+struct Key {
+    state: Mutex<State>,
+    leasing: Mutex<()>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     lease: Option<Lease>,
     generation: u64,
     renewing: bool,
+    /// Tokens settled so far, all leases together: what settles while a
+    /// lease is asked for in the background is what keyplane's grant
+    /// cannot know of, and is taken off it.
+    settled: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,7 +83,7 @@ pub enum BudgetRefusal {
 /// Budget leases per key; cheap to clone.
 #[derive(Clone)]
 pub struct Budgets {
-    keys: Cache<Uuid, Arc<Mutex<State>>>,
+    keys: Cache<Uuid, Arc<Key>>,
     keyplane: Introspector,
     usage: UsageRecorder,
 }
@@ -111,34 +122,41 @@ impl Budgets {
             return Ok(Charge::default());
         }
         let estimate = i64::try_from(estimate).unwrap_or(i64::MAX).max(1);
-        let state = self.keys.get_with(key_id, Arc::default);
-        let mut held = state.lock().await;
-        let now = Instant::now();
-        let usable =
-            |lease: &Option<Lease>| lease.filter(|l| l.ends > now && l.allowance >= estimate);
-        if usable(&held.lease).is_none() {
-            // One lease request per key at a time: the others wait on the lock.
-            let lease = self.lease(key_id, estimate).await?;
-            held.generation += 1;
-            held.lease = Some(Lease {
-                generation: held.generation,
-                ..lease
-            });
+        let key = self.keys.get_with(key_id, Arc::default);
+        // At most twice: with the lease held, then with a new one.
+        for attempt in 0..2 {
+            let mut held = key.state.lock().await;
+            let now = Instant::now();
+            if let Some(mut lease) = held
+                .lease
+                .filter(|l| l.ends > now && l.allowance >= estimate)
+            {
+                lease.allowance -= estimate;
+                held.lease = Some(lease);
+                if lease.allowance < lease.granted / 2 && !held.renewing {
+                    held.renewing = true;
+                    let (this, key) = (self.clone(), key.clone());
+                    tokio::spawn(async move { this.renew(key_id, &key, 1).await });
+                }
+                return Ok(Charge {
+                    tokens: estimate,
+                    generation: lease.generation,
+                });
+            }
+            if attempt == 1 {
+                break;
+            }
+            let generation = held.generation;
+            drop(held);
+            // One lease request per key at a time; whoever waited for it
+            // looks again at what it brought.
+            let leasing = key.leasing.lock().await;
+            if key.state.lock().await.generation == generation {
+                self.replace(key_id, &key, estimate).await?;
+            }
+            drop(leasing);
         }
-        let Some(mut lease) = usable(&held.lease) else {
-            return Err(BudgetRefusal::Spent);
-        };
-        lease.allowance -= estimate;
-        held.lease = Some(lease);
-        if lease.allowance < lease.granted / 2 && !held.renewing {
-            held.renewing = true;
-            let (this, state) = (self.clone(), state.clone());
-            tokio::spawn(async move { this.renew(key_id, state).await });
-        }
-        Ok(Charge {
-            tokens: estimate,
-            generation: lease.generation,
-        })
+        Err(BudgetRefusal::Spent)
     }
 
     /// Settles `charge` on what the request used (None: unknown, so the
@@ -148,10 +166,11 @@ impl Budgets {
             return;
         }
         let used = used.map_or(charge.tokens, |u| i64::try_from(u).unwrap_or(i64::MAX));
-        let Some(state) = self.keys.get(&key_id) else {
+        let Some(key) = self.keys.get(&key_id) else {
             return;
         };
-        let mut held = state.lock().await;
+        let mut held = key.state.lock().await;
+        held.settled = held.settled.saturating_add(used);
         if let Some(lease) = &mut held.lease {
             // Against the lease it came from, the difference; against a
             // newer one (whose grant keyplane cut by what is reported), all
@@ -164,17 +183,33 @@ impl Budgets {
     }
 
     /// Replaces the lease ahead of time, in the background.
-    async fn renew(&self, key_id: Uuid, state: Arc<Mutex<State>>) {
-        let lease = self.lease(key_id, 1).await;
-        let mut held = state.lock().await;
-        held.renewing = false;
-        if let Ok(lease) = lease {
-            held.generation += 1;
-            held.lease = Some(Lease {
-                generation: held.generation,
-                ..lease
-            });
+    async fn renew(&self, key_id: Uuid, key: &Key, tokens: i64) {
+        let leasing = key.leasing.lock().await;
+        let renewed = self.replace(key_id, key, tokens).await;
+        key.state.lock().await.renewing = false;
+        drop(leasing);
+        if let Err(err) = renewed {
+            tracing::debug!(error = %err, "could not renew a budget lease ahead of time");
         }
+    }
+
+    /// Asks for a new lease and puts it in the old one's place (the caller
+    /// holds `leasing`). Requests may spend the old lease meanwhile; what
+    /// they settle before the new one arrives was not reported when
+    /// keyplane granted it, so it comes off the grant (a request reported
+    /// and settled meanwhile comes off twice: the safe side).
+    async fn replace(&self, key_id: Uuid, key: &Key, tokens: i64) -> Result<(), BudgetRefusal> {
+        let mark = key.state.lock().await.settled;
+        let lease = self.lease(key_id, tokens).await?;
+        let mut held = key.state.lock().await;
+        let unknown = held.settled - mark;
+        held.generation += 1;
+        held.lease = Some(Lease {
+            allowance: lease.allowance - unknown,
+            generation: held.generation,
+            ..lease
+        });
+        Ok(())
     }
 
     /// Asks keyplane for a lease of at least `tokens`, after reporting

@@ -286,6 +286,9 @@ pub struct Introspector {
     lookups: Arc<AtomicU64>,
     loads: Arc<AtomicU64>,
     usage: Arc<Mutex<Usage>>,
+    /// Held while a flush writes: a flush asked for meanwhile waits, so once
+    /// it returns everything noted before it is in the database.
+    flushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -311,6 +314,7 @@ impl Introspector {
             lookups: Arc::default(),
             loads: Arc::default(),
             usage: Arc::default(),
+            flushing: Arc::default(),
         }
     }
 
@@ -580,8 +584,10 @@ impl Introspector {
         })
     }
 
-    /// Writes the last-use times gathered since the previous flush.
+    /// Writes the last-use times (and which nodes saw which keys) gathered
+    /// since the previous flush; once it returns, all of it is written.
     pub async fn flush_usage(&self) {
+        let _flushing = self.flushing.lock().await;
         let usage = match self.usage.lock() {
             Ok(mut usage) => std::mem::take(&mut *usage),
             Err(_) => return,

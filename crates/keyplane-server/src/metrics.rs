@@ -32,7 +32,20 @@ struct Gauges {
     keys_expiring_7d: i64,
     audit_length: i64,
     credentials: Arc<Credentials>,
+    /// The busiest instances: (id, name, tokens, requests) since the hour before.
+    top_usage: Vec<(Uuid, String, i64, i64)>,
     read_at: std::time::Instant,
+}
+
+/// How many instances `/metrics` names in its usage figures: the busiest,
+/// so the label set stays bounded however many instances there are.
+const TOP_INSTANCES: i64 = 10;
+
+/// A label value as Prometheus' text format writes it.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// What the last read found of the fleet's credentials.
@@ -164,6 +177,16 @@ impl Metrics {
                 keys_expiring_7d: stats::keys_expiring(pool, now, chrono::Duration::days(7))
                     .await?,
                 audit_length: stats::audit_length(pool).await?,
+                top_usage: keyplane_store::usage::top_instances(
+                    pool,
+                    chrono::DurationRound::duration_trunc(
+                        now - chrono::Duration::hours(1),
+                        chrono::Duration::hours(1),
+                    )
+                    .unwrap_or(now),
+                    TOP_INSTANCES,
+                )
+                .await?,
                 credentials: Arc::new(Credentials {
                     expiries: stats::credential_expiries(pool, now).await?,
                     live_admin_keys: stats::live_admin_keys(pool, now).await?,
@@ -305,6 +328,27 @@ impl Metrics {
                 "Entries in the audit chain.",
             );
             out.sample("keyplane_audit_chain_length", "", gauges.audit_length);
+            for (name, help, pick) in [
+                (
+                    "keyplane_usage_tokens_recent",
+                    "Tokens reported in this hour and the last, for the 10 busiest instances.",
+                    2,
+                ),
+                (
+                    "keyplane_usage_requests_recent",
+                    "Requests reported in this hour and the last, for the 10 busiest instances.",
+                    3,
+                ),
+            ] {
+                out.family(name, "gauge", help);
+                for (id, instance, tokens, requests) in &gauges.top_usage {
+                    let labels = format!(
+                        "instance_id=\"{id}\",instance=\"{}\"",
+                        label_value(instance)
+                    );
+                    out.sample(name, &labels, if pick == 2 { tokens } else { requests });
+                }
+            }
             out.family(
                 "keyplane_credential_expiry_seconds",
                 "gauge",

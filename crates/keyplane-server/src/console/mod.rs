@@ -15,6 +15,7 @@
 //! carries the sign-in's CSRF token.
 
 mod fleet;
+mod limits;
 mod pages;
 mod view;
 
@@ -70,6 +71,11 @@ pub fn router() -> Router<AppState> {
             get(pages::key).post(pages::rename_key),
         )
         .route("/console/keys/{id}/enabled", post(pages::set_enabled))
+        .route("/console/keys/{id}/limits", post(limits::set_key_limits))
+        .route(
+            "/console/instances/{id}/limits",
+            post(limits::set_instance_limits),
+        )
         .route(
             "/console/instances/{id}/revoke-selected",
             get(pages::confirm_revoke_selected).post(pages::revoke_selected),

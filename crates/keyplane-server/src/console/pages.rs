@@ -12,6 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth;
+use crate::console::limits::{LimitsView, UsageChart};
 use crate::console::view::{self, KeyRow};
 use crate::console::{Console, Fields, KEY_COOKIE, Page, keys_allowed, see_other};
 use crate::ops::Apply;
@@ -298,6 +299,10 @@ pub async fn instance(console: Console, Path(id): Path<Uuid>) -> Response {
         Err(refusal) => return Page::refused(refusal, &here).into_response(),
     };
     let now = ops.state().clock.now();
+    let usage = match console.may(Permission::UsageRead) {
+        true => Some(UsageChart::of(&console, Some(id), None).await),
+        false => None,
+    };
     let mut rows: Vec<KeyRow> = keys.iter().map(|k| KeyRow::new(k, now)).collect();
     // Live keys first, newest first.
     rows.reverse();
@@ -314,6 +319,12 @@ pub async fn instance(console: Console, Path(id): Path<Uuid>) -> Response {
         keys: rows,
         may_write_keys: console.may(Permission::KeysWrite),
         may_write_instance: console.may(Permission::InstancesWrite),
+        limits: LimitsView::new(&instance.limits, instance.models.as_deref()),
+        limits_note: "For each of its keys.".to_owned(),
+        limits_action: format!("/console/instances/{id}/limits"),
+        may_limit: console.may(Permission::InstancesWrite)
+            && instance.status != InstanceStatus::Decommissioned,
+        usage,
     })
 }
 
@@ -524,12 +535,22 @@ pub async fn key(console: Console, Path(id): Path<Uuid>) -> Response {
     if let Some(reason) = &key.revoked_reason {
         facts.push(("Revoked because".to_owned(), reason.clone()));
     }
+    let may_write = console.may(Permission::KeysWrite);
+    let usage = match console.may(Permission::UsageRead) {
+        true => Some(UsageChart::of(&console, None, Some(id)).await),
+        false => None,
+    };
     Page::render(&view::Key {
         frame: console.frame("instances"),
         instance_id: key.instance_id.to_string(),
+        limits: LimitsView::new(&key.limits, key.models.as_deref()),
+        limits_note: "Its own; its instance's apply too.".to_owned(),
+        limits_action: format!("/console/keys/{id}/limits"),
+        may_limit: may_write && KeyRow::new(&key, now).live,
+        usage,
         key: KeyRow::new(&key, now),
         facts,
-        may_write: console.may(Permission::KeysWrite),
+        may_write,
     })
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::audit_trail::AuditEntry;
 use crate::console::Frame;
+use crate::console::limits::{LimitsView, UsageChart};
 use crate::ops::audit::AuditVerification;
 use crate::ops::health::Warning;
 use crate::ops::instances::InstanceResponse;
@@ -266,6 +267,11 @@ pub struct Instance {
     pub keys: Vec<KeyRow>,
     pub may_write_keys: bool,
     pub may_write_instance: bool,
+    pub limits: LimitsView,
+    pub limits_note: String,
+    pub limits_action: String,
+    pub may_limit: bool,
+    pub usage: Option<UsageChart>,
 }
 
 /// A credential just made: its secret, this once.
@@ -492,6 +498,11 @@ pub struct Key {
     pub instance_id: String,
     pub facts: Vec<(String, String)>,
     pub may_write: bool,
+    pub limits: LimitsView,
+    pub limits_note: String,
+    pub limits_action: String,
+    pub may_limit: bool,
+    pub usage: Option<UsageChart>,
 }
 
 /// The audit log.
