@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use keyplane_server::App;
+use serde_json::Value;
 
 use crate::support::{FlakyLink, Link, TestServer, eventually, fresh_database, settings_for};
 
@@ -154,5 +155,127 @@ async fn metrics_scrapes_read_no_database_and_survive_its_absence() {
         assert!(text.contains("keyplane_gauges_age_seconds"));
     }
     link.set(Link::Up);
+    server.stop().await.unwrap();
+}
+
+/// Status, `Retry-After` and problem code of a management request.
+async fn attempt(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+) -> (u16, Option<String>, Value) {
+    let response = server
+        .as_(crate::support::BOOTSTRAP, method, path)
+        .json(&serde_json::json!({"name": format!("jan-{}", uuid::Uuid::new_v4())}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_lost_database_is_503_with_retry_after_never_500() {
+    let url = fresh_database().await;
+    let link = FlakyLink::to(&url).await;
+    let mut settings = crate::support::admin_settings_for(&link.url_through(&url));
+    settings.pool.acquire_timeout = Duration::from_millis(500);
+    let server = TestServer::start_with(settings).await;
+    let (status, _, _) = attempt(&server, reqwest::Method::POST, "/v1/instances").await;
+    assert_eq!(status, 201);
+
+    link.set(Link::Down);
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/instances"),
+        (reqwest::Method::GET, "/v1/instances"),
+        (reqwest::Method::POST, "/v1/instances"),
+    ] {
+        let (status, retry, body) = attempt(&server, method.clone(), path).await;
+        assert_eq!(status, 503, "{method} {path}: {body}");
+        assert_eq!(body["code"], "database_unavailable", "{body}");
+        assert_eq!(retry.as_deref(), Some("2"));
+    }
+
+    link.set(Link::Up);
+    eventually(Duration::from_secs(30), "writes to work again", || async {
+        let (status, _, _) = attempt(&server, reqwest::Method::POST, "/v1/instances").await;
+        (status == 201).then_some(())
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_read_only_database_makes_readyz_503_and_writes_503() {
+    let url = fresh_database().await;
+    let server = TestServer::start_with(crate::support::admin_settings_for(&url)).await;
+    assert_eq!(server.get("/readyz").await.status(), 200);
+    let name = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let admin = sqlx::PgPool::connect(&crate::support::admin_url())
+        .await
+        .unwrap();
+    // As a standby (or a demoted primary) would: every new session read-only.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "alter database {name} set default_transaction_read_only = on"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let drop_sessions = || {
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()")
+            .bind(&name)
+            .execute(&admin)
+    };
+    drop_sessions().await.unwrap();
+
+    let body: Value = eventually(Duration::from_secs(30), "readyz to answer 503", || async {
+        let response = server.get("/readyz").await;
+        (response.status() == 503).then_some(response)
+    })
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["code"], "database_read_only", "{body}");
+    let (status, retry, body) =
+        eventually(Duration::from_secs(30), "a write to be refused", || async {
+            let answer = attempt(&server, reqwest::Method::POST, "/v1/instances").await;
+            (answer.0 != 201).then_some(answer)
+        })
+        .await;
+    assert_eq!((status, retry.as_deref()), (503, Some("2")), "{body}");
+    assert_eq!(body["code"], "database_unavailable");
+    // Reads still work.
+    assert_eq!(
+        attempt(&server, reqwest::Method::GET, "/v1/instances")
+            .await
+            .0,
+        200
+    );
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "alter database {name} set default_transaction_read_only = off"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    drop_sessions().await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "readyz to answer 200 again",
+        || async { (server.get("/readyz").await.status() == 200).then_some(()) },
+    )
+    .await;
     server.stop().await.unwrap();
 }

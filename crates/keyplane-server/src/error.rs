@@ -225,6 +225,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
+        if let ApiError::Unavailable { .. } = &self {
+            // A failover takes seconds: worth a retry soon.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
         response.extensions_mut().insert(PendingProblem {
             code: self.code(),
             detail,

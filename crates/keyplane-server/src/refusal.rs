@@ -120,8 +120,33 @@ impl From<keyplane_store::StoreError> for Refusal {
     fn from(err: keyplane_store::StoreError) -> Self {
         match err {
             keyplane_store::StoreError::Conflict(message) => Refusal::Conflict(message.to_owned()),
+            keyplane_store::StoreError::Unavailable(cause) => database_unavailable(&cause),
             other => Refusal::Internal(other.into()),
         }
+    }
+}
+
+/// Seconds between two warnings of the database being unavailable: an
+/// outage is logged once (and once more each minute it lasts), not once
+/// per refused request.
+const OUTAGE_WARNING_EVERY: i64 = 60;
+static OUTAGE_WARNED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// 503 `database_unavailable`: the caller should try again in a moment.
+fn database_unavailable(cause: &sqlx::Error) -> Refusal {
+    use std::sync::atomic::Ordering;
+    let now = chrono::Utc::now().timestamp();
+    let last = OUTAGE_WARNED_AT.load(Ordering::Relaxed);
+    if now - last >= OUTAGE_WARNING_EVERY
+        && OUTAGE_WARNED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(error = %cause, "the database is unavailable: requests that need it get 503 database_unavailable until it is back");
+    }
+    Refusal::Unavailable {
+        code: "database_unavailable",
+        detail: "the database is unavailable; try again in a moment".to_owned(),
     }
 }
 

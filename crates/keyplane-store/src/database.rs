@@ -53,6 +53,9 @@ pub enum Readiness {
     Unreachable,
     /// The database answered, but its schema is behind this build.
     MigrationsPending,
+    /// The database answered, but takes no writes (a standby, or a primary
+    /// demoted while its cluster fails over).
+    ReadOnly,
 }
 
 /// The connection pool, and the embedded server behind it when there is one.
@@ -124,16 +127,19 @@ impl Database {
     /// current.
     pub async fn readiness(&self, within: Duration) -> Readiness {
         let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-        let probe = sqlx::query_as::<_, (Option<i64>, Option<Uuid>)>(
+        let probe = sqlx::query_as::<_, (Option<i64>, Option<Uuid>, bool)>(
             r#"select (select max(version) from _sqlx_migrations where success),
-                      (select id from deployment)"#,
+                      (select id from deployment),
+                      pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'"#,
         )
         .fetch_one(&self.pool);
         match timeout(within, probe).await {
             Err(_elapsed) => Readiness::Unreachable,
+            Ok(Err(err)) if crate::error::unavailable(&err) => Readiness::Unreachable,
             Ok(Err(sqlx::Error::Database(_))) => Readiness::MigrationsPending,
             Ok(Err(_)) => Readiness::Unreachable,
-            Ok(Ok((applied, deployment_id))) => match (applied, deployment_id) {
+            Ok(Ok((_, _, true))) => Readiness::ReadOnly,
+            Ok(Ok((applied, deployment_id, false))) => match (applied, deployment_id) {
                 (Some(applied), Some(id)) if applied >= latest => Readiness::Ready {
                     deployment_id: id.to_string(),
                 },

@@ -35,6 +35,11 @@ pub enum StoreError {
     /// A uniqueness rule was broken (a name already taken, ...).
     #[error("{0}")]
     Conflict(&'static str),
+    /// The database is not there to do it: unreachable, shutting down,
+    /// starting, or read-only (a standby, or a primary demoted in a
+    /// failover). Worth trying again in a moment.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(sqlx::Error),
     /// Any other database error.
     #[error(transparent)]
     Sqlx(sqlx::Error),
@@ -65,7 +70,30 @@ impl From<sqlx::Error> for StoreError {
             .map(|(_, message)| *message);
         match conflict {
             Some(message) => StoreError::Conflict(message),
+            None if unavailable(&err) => StoreError::Unavailable(err),
             None => StoreError::Sqlx(err),
         }
+    }
+}
+
+/// Whether `err` says the database is not there to answer, rather than
+/// that the query was wrong: no connection to be had, the connection lost,
+/// a connection that broke mid-conversation (a protocol error), or
+/// PostgreSQL refusing because of its state (SQLSTATE class 08
+/// connection exceptions; 57P01-57P03 shutting down or starting; 53300 too
+/// many connections; 25006 a read-only transaction, as on a standby).
+pub fn unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "25006")
+        }),
+        _ => false,
     }
 }

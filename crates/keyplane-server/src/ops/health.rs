@@ -24,6 +24,10 @@ pub async fn readiness(state: &AppState) -> Result<String, Refusal> {
             code: "database_unavailable",
             detail: "the database is not reachable".to_owned(),
         }),
+        Readiness::ReadOnly => Err(Refusal::Unavailable {
+            code: "database_read_only",
+            detail: "the database takes no writes (a standby, or a primary demoted in a failover): no writable primary".to_owned(),
+        }),
         Readiness::MigrationsPending => Err(Refusal::Unavailable {
             code: "migrations_pending",
             detail: "the database schema is behind this build; run `keyplane migrate`".to_owned(),

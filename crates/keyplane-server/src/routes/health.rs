@@ -55,7 +55,8 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
-/// Readiness: the database answers and every migration is applied.
+/// Readiness: the database answers, takes writes (not a standby, nor a
+/// primary demoted in a failover) and every migration is applied.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -63,7 +64,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = Ready),
-        (status = 503, description = "The database is unreachable or behind", body = Problem,
+        (status = 503, description = "The database is unreachable (`database_unavailable`), read-only (`database_read_only`) or behind (`migrations_pending`)", body = Problem,
             content_type = "application/problem+json"),
     ),
 )]
