@@ -359,3 +359,63 @@ async fn the_tower_layer_guards_an_axum_service_and_hands_it_the_caller() {
         (200, "up".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_replicas_a_lost_one_is_skipped_and_no_revocation_is_missed() {
+    let url = crate::support::fresh_database().await;
+    let a = TestServer::start_with(crate::support::admin_settings_for(&url)).await;
+    let b = TestServer::start_with(crate::support::admin_settings_for(&url)).await;
+    let (status, node) = a
+        .admin(Method::POST, "/v1/nodes", Some(json!({ "name": "gate-1" })))
+        .await;
+    assert_eq!(status, 201, "{node}");
+    let instance = a.instance("jan-1", &["inference:chat"]).await;
+    let issue = || {
+        a.key(
+            &instance,
+            json!({ "name": "k", "scopes": ["inference:chat"] }),
+        )
+    };
+    let (first, second) = (issue().await, issue().await);
+
+    // The first replica named is not there at all.
+    let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let mut config = Config::new(
+        format!("{nowhere}, http://{}, http://{}", a.addr, b.addr),
+        SecretString::from(node["secret"].as_str().unwrap().to_owned()),
+        Mode::Prod,
+    );
+    config.cache_ttl_cap = Duration::from_secs(3600);
+    let client = Introspector::start(config).unwrap();
+    assert_eq!(client.endpoints().all().len(), 3);
+    assert!(client.check(secret(&first), None, None).await.is_ok());
+    stream_up(&client).await;
+
+    // Replica A goes; the key is revoked through B meanwhile.
+    a.stop().await.unwrap();
+    let (status, _) = b
+        .admin(
+            Method::POST,
+            &format!("/v1/keys/{}/revoke", first["id"].as_str().unwrap()),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        DEADLINE,
+        "the revocation to reach the node through B",
+        || async {
+            (client.check(secret(&first), None, None).await == Err(Refusal::InvalidKey))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(client.base_url().ends_with(&b.addr.port().to_string()));
+    // A key never seen before is checked with B.
+    assert!(client.check(secret(&second), None, None).await.is_ok());
+    eventually(DEADLINE, "the stream to be up again, on B", || async {
+        (client.metrics().stream == StreamState::Up).then_some(())
+    })
+    .await;
+    assert!(client.metrics().stream_connects >= 2);
+}

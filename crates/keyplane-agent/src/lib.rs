@@ -27,7 +27,8 @@ use serde_json::json;
 /// Settings of `keyplane agent`.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// keyplane's base URL (https outside dev, unless on this host).
+    /// keyplane's base URL, or several replicas' separated by commas (https
+    /// outside dev, unless on this host).
     #[arg(long, env = "KEYPLANE_URL")]
     pub url: String,
     /// Where the instance's key is kept (written atomically, mode 0600).
@@ -126,7 +127,8 @@ enum Failure {
 
 struct Agent {
     http: reqwest::Client,
-    url: String,
+    /// keyplane's replicas: calls go to the one that answered last.
+    endpoints: keyplane_client::Endpoints,
     holder: Holder,
     key_file: PathBuf,
     nginx_include: Option<PathBuf>,
@@ -141,8 +143,7 @@ pub async fn run(
     mode: Mode,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let url = args.url.trim_end_matches('/').to_owned();
-    keyplane_client::require_https(mode, &url)?;
+    let endpoints = keyplane_client::Endpoints::parse(&args.url, mode)?;
     let check_every = parse_duration(&args.check_every)
         .map_err(|e| anyhow::anyhow!("KEYPLANE_AGENT_CHECK: {e}"))?
         .max(Duration::from_millis(100));
@@ -168,7 +169,7 @@ pub async fn run(
     }
     let agent = Agent {
         http: http.build()?,
-        url,
+        endpoints,
         holder: if args.node {
             Holder::Node
         } else {
@@ -304,7 +305,7 @@ impl Agent {
             let answer = self
                 .call(
                     self.http
-                        .post(format!("{}/v1/enroll", self.url))
+                        .post(format!("{}/v1/enroll", self.endpoints.current()))
                         .bearer_auth(token.expose_secret())
                         .json(&json!({ "name": name })),
                 )
@@ -336,7 +337,11 @@ impl Agent {
         let body = self
             .call(
                 self.http
-                    .get(format!("{}{}", self.url, self.holder.self_path()))
+                    .get(format!(
+                        "{}{}",
+                        self.endpoints.current(),
+                        self.holder.self_path()
+                    ))
                     .bearer_auth(key.expose()),
             )
             .await?;
@@ -349,7 +354,11 @@ impl Agent {
         let body = self
             .call(
                 self.http
-                    .post(format!("{}{}", self.url, self.holder.rotate_path()))
+                    .post(format!(
+                        "{}{}",
+                        self.endpoints.current(),
+                        self.holder.rotate_path()
+                    ))
                     .bearer_auth(key.expose())
                     .json(&json!({ "grace_seconds": self.grace_seconds })),
             )
@@ -383,11 +392,18 @@ impl Agent {
     /// Sends a request; a 2xx JSON body, or what went wrong (never echoing
     /// the request, which carries a credential).
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value, Failure> {
-        let answer = request
-            .send()
-            .await
-            .map_err(|e| Failure::Transient(e.without_url().to_string()))?;
+        // The replica the request was built for (the agent makes one call at a time).
+        let base = self.endpoints.current().to_owned();
+        let answer = request.send().await.map_err(|e| {
+            self.endpoints.failed(&base);
+            Failure::Transient(e.without_url().to_string())
+        })?;
         let status = answer.status();
+        if status.is_server_error() {
+            self.endpoints.failed(&base);
+        } else {
+            self.endpoints.answered(&base);
+        }
         let body: serde_json::Value = answer.json().await.unwrap_or_default();
         let detail = || {
             body["detail"]

@@ -220,9 +220,10 @@ impl Budgets {
             tracing::warn!(error = %err, "could not report usage before leasing a budget");
         }
         let asked = Instant::now();
+        let base = keyplane.base_url();
         let answer = keyplane
             .http()
-            .post(format!("{}/v1/usage/leases", keyplane.base_url()))
+            .post(format!("{base}/v1/usage/leases"))
             .bearer_auth(keyplane.node_key().expose_secret())
             .timeout(Duration::from_secs(5))
             .json(&serde_json::json!({ "key_id": key_id, "tokens": tokens }))
@@ -230,8 +231,12 @@ impl Budgets {
             .await
             .map_err(|err| {
                 tracing::warn!(error = %without_url(err), "cannot reach keyplane to lease a budget");
+                keyplane.endpoints().failed(&base);
                 BudgetRefusal::Unavailable
             })?;
+        if answer.status().is_server_error() {
+            keyplane.endpoints().failed(&base);
+        }
         if !answer.status().is_success() {
             tracing::warn!(status = %answer.status(), "keyplane did not lease a budget");
             return Err(BudgetRefusal::Unavailable);

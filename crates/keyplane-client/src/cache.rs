@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::config::{Config, ConfigError};
+use crate::endpoints::Endpoints;
 use crate::net::without_url;
 use crate::node_key::NodeKey;
 use crate::stream::{self, Follower, StreamState};
@@ -209,8 +210,7 @@ pub(crate) struct Inner {
     /// The key presented to keyplane (starting as `config.node_key`).
     node_key: NodeKey,
     pub(crate) http: reqwest::Client,
-    pub(crate) base_url: String,
-    introspect_url: String,
+    pub(crate) endpoints: Endpoints,
     fresh: Cache<CacheKey, Answer>,
     stale: Cache<CacheKey, Stale>,
     stream_state: AtomicU8,
@@ -283,7 +283,7 @@ pub struct Introspector {
 impl std::fmt::Debug for Introspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Introspector")
-            .field("url", &self.inner.base_url)
+            .field("urls", &self.inner.endpoints.all())
             .field("mode", &self.inner.config.mode)
             .field("entries", &self.inner.fresh.entry_count())
             .finish()
@@ -325,7 +325,7 @@ impl Introspector {
         if KeySecret::parse_as(KeyKind::Node, config.node_key.expose_secret()).is_err() {
             return Err(ConfigError::NodeKey);
         }
-        let base_url = config.base_url()?;
+        let endpoints = Endpoints::parse(&config.url, config.mode)?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(config.timeout)
             .user_agent(concat!("keyplane-client/", env!("CARGO_PKG_VERSION")));
@@ -370,9 +370,8 @@ impl Introspector {
             .support_invalidation_closures()
             .build();
         let inner = Arc::new(Inner {
-            introspect_url: format!("{base_url}/v1/introspect"),
             node_key: NodeKey::new(config.node_key.clone()),
-            base_url,
+            endpoints,
             config,
             http,
             fresh,
@@ -383,7 +382,7 @@ impl Introspector {
         });
         let source = stream::Source {
             http: inner.http.clone(),
-            base_url: inner.base_url.clone(),
+            endpoints: inner.endpoints.clone(),
             node_key: inner.node_key.clone(),
         };
         let follower = tokio::spawn(stream::follow(source, inner.clone()));
@@ -507,9 +506,16 @@ impl Introspector {
         }
     }
 
-    /// keyplane's base URL.
-    pub fn base_url(&self) -> &str {
-        &self.inner.base_url
+    /// The base URL of the keyplane replica to call now (the one that
+    /// answered last, unless it is being skipped after failing).
+    pub fn base_url(&self) -> String {
+        self.inner.endpoints.current().to_owned()
+    }
+
+    /// keyplane's replicas: tell them when one fails
+    /// ([`Endpoints::failed`]) so that the next call goes elsewhere.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.inner.endpoints
     }
 
     /// The HTTP client (with the configured CAs), for other calls to keyplane.
@@ -550,19 +556,38 @@ async fn fetch(
     if let Some(hook) = &inner.config.outgoing_headers {
         (hook.0)(&mut headers);
     }
-    let response = inner
-        .http
-        .post(&inner.introspect_url)
-        .headers(headers)
-        .bearer_auth(inner.node_key.get().expose_secret())
-        .timeout(inner.config.timeout)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %without_url(err), "cannot reach keyplane to introspect a key");
-            Unreachable
-        })?;
+    // The replica that answered last first; one that cannot be reached or
+    // fails (5xx) is skipped for a while, and the next one asked.
+    let mut answered = None;
+    for base in inner.endpoints.order() {
+        let sent = inner
+            .http
+            .post(format!("{base}/v1/introspect"))
+            .headers(headers.clone())
+            .bearer_auth(inner.node_key.get().expose_secret())
+            .timeout(inner.config.timeout)
+            .form(&form)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if !response.status().is_server_error() => {
+                inner.endpoints.answered(base);
+                answered = Some(response);
+                break;
+            }
+            Ok(response) => {
+                tracing::warn!(status = %response.status(), keyplane = base, "keyplane could not introspect a key");
+                inner.endpoints.failed(base);
+            }
+            Err(err) => {
+                tracing::warn!(error = %without_url(err), keyplane = base, "cannot reach keyplane to introspect a key");
+                inner.endpoints.failed(base);
+            }
+        }
+    }
+    let Some(response) = answered else {
+        return Err(Unreachable);
+    };
     let status = response.status();
     if !status.is_success() {
         if status == reqwest::StatusCode::UNAUTHORIZED {

@@ -11,7 +11,9 @@ use secrecy::SecretString;
 /// Where keyplane is, who this node is, and the cache's bounds.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// keyplane's base URL, e.g. `https://keyplane.internal:8443`.
+    /// keyplane's base URL, e.g. `https://keyplane.internal:8443`, or the
+    /// URLs of several replicas separated by commas (a replica that fails
+    /// is skipped, with backoff).
     pub url: String,
     /// This node's `kpn_` key.
     pub node_key: SecretString,
@@ -76,17 +78,6 @@ impl Config {
             accept_legacy_keys: false,
             outgoing_headers: None,
         }
-    }
-
-    /// keyplane's base URL without a trailing slash, checked.
-    pub(crate) fn base_url(&self) -> Result<String, ConfigError> {
-        let url = self.url.trim_end_matches('/');
-        let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-        if !scheme_ok || url.len() <= "https://".len() {
-            return Err(ConfigError::Url(url.to_owned()));
-        }
-        require_https(self.mode, url)?;
-        Ok(url.to_owned())
     }
 
     /// The stale window that applies in this mode.

@@ -14,6 +14,7 @@
 mod budget;
 mod cache;
 mod config;
+mod endpoints;
 mod env;
 mod error;
 mod files;
@@ -27,6 +28,7 @@ mod usage;
 pub use budget::{BudgetRefusal, Budgets, Charge};
 pub use cache::{Identity, Introspector, Metrics, Refusal};
 pub use config::{Config, ConfigError, HeaderHook, require_https};
+pub use endpoints::Endpoints;
 pub use env::{EnvError, secret_from_env};
 pub use error::openai_error;
 pub use files::write_private;

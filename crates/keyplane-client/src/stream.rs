@@ -32,8 +32,8 @@ pub(crate) trait Follower: Send + Sync {
 pub(crate) struct Source {
     /// The client for keyplane.
     pub(crate) http: reqwest::Client,
-    /// keyplane's base URL.
-    pub(crate) base_url: String,
+    /// keyplane's replicas.
+    pub(crate) endpoints: crate::endpoints::Endpoints,
     /// The node's key (a rotation replaces it).
     pub(crate) node_key: NodeKey,
 }
@@ -87,11 +87,14 @@ enum Ended {
 /// Follows the stream for as long as the introspector lives, reconnecting
 /// with backoff and `Last-Event-ID` so nothing is missed.
 pub(crate) async fn follow(source: Source, cache: Arc<dyn Follower>) {
-    let url = format!("{}/v1/revocations/stream", source.base_url);
     let mut last_id: Option<String> = None;
     let mut backoff = BACKOFF_FIRST;
     let mut key_changes = source.node_key.changes();
     loop {
+        // Any replica will do: they share one log, so Last-Event-ID resumes
+        // on another exactly where this one left off.
+        let base = source.endpoints.current().to_owned();
+        let url = format!("{base}/v1/revocations/stream");
         match connect(
             &source,
             cache.as_ref(),
@@ -101,7 +104,7 @@ pub(crate) async fn follow(source: Source, cache: Arc<dyn Follower>) {
         )
         .await
         {
-            Ended::Retry => {}
+            Ended::Retry => source.endpoints.failed(&base),
             Ended::Restart => {
                 // Events may have been missed: no cached answer can be trusted.
                 last_id = None;
@@ -167,6 +170,9 @@ async fn connect(
         // revocation this stream will never replay.
         cache.forget_all();
     }
+    source
+        .endpoints
+        .answered(url.trim_end_matches("/v1/revocations/stream"));
     cache.set_stream_state(StreamState::Up);
     cache.connected();
     tracing::info!(resumed = last_id.is_some(), "revocation stream connected");

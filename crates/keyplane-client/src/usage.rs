@@ -163,7 +163,8 @@ impl UsageRecorder {
             .filter(|((_, _, minute), _)| *minute >= oldest)
             .collect();
         slots.sort_by_key(|slot| slot.0.2);
-        let url = format!("{}/v1/usage/reports", to.base_url());
+        let base = to.base_url();
+        let url = format!("{base}/v1/usage/reports");
         let mut outcome = Ok(());
         let mut unsent = Vec::new();
         for batch in slots.chunks(REPORT_ITEMS) {
@@ -209,10 +210,12 @@ impl UsageRecorder {
                 }
                 Ok(answer) => {
                     unsent.extend_from_slice(batch);
+                    to.endpoints().failed(&base);
                     outcome = Err(ReportError::Unavailable(answer.status().to_string()));
                 }
                 Err(err) => {
                     unsent.extend_from_slice(batch);
+                    to.endpoints().failed(&base);
                     outcome = Err(ReportError::Unavailable(without_url(err).to_string()));
                 }
             }

@@ -47,7 +47,6 @@ pub async fn run(
     period: Duration,
     key_file: Option<PathBuf>,
 ) {
-    let url = format!("{}/v1/heartbeat", introspector.base_url());
     let body = json!({
         "mode": introspector.mode(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -66,9 +65,10 @@ pub async fn run(
                 None => pick_up(&introspector, path),
             }
         }
+        let base = introspector.base_url();
         let sent = introspector
             .http()
-            .post(&url)
+            .post(format!("{base}/v1/heartbeat"))
             .bearer_auth(introspector.node_key().expose_secret())
             .timeout(Duration::from_secs(5))
             .json(&body)
@@ -78,10 +78,14 @@ pub async fn run(
             Ok(response) if response.status().is_success() => response.json::<Answer>().await,
             Ok(response) => {
                 tracing::warn!(status = %response.status(), "keyplane refused the heartbeat");
+                if response.status().is_server_error() {
+                    introspector.endpoints().failed(&base);
+                }
                 continue;
             }
             Err(err) => {
                 tracing::debug!(error = %err.without_url(), "heartbeat not delivered");
+                introspector.endpoints().failed(&base);
                 continue;
             }
         };

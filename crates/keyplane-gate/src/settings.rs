@@ -27,7 +27,8 @@ pub struct Args {
     /// Where the gate listens.
     #[arg(long, env = "KEYPLANE_GATE_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
-    /// keyplane's base URL.
+    /// keyplane's base URL, or several replicas' separated by commas (a replica
+    /// that fails is skipped, with backoff).
     #[arg(long, env = "KEYPLANE_URL")]
     pub url: Option<String>,
     /// The server the gate protects, e.g. http://127.0.0.1:39281 for Cortex.
@@ -169,12 +170,18 @@ fn positive(setting: &str, duration: Duration) -> anyhow::Result<Duration> {
     }
 }
 
-/// Outside `dev`, keyplane is reached over HTTPS (keys travel in those
-/// calls), unless it is on this very host.
+/// keyplane's URL, or its replicas' separated by commas; outside `dev`,
+/// each is reached over HTTPS (keys travel in those calls), unless it is on
+/// this very host.
 fn keyplane_url(mode: Mode, text: &str) -> anyhow::Result<String> {
-    let url = http_url("KEYPLANE_URL", text)?;
-    keyplane_client::require_https(mode, &url).map_err(|err| refuse("KEYPLANE_URL", err))?;
-    Ok(url)
+    let endpoints = keyplane_client::Endpoints::parse(text, mode).map_err(|err| match err {
+        keyplane_client::ConfigError::Url(_) => refuse(
+            "KEYPLANE_URL",
+            "expected an http:// or https:// URL, or up to 16 separated by commas",
+        ),
+        other => refuse("KEYPLANE_URL", other),
+    })?;
+    Ok(endpoints.all().join(","))
 }
 
 fn http_url(setting: &str, text: &str) -> anyhow::Result<String> {
