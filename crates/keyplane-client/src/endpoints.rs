@@ -152,10 +152,14 @@ mod tests {
 
     #[test]
     fn a_failed_replica_is_skipped_and_the_one_that_answers_is_kept() {
-        let endpoints = Endpoints::parse("http://a.test,http://b.test,http://c.test", Mode::Dev).unwrap();
+        let endpoints =
+            Endpoints::parse("http://a.test,http://b.test,http://c.test", Mode::Dev).unwrap();
         assert_eq!(endpoints.current(), "http://a.test");
         endpoints.failed("http://a.test");
-        assert_eq!(endpoints.order(), ["http://b.test", "http://c.test", "http://a.test"]);
+        assert_eq!(
+            endpoints.order(),
+            ["http://b.test", "http://c.test", "http://a.test"]
+        );
         endpoints.answered("http://c.test");
         assert_eq!(endpoints.current(), "http://c.test");
         // Every replica failing: all still tried, the soonest back first.

@@ -267,6 +267,26 @@ struct Usage {
     sightings: HashMap<(Uuid, Uuid), DateTime<Utc>>,
 }
 
+impl Usage {
+    /// Takes back what a flush could not write, beside what was noted
+    /// meanwhile (the later time wins).
+    fn take_back(&mut self, unwritten: Usage) {
+        fn merge<K: std::hash::Hash + Eq>(
+            into: &mut HashMap<K, DateTime<Utc>>,
+            from: HashMap<K, DateTime<Utc>>,
+        ) {
+            for (key, at) in from {
+                let kept = into.entry(key).or_insert(at);
+                *kept = (*kept).max(at);
+            }
+        }
+        merge(&mut self.keys, unwritten.keys);
+        merge(&mut self.nodes, unwritten.nodes);
+        merge(&mut self.sightings, unwritten.sightings);
+        self.new_node_keys.extend(unwritten.new_node_keys);
+    }
+}
+
 /// The introspection cache and the bookkeeping around it.
 #[derive(Clone)]
 pub struct Introspector {
@@ -592,37 +612,47 @@ impl Introspector {
             Ok(mut usage) => std::mem::take(&mut *usage),
             Err(_) => return,
         };
-        let (key_ids, key_times): (Vec<_>, Vec<_>) = usage.keys.into_iter().unzip();
-        let (node_ids, node_times): (Vec<_>, Vec<_>) = usage.nodes.into_iter().unzip();
-        if !key_ids.is_empty()
-            && let Err(err) = introspection::touch_keys(&self.pool, &key_ids, &key_times).await
-        {
-            tracing::warn!(error = %err, "could not record when keys were last used");
+        // What could not be written (the database away, or failing over) is
+        // kept for the next flush, not dropped.
+        let mut unwritten = Usage::default();
+        if !usage.keys.is_empty() {
+            let (ids, times): (Vec<_>, Vec<_>) = usage.keys.iter().map(|(k, t)| (*k, *t)).unzip();
+            if let Err(err) = introspection::touch_keys(&self.pool, &ids, &times).await {
+                tracing::warn!(error = %err, "could not record when keys were last used; trying again at the next flush");
+                unwritten.keys = usage.keys;
+            }
         }
-        if !node_ids.is_empty()
-            && let Err(err) = introspection::touch_nodes(&self.pool, &node_ids, &node_times).await
-        {
-            tracing::warn!(error = %err, "could not record when nodes were last seen");
+        if !usage.nodes.is_empty() {
+            let (ids, times): (Vec<_>, Vec<_>) = usage.nodes.iter().map(|(k, t)| (*k, *t)).unzip();
+            if let Err(err) = introspection::touch_nodes(&self.pool, &ids, &times).await {
+                tracing::warn!(error = %err, "could not record when nodes were last seen; trying again at the next flush");
+                unwritten.nodes = usage.nodes;
+            }
         }
         if !usage.sightings.is_empty() {
             let ((keys, nodes), times): ((Vec<_>, Vec<_>), Vec<_>) =
-                usage.sightings.into_iter().unzip();
+                usage.sightings.iter().map(|(pair, t)| (*pair, *t)).unzip();
             if let Err(err) =
                 keyplane_store::usage::note_sightings(&self.pool, &keys, &nodes, &times).await
             {
-                tracing::warn!(error = %err, "could not record which nodes saw which keys");
+                tracing::warn!(error = %err, "could not record which nodes saw which keys; trying again at the next flush");
+                unwritten.sightings = usage.sightings;
             }
         }
         if !usage.new_node_keys.is_empty() {
             let (mut ids, mut digests, mut times) = (Vec::new(), Vec::new(), Vec::new());
-            for (id, digest, at) in usage.new_node_keys {
-                ids.push(id);
+            for (id, digest, at) in &usage.new_node_keys {
+                ids.push(*id);
                 digests.push(digest.to_vec());
-                times.push(at);
+                times.push(*at);
             }
             if let Err(err) = nodes::note_key_used(&self.pool, &ids, &digests, &times).await {
-                tracing::warn!(error = %err, "could not record that nodes used their new keys");
+                tracing::warn!(error = %err, "could not record that nodes used their new keys; trying again at the next flush");
+                unwritten.new_node_keys = usage.new_node_keys;
             }
+        }
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.take_back(unwritten);
         }
     }
 
@@ -682,4 +712,27 @@ fn unavailable_load(err: Arc<Load>) -> Unavailable {
         Load::Raced => {}
     }
     Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_flush_could_not_write_is_kept_beside_what_came_since() {
+        let (key, node) = (Uuid::new_v4(), Uuid::new_v4());
+        let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap_or_default();
+        let mut pending = Usage::default();
+        pending.keys.insert(key, at(10));
+        let mut unwritten = Usage::default();
+        unwritten.keys.insert(key, at(5));
+        unwritten.keys.insert(node, at(7));
+        unwritten.sightings.insert((key, node), at(5));
+        unwritten.new_node_keys.push((node, [1; 32], at(3)));
+        pending.take_back(unwritten);
+        assert_eq!(pending.keys[&key], at(10), "the later use wins");
+        assert_eq!(pending.keys[&node], at(7));
+        assert_eq!(pending.sightings[&(key, node)], at(5));
+        assert_eq!(pending.new_node_keys.len(), 1);
+    }
 }
