@@ -8,6 +8,7 @@ fn keyplane(envs: &[(&str, &str)], args: &[&str]) -> (i32, String) {
     command
         .args(args)
         .env_remove("DATABASE_URL")
+        .env_remove("DATABASE_READ_URL")
         .env_remove("KEYPLANE_MODE")
         .env_remove("KEYPLANE_BOOTSTRAP_TOKEN")
         .env_remove("KEYPLANE_MASTER_KEY")
@@ -46,6 +47,10 @@ fn a_bad_setting_exits_2_with_one_line_naming_the_variable() {
             ("DATABASE_URL", "mysql://x"),
             "DATABASE_URL: expected a PostgreSQL URL",
         ),
+        (
+            ("DATABASE_READ_URL", "postgres://standby/keyplane"),
+            "DATABASE_READ_URL: a standby of DATABASE_URL, which is not set",
+        ),
     ];
     for ((name, value), expected) in cases {
         let (status, stderr) = keyplane(&[(name, value)], &["serve"]);
@@ -67,6 +72,28 @@ fn a_short_bootstrap_token_is_refused_without_being_printed() {
     assert_eq!(status, 2);
     assert!(stderr.contains("KEYPLANE_BOOTSTRAP_TOKEN: expected at least 32 characters"));
     assert!(!stderr.contains("tooshort-secret"));
+}
+
+#[test]
+fn a_standby_is_checked_as_the_primary_is() {
+    let primary = "postgres://keyplane@db.example/keyplane?sslmode=verify-full";
+    let (status, stderr) = keyplane(
+        &[
+            ("KEYPLANE_MODE", "prod"),
+            ("DATABASE_URL", primary),
+            (
+                "DATABASE_READ_URL",
+                "postgres://keyplane:s3cret@standby.example/keyplane",
+            ),
+        ],
+        &["serve"],
+    );
+    assert_eq!(status, 2, "{stderr}");
+    assert!(
+        stderr.starts_with("keyplane: DATABASE_READ_URL: prod mode talks to PostgreSQL over TLS"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }
 
 #[test]

@@ -279,3 +279,63 @@ async fn a_read_only_database_makes_readyz_503_and_writes_503() {
     .await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_a_standby_introspection_misses_are_answered_while_the_primary_is_away() {
+    let url = fresh_database().await;
+    let link = FlakyLink::to(&url).await;
+    let mut settings = crate::support::admin_settings_for(&link.url_through(&url));
+    settings.pool.acquire_timeout = Duration::from_millis(500);
+    // The "standby" is the same database reached directly: what matters is
+    // which link the lookups take.
+    settings.database_read = Some(secrecy::SecretString::from(url.clone()));
+    let server = TestServer::start_with(settings).await;
+    let instance = server.instance("jan-1", &["inference:chat"]).await;
+    let issue = || {
+        server.key(
+            &instance,
+            serde_json::json!({"name": "k", "scopes": ["inference:chat"]}),
+        )
+    };
+    let (seen, unseen) = (issue().await, issue().await);
+    let (_, node) = server
+        .admin(
+            reqwest::Method::POST,
+            "/v1/nodes",
+            Some(serde_json::json!({"name": "gate-1"})),
+        )
+        .await;
+    let node_key = node["secret"].as_str().unwrap().to_owned();
+    let introspect = |key: &Value| {
+        server
+            .client
+            .post(server.url("/v1/introspect"))
+            .bearer_auth(&node_key)
+            .form(&[("token", key["secret"].as_str().unwrap())])
+            .send()
+    };
+    assert_eq!(
+        introspect(&seen)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["active"],
+        true
+    );
+
+    link.set(Link::Down);
+    // A key the cache has never seen: read from the standby (without one,
+    // this is 503).
+    let response = introspect(&unseen).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["active"], true);
+    // Writes still need the primary.
+    let (status, _, body) = attempt(&server, reqwest::Method::POST, "/v1/instances").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("database_unavailable"))
+    );
+    link.set(Link::Up);
+    server.stop().await.unwrap();
+}

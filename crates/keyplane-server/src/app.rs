@@ -210,9 +210,16 @@ impl App {
         )
         .await?;
         let events = Events::new(!db.is_embedded());
+        let standby = settings
+            .database_read
+            .as_ref()
+            .map(|url| keyplane_store::Database::standby(url, &settings.pool))
+            .transpose()
+            .context("DATABASE_READ_URL")?;
         let introspector =
             Introspector::new(db.pool().clone(), settings.introspection_cache_capacity)
-                .accepting_legacy_keys(settings.accept_legacy_keys);
+                .accepting_legacy_keys(settings.accept_legacy_keys)
+                .reading_from_standby(standby);
         let credentials = crate::credentials::KnownCredentials::default();
         credentials
             .refresh(db.pool(), clock.now())

@@ -309,6 +309,11 @@ pub struct Introspector {
     /// Held while a flush writes: a flush asked for meanwhile waits, so once
     /// it returns everything noted before it is in the database.
     flushing: Arc<tokio::sync::Mutex<()>>,
+    /// A standby (`DATABASE_READ_URL`) asked for keys the cache lacks while
+    /// the primary cannot answer.
+    standby: Option<PgPool>,
+    /// Lookups the standby answered.
+    standby_reads: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -335,7 +340,16 @@ impl Introspector {
             loads: Arc::default(),
             usage: Arc::default(),
             flushing: Arc::default(),
+            standby: None,
+            standby_reads: Arc::default(),
         }
+    }
+
+    /// Asks `standby` for keys the cache lacks while the primary cannot
+    /// answer (`DATABASE_READ_URL`), so nodes keep working through a failover.
+    pub fn reading_from_standby(mut self, standby: Option<PgPool>) -> Introspector {
+        self.standby = standby;
+        self
     }
 
     /// Looks legacy keys up too (`KEYPLANE_ACCEPT_LEGACY_KEYS`): any text
@@ -405,9 +419,11 @@ impl Introspector {
             Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedKey::from_facts(f))))
         };
         if !self.cached {
-            return read(self.pool.clone(), self.loads.clone())
-                .await
-                .map_err(|err| unavailable(Arc::new(err)));
+            return match read(self.pool.clone(), self.loads.clone()).await {
+                Ok(loaded) => Ok(loaded),
+                Err(err) if self.may_ask_standby(&err) => self.read_standby(digest).await,
+                Err(err) => Err(unavailable(Arc::new(err))),
+            };
         }
         let before = self.changes.load(Ordering::SeqCst);
         let load = {
@@ -432,6 +448,9 @@ impl Introspector {
             }
             Err(err) => match &*err {
                 Load::Raced => self.read_fresh(digest).await,
+                Load::Store(store) if self.may_ask_standby(store) => {
+                    self.read_standby(digest).await
+                }
                 Load::Store(_) => Err(unavailable_load(err)),
             },
         }
@@ -440,10 +459,37 @@ impl Introspector {
     /// Reads `digest`'s facts without caching them.
     async fn read_fresh(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, Unavailable> {
         self.loads.fetch_add(1, Ordering::Relaxed);
-        introspection::key_facts(&self.pool, &digest)
+        match introspection::key_facts(&self.pool, &digest).await {
+            Ok(facts) => Ok(facts.map(|f| Arc::new(CachedKey::from_facts(f)))),
+            Err(err) if self.may_ask_standby(&err) => self.read_standby(digest).await,
+            Err(err) => Err(unavailable(Arc::new(err))),
+        }
+    }
+
+    /// Whether a failed read may be asked of the standby: only when the
+    /// primary is unavailable (never for a wrong query), and only with one.
+    fn may_ask_standby(&self, err: &keyplane_store::StoreError) -> bool {
+        self.standby.is_some() && matches!(err, keyplane_store::StoreError::Unavailable(_))
+    }
+
+    /// Reads `digest`'s facts from the standby, while the primary cannot
+    /// answer; never cached, so an answer from a standby that may lag the
+    /// primary lives for this one request only.
+    async fn read_standby(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, Unavailable> {
+        let Some(standby) = &self.standby else {
+            return Err(Unavailable);
+        };
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        self.standby_reads.fetch_add(1, Ordering::Relaxed);
+        introspection::key_facts(standby, &digest)
             .await
             .map(|facts| facts.map(|f| Arc::new(CachedKey::from_facts(f))))
             .map_err(|err| unavailable(Arc::new(err)))
+    }
+
+    /// Key lookups answered by the standby while the primary could not.
+    pub fn standby_reads(&self) -> u64 {
+        self.standby_reads.load(Ordering::Relaxed)
     }
 
     /// Whether `digest` is a key the cache holds as live (a cheap look, no load).

@@ -106,6 +106,16 @@ impl Database {
         }
     }
 
+    /// A pool for a standby at `url`, connecting only when first asked (a
+    /// standby down at start-up must not stop keyplane).
+    pub fn standby(url: &SecretString, settings: &PoolSettings) -> Result<PgPool, StoreError> {
+        let options = PgConnectOptions::from_str(url.expose_secret())?;
+        Ok(PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options))
+    }
+
     /// The pool, for queries.
     pub fn pool(&self) -> &PgPool {
         &self.pool

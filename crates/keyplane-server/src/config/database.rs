@@ -17,6 +17,7 @@ pub(super) fn read(sources: &Sources<'_>, settings: &mut Settings) -> Result<(),
         settings.data_dir = dir;
     }
     settings.database = location(settings.mode, settings.data_dir.clone())?;
+    settings.database_read = standby(settings.mode, &settings.database)?;
     let pool = &mut settings.pool;
     if let Some(n) = sources.number("KEYPLANE_DB_MAX_CONNECTIONS", &args.db_max_connections)? {
         pool.max_connections = u32::try_from(n)
@@ -71,6 +72,34 @@ fn location(mode: Mode, data_dir: PathBuf) -> Result<DatabaseLocation, ConfigErr
         )),
         None => embedded_or_error(data_dir),
     }
+}
+
+/// `DATABASE_READ_URL`: a standby of the database, checked as
+/// `DATABASE_URL` is; only beside a `DATABASE_URL`.
+fn standby(mode: Mode, primary: &DatabaseLocation) -> Result<Option<SecretString>, ConfigError> {
+    let Some(url) = secret_from_env("DATABASE_READ_URL")? else {
+        return Ok(None);
+    };
+    if !matches!(primary, DatabaseLocation::Url(_)) {
+        return Err(ConfigError::new(
+            "DATABASE_READ_URL",
+            "a standby of DATABASE_URL, which is not set (the embedded database has none)",
+        ));
+    }
+    let scheme_ok = ["postgres://", "postgresql://"]
+        .iter()
+        .any(|s| url.expose_secret().starts_with(s));
+    if !scheme_ok || describe_url(&url).starts_with("an unparsable") {
+        return Err(ConfigError::new(
+            "DATABASE_READ_URL",
+            "expected a PostgreSQL URL, e.g. postgres://user:password@standby:5432/keyplane",
+        ));
+    }
+    require_tls(mode, &url).map_err(|err| ConfigError {
+        setting: "DATABASE_READ_URL".to_owned(),
+        ..err
+    })?;
+    Ok(Some(url))
 }
 
 /// Outside `dev`, the database is reached over TLS that checks its

@@ -79,6 +79,9 @@ pub struct Settings {
     pub cors_origins: Vec<HeaderValue>,
     /// Where the data lives.
     pub database: DatabaseLocation,
+    /// A standby of it (`DATABASE_READ_URL`), asked for keys the
+    /// introspection cache lacks while the primary cannot answer.
+    pub database_read: Option<SecretString>,
     /// Connection pool limits and the start-up wait.
     pub pool: PoolSettings,
     /// The largest request body accepted, in bytes.
@@ -155,6 +158,7 @@ impl Default for Settings {
             tls: None,
             cors_origins: Vec::new(),
             database: database::default_location(PathBuf::from("keyplane-data")),
+            database_read: None,
             pool: PoolSettings::default(),
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -239,6 +243,14 @@ impl Settings {
                 },
             ),
             ("database", describe_location(&self.database)),
+            (
+                "database_read",
+                self.database_read
+                    .as_ref()
+                    .map_or("none".to_owned(), |url| {
+                        format!("postgres {}", keyplane_store::describe_url(url))
+                    }),
+            ),
             ("db_max_connections", self.pool.max_connections.to_string()),
             ("body_limit", self.body_limit.to_string()),
             ("request_timeout", format_duration(self.request_timeout)),
