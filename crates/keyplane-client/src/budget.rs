@@ -54,6 +54,23 @@ struct State {
     /// lease is asked for in the background is what keyplane's grant
     /// cannot know of, and is taken off it.
     settled: i64,
+    /// After keyplane granted too little (the budget is spent) or could not
+    /// be asked: until then, requests the lease cannot cover are refused
+    /// without asking again, so a spent key's traffic is not a call apiece.
+    hold_until: Option<Instant>,
+    /// Why the hold: the budget is spent, or keyplane was unavailable.
+    held_for: Option<BudgetRefusal>,
+}
+
+/// How long a key whose budget keyplane found spent (or could not be asked
+/// about) is refused without asking again.
+const HOLD: Duration = Duration::from_secs(2);
+
+impl State {
+    fn hold(&mut self, why: BudgetRefusal) {
+        self.hold_until = Some(Instant::now() + HOLD);
+        self.held_for = Some(why);
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,13 +163,26 @@ impl Budgets {
             if attempt == 1 {
                 break;
             }
+            if let (Some(until), Some(why)) = (held.hold_until, held.held_for)
+                && until > now
+            {
+                return Err(why);
+            }
             let generation = held.generation;
             drop(held);
             // One lease request per key at a time; whoever waited for it
             // looks again at what it brought.
             let leasing = key.leasing.lock().await;
             if key.state.lock().await.generation == generation {
-                self.replace(key_id, &key, estimate).await?;
+                let replaced = self.replace(key_id, &key, estimate).await;
+                let mut held = key.state.lock().await;
+                let short = held.lease.is_none_or(|l| l.allowance < estimate);
+                match replaced {
+                    Err(why) => held.hold(why),
+                    Ok(()) if short => held.hold(BudgetRefusal::Spent),
+                    Ok(()) => held.hold_until = None,
+                }
+                replaced?;
             }
             drop(leasing);
         }
