@@ -268,6 +268,7 @@ def failover_under_writes(cluster: Cluster, base: str, before_kill=None) -> dict
     cluster.lose_machine(victim)
     survivor = next(n for n in cluster.nodes if n != victim)
     wait_until(lambda: cluster.role(survivor) == "primary", 60, f"{survivor} to be promoted")
+
     def recovered() -> bool:
         last_failure = max((t for t, _ in writer.failures if t > killed_at), default=killed_at)
         return any(t > last_failure + 1 for t in writer.successes)
