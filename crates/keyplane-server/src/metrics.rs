@@ -328,25 +328,28 @@ impl Metrics {
                 "Entries in the audit chain.",
             );
             out.sample("keyplane_audit_chain_length", "", gauges.audit_length);
-            for (name, help, pick) in [
+            type Figure = fn(&(Uuid, String, i64, i64)) -> i64;
+            let figures: [(&str, &str, Figure); 2] = [
                 (
                     "keyplane_usage_tokens_recent",
                     "Tokens reported in this hour and the last, for the 10 busiest instances.",
-                    2,
+                    |row| row.2,
                 ),
                 (
                     "keyplane_usage_requests_recent",
                     "Requests reported in this hour and the last, for the 10 busiest instances.",
-                    3,
+                    |row| row.3,
                 ),
-            ] {
+            ];
+            for (name, help, figure) in figures {
                 out.family(name, "gauge", help);
-                for (id, instance, tokens, requests) in &gauges.top_usage {
+                for row in &gauges.top_usage {
                     let labels = format!(
-                        "instance_id=\"{id}\",instance=\"{}\"",
-                        label_value(instance)
+                        "instance_id=\"{}\",instance=\"{}\"",
+                        row.0,
+                        label_value(&row.1)
                     );
-                    out.sample(name, &labels, if pick == 2 { tokens } else { requests });
+                    out.sample(name, &labels, figure(row));
                 }
             }
             out.family(

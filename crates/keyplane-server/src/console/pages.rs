@@ -540,15 +540,16 @@ pub async fn key(console: Console, Path(id): Path<Uuid>) -> Response {
         true => Some(UsageChart::of(&console, None, Some(id)).await),
         false => None,
     };
+    let row = KeyRow::new(&key, now);
     Page::render(&view::Key {
         frame: console.frame("instances"),
         instance_id: key.instance_id.to_string(),
         limits: LimitsView::new(&key.limits, key.models.as_deref()),
         limits_note: "Its own; its instance's apply too.".to_owned(),
         limits_action: format!("/console/keys/{id}/limits"),
-        may_limit: may_write && KeyRow::new(&key, now).live,
+        may_limit: may_write && row.live,
         usage,
-        key: KeyRow::new(&key, now),
+        key: row,
         facts,
         may_write,
     })

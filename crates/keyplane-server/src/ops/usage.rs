@@ -249,16 +249,23 @@ impl Ops<Node> {
         let node = &self.actor;
         let now = self.now();
         let items = checked_items(report, now)?;
-        // What this replica noted but has not written yet counts as seen.
-        self.state.introspector.flush_usage().await;
         let mut key_ids: Vec<Uuid> = items.iter().map(|item| item.key_id).collect();
         key_ids.sort_unstable();
         key_ids.dedup();
         let pool = self.state.db.pool();
-        let seen: std::collections::HashMap<Uuid, Uuid> = usage::seen_by(pool, node.id, &key_ids)
-            .await?
-            .into_iter()
-            .collect();
+        let mut seen: std::collections::HashMap<Uuid, Uuid> =
+            usage::seen_by(pool, node.id, &key_ids)
+                .await?
+                .into_iter()
+                .collect();
+        if seen.len() < key_ids.len() {
+            // What this replica noted but has not written yet counts as seen.
+            self.state.introspector.flush_usage().await;
+            seen = usage::seen_by(pool, node.id, &key_ids)
+                .await?
+                .into_iter()
+                .collect();
+        }
 
         let mut counted = Vec::with_capacity(items.len());
         let mut refused = Vec::new();
