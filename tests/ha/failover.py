@@ -101,8 +101,10 @@ class Cluster:
         out = open(self.work / log, "ab")
         if as_postgres:
             argv = ["runuser", "-u", "postgres", "--", *argv]
+        # In the scratch directory: the postgres user may not enter the
+        # checkout (a clone made with mktemp -d is root's alone).
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                cwd=self.work, start_new_session=True)
         self.procs.append(proc)
         return proc
 
