@@ -419,3 +419,126 @@ async fn with_several_replicas_a_lost_one_is_skipped_and_no_revocation_is_missed
     .await;
     assert!(client.metrics().stream_connects >= 2);
 }
+
+/// A stand-in for keyplane whose revocation stream the test writes: it
+/// answers every introspection with `key` active, and counts them.
+struct StandIn {
+    url: String,
+    events: tokio::sync::mpsc::UnboundedSender<axum::response::sse::Event>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StandIn {
+    async fn start(key: &Value) -> StandIn {
+        use axum::response::sse::{Event, Sse};
+        use std::sync::atomic::Ordering;
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let receiver = Arc::new(tokio::sync::Mutex::new(Some(receiver)));
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answer = json!({
+            "active": true, "key_id": key["id"], "client_id": key["instance_id"],
+            "scope": "inference:chat", "exp": 4_102_444_800u64, "cache_ttl": 3600,
+        });
+        let (s, c) = (streams.clone(), calls.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/revocations/stream",
+                axum::routing::get(move || async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    // Headers at once; then only what the test sends.
+                    let receiver = receiver.lock().await.take();
+                    let events = futures_util::stream::unfold(receiver, |receiver| async move {
+                        let mut receiver = receiver?;
+                        let event = receiver.recv().await?;
+                        Some((Ok::<_, std::convert::Infallible>(event), Some(receiver)))
+                    });
+                    Sse::new(events)
+                }),
+            )
+            .route(
+                "/v1/introspect",
+                axum::routing::post(move || async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(answer)
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        StandIn {
+            url,
+            events,
+            streams,
+            calls,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_are_trusted_only_once_the_stream_has_caught_up() {
+    use axum::response::sse::Event;
+    let (server, node_key, key) = setup().await;
+    let stand_in = StandIn::start(&key).await;
+    let mut config = Config::new(
+        stand_in.url.clone(),
+        SecretString::from(node_key),
+        Mode::Prod,
+    );
+    config.stream_down_ttl = Duration::from_millis(300);
+    config.cache_ttl_cap = Duration::from_secs(3600);
+    let client = Introspector::start(config).unwrap();
+    eventually(DEADLINE, "the stream to be opened", || async {
+        (stand_in.streams.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+
+    // Connected, but keyplane has not said the replay is over: an answer is
+    // trusted only as briefly as while the stream is down, and asked again.
+    assert!(client.check(secret(&key), None, None).await.is_ok());
+    assert_ne!(client.metrics().stream, StreamState::Up);
+    eventually(DEADLINE, "the answer to be asked for again", || async {
+        assert!(client.check(secret(&key), None, None).await.is_ok());
+        (stand_in.calls() >= 2).then_some(())
+    })
+    .await;
+
+    // A revocation replayed, then `ready`: the stream is up, answers are
+    // trusted for their whole TTL, and the next revocation evicts at once.
+    let revoked = |id: &Value| {
+        Event::default().event("revocation").id("8").data(
+            json!({ "key_id": id, "reason": "revoked", "at": "2026-12-07T00:00:00Z" }).to_string(),
+        )
+    };
+    stand_in
+        .events
+        .send(revoked(&json!(uuid::Uuid::new_v4())))
+        .unwrap();
+    stand_in
+        .events
+        .send(Event::default().event("ready").id("8").data("{}"))
+        .unwrap();
+    stream_up(&client).await;
+    assert!(client.check(secret(&key), None, None).await.is_ok());
+    let asked = stand_in.calls();
+    for _ in 0..20 {
+        assert!(client.check(secret(&key), None, None).await.is_ok());
+    }
+    assert_eq!(
+        stand_in.calls(),
+        asked,
+        "answers from the cache once caught up"
+    );
+    stand_in.events.send(revoked(&key["id"])).unwrap();
+    eventually(DEADLINE, "the revocation to evict the answer", || async {
+        assert!(client.check(secret(&key), None, None).await.is_ok());
+        (stand_in.calls() > asked).then_some(())
+    })
+    .await;
+    server.stop().await.unwrap();
+}

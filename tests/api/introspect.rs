@@ -417,9 +417,11 @@ async fn a_key_revoked_through_one_keyplane_is_inactive_at_another() {
     f.server.stop().await.unwrap();
 }
 
-/// Reads server-sent events until `count` `revocation` events have arrived.
-async fn read_events(response: reqwest::Response, count: usize) -> Vec<(String, Value)> {
-    let mut response = response;
+/// One server-sent event: its name, id and data.
+type Sse = (String, String, Value);
+
+/// Reads the next `count` server-sent events.
+async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<Sse> {
     let mut buffer = String::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -432,17 +434,18 @@ async fn read_events(response: reqwest::Response, count: usize) -> Vec<(String, 
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
-            let mut id = String::new();
-            let mut data = String::new();
+            let (mut name, mut id, mut data) = (String::new(), String::new(), String::new());
             for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("id:") {
                     id = v.trim().to_owned();
                 } else if let Some(v) = line.strip_prefix("data:") {
                     data = v.trim().to_owned();
                 }
             }
             if !data.is_empty() {
-                events.push((id, serde_json::from_str(&data).unwrap()));
+                events.push((name, id, serde_json::from_str(&data).unwrap()));
             }
         }
     }
@@ -464,7 +467,7 @@ async fn the_revocation_stream_announces_keys_and_replays_after_a_reconnect() {
         }
         .send()
     };
-    let live = stream(None).await.unwrap();
+    let mut live = stream(None).await.unwrap();
     assert_eq!(live.status(), 200);
     assert!(
         live.headers()["content-type"]
@@ -473,12 +476,27 @@ async fn the_revocation_stream_announces_keys_and_replays_after_a_reconnect() {
             .starts_with("text/event-stream")
     );
 
+    // Nothing to replay: the stream says it is live at once, with the id
+    // to resume from.
+    let ready = read_events(&mut live, 1).await;
+    assert_eq!(ready[0].0, "ready");
+    assert!(ready[0].1.parse::<i64>().is_ok(), "{ready:?}");
+    let metrics = f.server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "keyplane_revocation_streams 1"),
+        "{metrics}"
+    );
+
     f.server
         .admin(Method::POST, &format!("{}/revoke", f.key_path()), None)
         .await;
-    let first = read_events(live, 1).await;
-    assert_eq!(first[0].1["key_id"], f.key["id"]);
-    assert_eq!(first[0].1["reason"], "revoked");
+    let first = read_events(&mut live, 1).await;
+    assert_eq!(first[0].0, "revocation");
+    assert_eq!(first[0].2["key_id"], f.key["id"]);
+    assert_eq!(first[0].2["reason"], "revoked");
+    assert!(first[0].1.parse::<i64>().unwrap() > ready[0].1.parse::<i64>().unwrap());
 
     // Two more stop working while the node is away; it gets both on return.
     let a = f
@@ -509,19 +527,24 @@ async fn the_revocation_stream_announces_keys_and_replays_after_a_reconnect() {
             Some(json!({"grace_seconds": 0})),
         )
         .await;
-    let replayed = read_events(stream(Some(first[0].0.clone())).await.unwrap(), 2).await;
-    let seen: Vec<(Value, Value)> = replayed
+    // Both, then `ready` (with the newest one's id): only then may the node
+    // trust its cache again.
+    let mut again = stream(Some(first[0].1.clone())).await.unwrap();
+    let replayed = read_events(&mut again, 3).await;
+    let seen: Vec<(&str, Value, Value)> = replayed
         .iter()
-        .map(|(_, e)| (e["key_id"].clone(), e["reason"].clone()))
+        .map(|(name, _, e)| (name.as_str(), e["key_id"].clone(), e["reason"].clone()))
         .collect();
     assert_eq!(
         seen,
         [
-            (a["id"].clone(), json!("disabled")),
-            (b["id"].clone(), json!("rotated"))
+            ("revocation", a["id"].clone(), json!("disabled")),
+            ("revocation", b["id"].clone(), json!("rotated")),
+            ("ready", Value::Null, Value::Null)
         ]
     );
-    assert!(replayed[0].0.parse::<i64>().unwrap() > first[0].0.parse::<i64>().unwrap());
+    assert!(replayed[0].1.parse::<i64>().unwrap() > first[0].1.parse::<i64>().unwrap());
+    assert_eq!(replayed[2].1, replayed[1].1);
 
     // Retiring the node ends its stream.
     let mut closing = stream(None).await.unwrap();

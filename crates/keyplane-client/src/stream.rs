@@ -45,7 +45,7 @@ pub enum StreamState {
     /// Not connected yet.
     #[default]
     Connecting = 0,
-    /// Connected: revocations arrive as they happen.
+    /// Connected and caught up: revocations arrive as they happen.
     Up = 1,
     /// Lost; reconnecting with backoff. Positive answers are trusted only briefly.
     Down = 2,
@@ -64,6 +64,9 @@ impl StreamState {
 /// keyplane sends a keep-alive comment every 15 s; three missed means the
 /// connection is dead even if TCP has not noticed.
 const IDLE_LIMIT: Duration = Duration::from_secs(45);
+/// How long a replica may take to start answering: one that took the
+/// connection but hangs (stopped, or cut off past a proxy) is given up.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// No SSE line of ours is anywhere near this; more is garbage.
@@ -146,10 +149,14 @@ async fn connect(
     if let Some(id) = last_id.as_deref() {
         request = request.header("last-event-id", id);
     }
-    let response = match request.send().await {
-        Ok(response) => response,
-        Err(err) => {
+    let response = match tokio::time::timeout(ANSWER_WAIT, request.send()).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
             tracing::debug!(error = %without_url(err), "revocation stream: cannot connect");
+            return Ended::Retry;
+        }
+        Err(_) => {
+            tracing::debug!("revocation stream: keyplane took the connection but does not answer");
             return Ended::Retry;
         }
     };
@@ -173,9 +180,11 @@ async fn connect(
     source
         .endpoints
         .answered(url.trim_end_matches("/v1/revocations/stream"));
-    cache.set_stream_state(StreamState::Up);
-    cache.connected();
-    tracing::info!(resumed = last_id.is_some(), "revocation stream connected");
+    let resumed = last_id.is_some();
+    // Up (cached answers trusted for their whole TTL) only once keyplane
+    // says the replay of what was missed is over: its `ready` event, or
+    // (from a keyplane that sends none) its first keep-alive.
+    let mut live = false;
 
     let mut body = response.bytes_stream();
     let mut parser = Parser::default();
@@ -195,17 +204,26 @@ async fn connect(
             tracing::warn!("revocation stream sent an overlong line; reconnecting");
             return Ended::Retry;
         };
+        let mut caught_up = std::mem::take(&mut parser.heard_comment);
         for event in events {
-            if event.name == "revocation" {
-                match serde_json::from_str::<Revocation>(&event.data) {
+            match event.name.as_str() {
+                "revocation" => match serde_json::from_str::<Revocation>(&event.data) {
                     Ok(revocation) => cache.evict(revocation.key_id),
                     // An event we cannot read may have been a revocation.
                     Err(_) => cache.forget_all(),
-                }
+                },
+                "ready" => caught_up = true,
+                _ => {}
             }
             if let Some(id) = event.id {
                 *last_id = Some(id);
             }
+        }
+        if caught_up && !live {
+            live = true;
+            cache.set_stream_state(StreamState::Up);
+            cache.connected();
+            tracing::info!(resumed, "revocation stream connected");
         }
     }
 }
@@ -224,6 +242,8 @@ struct Parser {
     line: Vec<u8>,
     event: SseEvent,
     has_data: bool,
+    /// Whether a comment (a keep-alive) arrived since this was last cleared.
+    heard_comment: bool,
 }
 
 impl Parser {
@@ -251,7 +271,8 @@ impl Parser {
                 continue;
             }
             if line.starts_with(':') {
-                continue; // a keep-alive comment
+                self.heard_comment = true; // a keep-alive
+                continue;
             }
             let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
             let value = value.strip_prefix(' ').unwrap_or(value);

@@ -237,6 +237,8 @@ pub struct Scrape {
     pub scheduler_ran: i64,
     /// The database pool's idle and open connections.
     pub pool: (usize, u32),
+    /// Revocation streams open on this process.
+    pub streams: usize,
 }
 
 impl Metrics {
@@ -298,6 +300,12 @@ impl Metrics {
             "",
             u8::from(scrape.scheduler_leader),
         );
+        out.family(
+            "keyplane_revocation_streams",
+            "gauge",
+            "Revocation streams (nodes following revocations) open on this process.",
+        );
+        out.sample("keyplane_revocation_streams", "", scrape.streams);
         out.family(
             "keyplane_scheduler_last_run_timestamp_seconds",
             "gauge",

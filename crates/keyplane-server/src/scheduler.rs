@@ -62,13 +62,14 @@ async fn lead(state: &AppState, lock: &mut Option<PgConnection>) -> bool {
     }
     if let Some(conn) = lock.as_mut() {
         if matches!(
-            tokio::time::timeout(DATABASE_WAIT, conn.ping()).await,
-            Ok(Ok(()))
+            tokio::time::timeout(DATABASE_WAIT, scheduler::still_leads(conn)).await,
+            Ok(Ok(true))
         ) {
             return true;
         }
-        // The session (and the lock with it) is gone, or unreachable: step
-        // down, and try again afresh.
+        // The session (and the lock with it) is gone, unreachable, or on a
+        // server that is no longer the primary: step down, and try again
+        // afresh (after a failover, on the new primary).
         *lock = None;
     }
     let options = state.db.pool().connect_options();

@@ -33,6 +33,11 @@ impl StreamSlots {
             node,
         })
     }
+
+    /// How many streams are open, over every node.
+    pub fn open(&self) -> usize {
+        self.0.lock().map_or(0, |open| open.values().sum())
+    }
 }
 
 impl Drop for StreamSlot {

@@ -168,10 +168,23 @@ pub async fn claim_ended(
     .await?)
 }
 
-/// Takes the scheduler's lock on this session if no other holds it.
+/// Takes the scheduler's lock on this session if no other holds it, on a
+/// primary only: a standby grants advisory locks too, but of its own, so a
+/// replica connected to one would lead beside the primary's leader.
 pub async fn try_lead(conn: &mut PgConnection) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(LOCK)
+    // CASE, not AND: the lock is never taken where it would not be used.
+    Ok(sqlx::query_scalar(
+        "select case when pg_is_in_recovery() then false else pg_try_advisory_lock($1) end",
+    )
+    .bind(LOCK)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Whether the session holding the lock still leads: it is alive and its
+/// server is still the primary (a demoted primary keeps no leader).
+pub async fn still_leads(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("select not pg_is_in_recovery()")
         .fetch_one(conn)
         .await?)
 }

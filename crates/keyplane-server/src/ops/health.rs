@@ -142,5 +142,6 @@ pub fn metrics(state: &AppState) -> String {
         scheduler_leader: state.scheduler_leader.load(Ordering::Relaxed),
         scheduler_ran: state.scheduler_ran.load(Ordering::Relaxed),
         pool: (pool.num_idle(), pool.size()),
+        streams: state.streams.open(),
     })
 }

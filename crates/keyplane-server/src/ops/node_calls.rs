@@ -95,53 +95,89 @@ pub async fn latest_revocation(state: &AppState) -> Result<i64, Refusal> {
     Ok(revocations::latest(state.db.pool()).await?)
 }
 
+/// What a node's revocation feed yields.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// A key that stopped working.
+    Revoked(Revocation),
+    /// Everything recorded up to `last` has been sent: from here on the feed
+    /// is live. Sent once, after the replay, so a node trusts its cache again
+    /// only once it has dropped what was revoked while it was away.
+    CaughtUp {
+        /// The newest event id sent (or the one the feed started after).
+        last: i64,
+    },
+}
+
 /// The revocations after `last`, for `node`: first those already in the log,
-/// then each one as it is recorded. It ends when the node is retired (a node
-/// only changed keeps it) or the log cannot be read. Subscribe to events
-/// with [`crate::events::Events::subscribe`] before reading `last`, so that
-/// nothing falls between the two.
+/// then [`FeedItem::CaughtUp`], then each one as it is recorded. It ends when
+/// the node is retired (a node only changed keeps it) or the log cannot be
+/// read. Subscribe to events with [`crate::events::Events::subscribe`] before
+/// reading `last`, so that nothing falls between the two.
 pub fn revocation_feed(
     state: &AppState,
     node: Uuid,
     receiver: tokio::sync::broadcast::Receiver<Event>,
     last: i64,
-) -> impl futures_util::Stream<Item = Revocation> + use<> {
+) -> impl futures_util::Stream<Item = FeedItem> + use<> {
     let pool = state.db.pool().clone();
-    futures_util::stream::unfold(
-        (receiver, last, VecDeque::<Revocation>::new(), true),
-        move |(mut receiver, mut last, mut pending, mut catch_up)| {
-            let pool = pool.clone();
-            async move {
-                loop {
-                    if let Some(row) = pending.pop_front() {
-                        last = row.id;
-                        return Some((row, (receiver, last, pending, catch_up)));
-                    }
-                    if !catch_up {
-                        match receiver.recv().await {
-                            Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
-                            Ok(Event::Node { id }) if id == node => {
-                                match keyplane_store::nodes::get(&pool, id).await {
-                                    Ok(Some(node)) if node.retired_at.is_none() => continue,
-                                    _ => return None,
-                                }
+    let feed = Feed {
+        receiver,
+        last,
+        pending: VecDeque::new(),
+        catch_up: true,
+        announced: false,
+    };
+    futures_util::stream::unfold(feed, move |mut feed| {
+        let pool = pool.clone();
+        async move {
+            loop {
+                if let Some(row) = feed.pending.pop_front() {
+                    feed.last = row.id;
+                    return Some((FeedItem::Revoked(row), feed));
+                }
+                if !feed.catch_up && !feed.announced {
+                    feed.announced = true;
+                    let last = feed.last;
+                    return Some((FeedItem::CaughtUp { last }, feed));
+                }
+                if !feed.catch_up {
+                    match feed.receiver.recv().await {
+                        Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
+                        Ok(Event::Node { id }) if id == node => {
+                            match keyplane_store::nodes::get(&pool, id).await {
+                                Ok(Some(node)) if node.retired_at.is_none() => continue,
+                                _ => return None,
                             }
-                            Ok(_) => continue,
-                            Err(RecvError::Closed) => return None,
                         }
+                        Ok(_) => continue,
+                        Err(RecvError::Closed) => return None,
                     }
-                    match revocations::after(&pool, last, REPLAY_BATCH).await {
-                        Ok(rows) => {
-                            catch_up = rows.len() as i64 == REPLAY_BATCH;
-                            pending.extend(rows);
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
-                            return None;
-                        }
+                }
+                match revocations::after(&pool, feed.last, REPLAY_BATCH).await {
+                    Ok(rows) => {
+                        feed.catch_up = rows.len() as i64 == REPLAY_BATCH;
+                        feed.pending.extend(rows);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
+                        return None;
                     }
                 }
             }
-        },
-    )
+        }
+    })
+}
+
+/// A revocation feed's place.
+struct Feed {
+    receiver: tokio::sync::broadcast::Receiver<Event>,
+    /// The newest event id taken from the log.
+    last: i64,
+    /// Taken from the log, not yet sent.
+    pending: VecDeque<Revocation>,
+    /// Whether the log may hold more than was taken (read again before waiting).
+    catch_up: bool,
+    /// Whether [`FeedItem::CaughtUp`] was sent.
+    announced: bool,
 }

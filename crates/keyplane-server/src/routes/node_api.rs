@@ -26,7 +26,8 @@ use crate::auth::bearer;
 use crate::error::{ApiError, Problem};
 use crate::extract::FormOrJson;
 use crate::introspection::{CachedNode, Lookup, Unavailable, Verdict};
-use crate::ops::{Node, node_calls};
+use crate::ops::Node;
+use crate::ops::node_calls::{self, FeedItem};
 use crate::request::record_identity;
 use crate::state::AppState;
 
@@ -645,7 +646,9 @@ const STREAM_RETRY_AFTER: u64 = 5;
 
 /// Server-Sent Events: one `revocation` event per key that stopped working,
 /// with ids; reconnect with `Last-Event-ID` to get what was missed. Without
-/// it the stream starts from now.
+/// it the stream starts from now. Once what was missed has been sent, one
+/// `ready` event (data `{}`, with the id to resume from) says the stream is
+/// live: a node trusts its cached answers again only after it.
 #[utoipa::path(
     get, path = "/v1/revocations/stream", operation_id = "stream_revocations", tag = "nodes",
     params(("Last-Event-ID" = Option<i64>, Header, description = "The last event id received")),
@@ -681,16 +684,24 @@ pub async fn stream_revocations(
         })?;
     tracing::info!(node = %node.id, after = last, "revocation stream opened");
     let feed = node_calls::revocation_feed(&state, node.id, receiver, last);
-    let stream = futures_util::StreamExt::map(feed, |row| {
-        let event = SseEvent::default()
-            .event("revocation")
-            .id(row.id.to_string())
-            .json_data(RevocationEvent {
-                key_id: row.key_id,
-                reason: row.reason,
-                at: row.at,
-            })
-            .unwrap_or_default();
+    let stream = futures_util::StreamExt::map(feed, |item| {
+        let event = match item {
+            FeedItem::Revoked(row) => SseEvent::default()
+                .event("revocation")
+                .id(row.id.to_string())
+                .json_data(RevocationEvent {
+                    key_id: row.key_id,
+                    reason: row.reason,
+                    at: row.at,
+                })
+                .unwrap_or_default(),
+            // Carries the cursor, so a node that has seen no revocation yet
+            // can resume from here too.
+            FeedItem::CaughtUp { last } => SseEvent::default()
+                .event("ready")
+                .id(last.to_string())
+                .data("{}"),
+        };
         Ok::<_, std::convert::Infallible>(event)
     });
     // Nodes reconnect (to another replica) with Last-Event-ID; shutdown need
