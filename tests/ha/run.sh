@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# keyplane through PostgreSQL failovers on the cluster deploy/ha/ describes:
+# keyplane losing machines, on the deployment deploy/ha/ describes:
 # etcd, two Patroni nodes (primary and synchronous standby) and HAProxy,
-# with keyplane and a gate on top; faults injected into the real processes
-# (tests/ha/failover.py prints what each cost). Installs Debian's patroni,
+# with three keyplane replicas and gates on top; faults injected into the real processes
+# (tests/ha/faults.py prints what each cost). Installs Debian's patroni,
 # etcd-server and haproxy where they are missing; runs as root (PostgreSQL
 # itself runs as the postgres user). Expects the debug binaries built.
 set -euo pipefail
@@ -24,4 +24,4 @@ export KEYPLANE_BIN="${KEYPLANE_BIN:-$root/target/debug/keyplane}"
 export KEYPLANE_GATE_BIN="${KEYPLANE_GATE_BIN:-$root/target/debug/keyplane-gate}"
 export KEYPLANE_PG_BIN="${KEYPLANE_PG_BIN:-/usr/lib/postgresql/15/bin}"
 # Bounded as a whole, whatever hangs.
-timeout 300 python3 "$here/failover.py"
+timeout 600 python3 "$here/faults.py"
