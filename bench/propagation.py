@@ -45,19 +45,22 @@ class Stream(threading.Thread):
         conn.request("GET", "/v1/revocations/stream", headers={"Authorization": f"Bearer {self.node_key}"})
         response = conn.getresponse()
         self.ready.set()
-        data = ""
+        name, data = "", ""
         while True:
             line = response.readline().decode()
             if not line:
                 return
-            if line.startswith("data:"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
                 data = line[5:].strip()
-            elif line in ("\n", "\r\n") and data:
-                event = json.loads(data)
-                with self.changed:
-                    self.arrived[event["key_id"]] = time.perf_counter()
-                    self.changed.notify_all()
-                data = ""
+            elif line in ("\n", "\r\n"):
+                if name == "revocation" and data:
+                    event = json.loads(data)
+                    with self.changed:
+                        self.arrived[event["key_id"]] = time.perf_counter()
+                        self.changed.notify_all()
+                name, data = "", ""
 
     def wait_for(self, key_id, deadline=10.0):
         end = time.perf_counter() + deadline

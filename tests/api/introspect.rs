@@ -452,6 +452,113 @@ async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<Sse>
     events
 }
 
+/// Revocations committed at once, by many requests, all reach a stream that
+/// follows the log by id: none is skipped by committing behind a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_revocations_all_reach_the_stream_in_order() {
+    let f = Fixture::start().await;
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        let key = f
+            .server
+            .key(
+                &f.instance,
+                json!({"name": format!("c{i}"), "scopes": ["inference:chat"]}),
+            )
+            .await;
+        keys.push(key["id"].as_str().unwrap().to_owned());
+    }
+    let mut live = f
+        .server
+        .client
+        .get(f.server.url("/v1/revocations/stream"))
+        .bearer_auth(&f.node_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_events(&mut live, 1).await[0].0, "ready");
+
+    let paths: Vec<String> = keys
+        .iter()
+        .map(|id| format!("/v1/keys/{id}/revoke"))
+        .collect();
+    let revokes = paths
+        .iter()
+        .map(|path| f.server.admin(Method::POST, path, None));
+    for (status, body) in futures_util::future::join_all(revokes).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut events = Vec::new();
+    while events.len() < keys.len() {
+        events.extend(read_events(&mut live, 1).await);
+    }
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|(_, id, _)| id.parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let mut seen: Vec<String> = events
+        .iter()
+        .map(|(_, _, e)| e["key_id"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    keys.sort();
+    assert_eq!(seen, keys);
+    f.server.stop().await.unwrap();
+}
+
+/// The log is read "after the last id I read", so a row must never become
+/// visible before one with a lower id: while one change holds a revocation
+/// uncommitted, another's waits for it instead of committing a higher id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_ids_are_committed_in_order() {
+    use keyplane_store::revocations;
+    use sqlx::{Connection, PgConnection};
+    let url = crate::support::fresh_database().await;
+    // Building a server applies the migrations.
+    let server = TestServer::start_with(crate::support::settings_for(&url)).await;
+    let mut reader = PgConnection::connect(&url).await.unwrap();
+    let before = revocations::latest(&mut reader).await.unwrap();
+
+    let mut first = PgConnection::connect(&url).await.unwrap();
+    let mut first_tx = first.begin().await.unwrap();
+    revocations::record(
+        &mut first_tx,
+        &[uuid::Uuid::new_v4()],
+        "revoked",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let mut second = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            revocations::record(&mut tx, &[uuid::Uuid::new_v4()], "revoked", Utc::now())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    });
+    // The second waits for the first; nothing past the first's id shows.
+    let waited = tokio::time::timeout(Duration::from_millis(300), &mut second).await;
+    assert!(
+        waited.is_err(),
+        "the second committed while the first was open"
+    );
+    assert_eq!(revocations::latest(&mut reader).await.unwrap(), before);
+    first_tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second commits once the first has")
+        .unwrap();
+    let rows = revocations::after(&mut reader, before, 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].id < rows[1].id);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_revocation_stream_announces_keys_and_replays_after_a_reconnect() {
     let f = Fixture::start().await;

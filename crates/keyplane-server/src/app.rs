@@ -225,7 +225,9 @@ impl App {
             .refresh(db.pool(), clock.now())
             .await
             .context("reading the live admin and node keys")?;
+        let revocation_tail = crate::streams::RevocationTail::default();
         let mut tasks = vec![
+            revocation_tail.follow(&events, db.pool().clone()),
             introspector.follow(&events),
             credentials.follow(&events, db.pool().clone(), clock.clone()),
             introspector.flush_every(USAGE_FLUSH_EVERY),
@@ -271,6 +273,7 @@ impl App {
             scheduler_leader: Arc::default(),
             scheduler_ran: Arc::default(),
             streams: Arc::default(),
+            revocation_tail,
             identity,
         });
         tasks.push(crate::ops::audit::checkpoint_periodically(

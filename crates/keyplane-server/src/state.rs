@@ -79,6 +79,8 @@ pub struct Shared {
     pub master: crate::signing::MasterKey,
     /// Revocation streams open per node, bounded.
     pub streams: Arc<crate::streams::StreamSlots>,
+    /// The revocation log's new rows, read once for every stream.
+    pub revocation_tail: crate::streams::RevocationTail,
     /// True while this process runs the scheduler.
     pub scheduler_leader: Arc<std::sync::atomic::AtomicBool>,
     /// When (Unix seconds, by keyplane's clock) the scheduler last finished

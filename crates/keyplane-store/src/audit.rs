@@ -96,11 +96,19 @@ pub fn format_at(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-async fn lock_head(conn: &mut PgConnection) -> Result<(i64, Vec<u8>), StoreError> {
+/// Takes the append lock for the rest of the caller's transaction (again,
+/// if it holds it already): whatever else the transaction writes under it is
+/// committed in the order the lock was taken.
+pub async fn hold_append_lock(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query(r#"select pg_advisory_xact_lock($1)"#)
         .bind(APPEND_LOCK)
         .execute(&mut *conn)
         .await?;
+    Ok(())
+}
+
+async fn lock_head(conn: &mut PgConnection) -> Result<(i64, Vec<u8>), StoreError> {
+    hold_append_lock(conn).await?;
     let head = sqlx::query_as::<_, (i64, Vec<u8>)>(
         r#"select seq, hash from audit_log where seq is not null order by seq desc limit 1"#,
     )

@@ -20,12 +20,19 @@ pub struct Revocation {
 }
 
 /// Logs that `key_ids` stopped working for `reason`.
+///
+/// Readers follow the log by id ("after the last one I read"), so ids must
+/// be committed in order: one taken by a transaction that commits after a
+/// reader has read a higher one would never be read. The ids are therefore
+/// taken under the audit chain's append lock, which every change holds
+/// until it commits (and which a change that revokes takes anyway).
 pub async fn record(
     conn: &mut PgConnection,
     key_ids: &[Uuid],
     reason: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    crate::audit::hold_append_lock(conn).await?;
     sqlx::query(
         r#"insert into revocations (key_id, reason, at) select unnest($1::uuid[]), $2, $3"#,
     )

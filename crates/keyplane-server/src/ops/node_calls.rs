@@ -4,6 +4,7 @@
 //! they follow.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use keyplane_domain::{ForwardAuthProxy, ForwardedError};
@@ -16,9 +17,7 @@ use crate::introspection::CachedNode;
 use crate::ops::denials::{self, Denial};
 use crate::ops::{Actor, Refusal};
 use crate::state::AppState;
-
-/// How many revocations are read from the log at a time.
-const REPLAY_BATCH: i64 = 500;
+use crate::streams::LOG_BATCH;
 
 /// Records, off the request's path, until when a certificate that
 /// authenticated `node` stays valid (see `nodes::name_held_until`).
@@ -109,20 +108,35 @@ pub enum FeedItem {
     },
 }
 
-/// The revocations after `last`, for `node`: first those already in the log,
-/// then [`FeedItem::CaughtUp`], then each one as it is recorded. It ends when
-/// the node is retired (a node only changed keeps it) or the log cannot be
-/// read. Subscribe to events with [`crate::events::Events::subscribe`] before
-/// reading `last`, so that nothing falls between the two.
+/// What a revocation feed listens to; taken before the feed's starting
+/// point is read, so that nothing falls between the two.
+pub struct Subscription {
+    events: tokio::sync::broadcast::Receiver<Event>,
+    tail: tokio::sync::broadcast::Receiver<Arc<[Revocation]>>,
+}
+
+/// Subscribes to what a revocation feed needs.
+pub fn subscribe(state: &AppState) -> Subscription {
+    Subscription {
+        events: state.events.subscribe(),
+        tail: state.revocation_tail.subscribe(),
+    }
+}
+
+/// The revocations after `last`, for `node`: first those already in the log
+/// (read by this feed), then [`FeedItem::CaughtUp`], then each one as the
+/// replica's shared reader ([`crate::streams::RevocationTail`]) finds it. It
+/// ends when the node is retired (a node only changed keeps it) or the log
+/// cannot be read.
 pub fn revocation_feed(
     state: &AppState,
     node: Uuid,
-    receiver: tokio::sync::broadcast::Receiver<Event>,
+    subscription: Subscription,
     last: i64,
 ) -> impl futures_util::Stream<Item = FeedItem> + use<> {
     let pool = state.db.pool().clone();
     let feed = Feed {
-        receiver,
+        subscription,
         last,
         pending: VecDeque::new(),
         catch_up: true,
@@ -133,50 +147,73 @@ pub fn revocation_feed(
         async move {
             loop {
                 if let Some(row) = feed.pending.pop_front() {
+                    if row.id <= feed.last {
+                        continue; // read by this feed already
+                    }
                     feed.last = row.id;
                     return Some((FeedItem::Revoked(row), feed));
                 }
-                if !feed.catch_up && !feed.announced {
+                if feed.catch_up {
+                    match revocations::after(&pool, feed.last, LOG_BATCH).await {
+                        Ok(rows) => {
+                            feed.catch_up = rows.len() as i64 == LOG_BATCH;
+                            feed.pending.extend(rows);
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
+                            return None;
+                        }
+                    }
+                    continue;
+                }
+                if !feed.announced {
                     feed.announced = true;
                     let last = feed.last;
                     return Some((FeedItem::CaughtUp { last }, feed));
                 }
-                if !feed.catch_up {
-                    match feed.receiver.recv().await {
-                        Ok(Event::Revocations | Event::Resync) | Err(RecvError::Lagged(_)) => {}
+                let Subscription { events, tail } = &mut feed.subscription;
+                tokio::select! {
+                    batch = tail.recv() => match batch {
+                        Ok(rows) => feed.pending.extend(rows.iter().cloned()),
+                        // Fell behind the shared reader: read the log again.
+                        Err(RecvError::Lagged(_)) => feed.catch_up = true,
+                        Err(RecvError::Closed) => return None,
+                    },
+                    event = events.recv() => match event {
+                        // Retired, or maybe (an event was lost): look.
                         Ok(Event::Node { id }) if id == node => {
-                            match keyplane_store::nodes::get(&pool, id).await {
-                                Ok(Some(node)) if node.retired_at.is_none() => continue,
-                                _ => return None,
+                            if !still_follows(&pool, node).await {
+                                return None;
                             }
                         }
-                        Ok(_) => continue,
+                        Err(RecvError::Lagged(_)) => {
+                            if !still_follows(&pool, node).await {
+                                return None;
+                            }
+                        }
                         Err(RecvError::Closed) => return None,
-                    }
-                }
-                match revocations::after(&pool, feed.last, REPLAY_BATCH).await {
-                    Ok(rows) => {
-                        feed.catch_up = rows.len() as i64 == REPLAY_BATCH;
-                        feed.pending.extend(rows);
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "revocation stream cannot read the log; closing it");
-                        return None;
-                    }
+                        Ok(_) => {}
+                    },
                 }
             }
         }
     })
 }
 
+/// Whether `node` is still registered and not retired.
+async fn still_follows(pool: &sqlx::PgPool, node: Uuid) -> bool {
+    matches!(keyplane_store::nodes::get(pool, node).await, Ok(Some(node)) if node.retired_at.is_none())
+}
+
 /// A revocation feed's place.
 struct Feed {
-    receiver: tokio::sync::broadcast::Receiver<Event>,
-    /// The newest event id taken from the log.
+    subscription: Subscription,
+    /// The newest event id sent (or the one the feed started after).
     last: i64,
-    /// Taken from the log, not yet sent.
+    /// Read, not yet sent.
     pending: VecDeque<Revocation>,
-    /// Whether the log may hold more than was taken (read again before waiting).
+    /// Whether the log may hold more than this feed has read itself (read
+    /// it before following the shared reader).
     catch_up: bool,
     /// Whether [`FeedItem::CaughtUp`] was sent.
     announced: bool,

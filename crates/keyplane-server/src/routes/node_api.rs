@@ -664,7 +664,7 @@ pub async fn stream_revocations(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
     // Subscribe before reading the log, so nothing falls between the two.
-    let receiver = state.events.subscribe();
+    let subscription = node_calls::subscribe(&state);
     let last = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         Some(text) => text
             .trim()
@@ -683,7 +683,7 @@ pub async fn stream_revocations(
             retry_after: STREAM_RETRY_AFTER,
         })?;
     tracing::info!(node = %node.id, after = last, "revocation stream opened");
-    let feed = node_calls::revocation_feed(&state, node.id, receiver, last);
+    let feed = node_calls::revocation_feed(&state, node.id, subscription, last);
     let stream = futures_util::StreamExt::map(feed, |item| {
         let event = match item {
             FeedItem::Revoked(row) => SseEvent::default()
