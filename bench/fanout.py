@@ -1,0 +1,143 @@
+"""How one keyplane replica's revocation stream serves many nodes.
+
+Registers N nodes, opens one revocation stream per node (as N gates would),
+waits until every stream has said `ready`, then revokes keys one at a time
+and times, for each stream, from the revoke call's answer to that key's
+`revocation` event. The same is measured first with one stream, in the same
+run, as the baseline. While N streams are open, a prober times cached
+introspection calls, to show what the streams cost everyone else.
+
+Standard library only (asyncio); the streams' reader shares the machine with
+keyplane, so the figures include its own time to read N sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import time
+import urllib.parse
+import urllib.request
+
+
+def call(base: str, method: str, path: str, token: str, body: object = None, form: dict | None = None):
+    data, headers = None, {"Authorization": f"Bearer {token}"}
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+class Subscriber:
+    """One node's stream, read over HTTP/1.0 (no chunked framing to undo)."""
+
+    def __init__(self, host: str, port: int, node_key: str, arrivals: dict[str, list[float]]) -> None:
+        self.host, self.port, self.node_key, self.arrivals = host, port, node_key, arrivals
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(f"GET /v1/revocations/stream HTTP/1.0\r\nHost: {self.host}\r\n"
+                     f"Authorization: Bearer {self.node_key}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        await writer.drain()
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"stream refused: {status!r}")
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+        name = b""
+        try:
+            while line := await reader.readline():
+                if line.startswith(b"event:"):
+                    name = line[6:].strip()
+                elif line.startswith(b"data:"):
+                    if name == b"revocation":
+                        now = time.monotonic()
+                        self.arrivals.setdefault(json.loads(line[5:])["key_id"], []).append(now)
+                    elif name == b"ready":
+                        self.ready.set()
+        finally:
+            writer.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def measure(args, node_keys: list[str], instance: str) -> dict:
+    """Opens a stream per node key, then times `rounds` revocations to all of them."""
+    url = urllib.parse.urlparse(args.base)
+    arrivals: dict[str, list[float]] = {}
+    subscribers = [Subscriber(url.hostname, url.port, k, arrivals) for k in node_keys]
+    for subscriber in subscribers:
+        subscriber.task = asyncio.create_task(subscriber.run())
+    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in subscribers)), 120)
+    probe = []
+    delivery, last = [], []
+    for i in range(args.rounds):
+        key = await asyncio.to_thread(call, args.base, "POST", f"/v1/instances/{instance}/keys", args.token,
+                                      {"name": f"fanout-{i}", "scopes": ["inference:chat"]})
+        # A cached introspection, timed while the streams are open.
+        for _ in range(5):
+            began = time.monotonic()
+            await asyncio.to_thread(call, args.base, "POST", "/v1/introspect", node_keys[0],
+                                    None, {"token": key["secret"]})
+            probe.append(time.monotonic() - began)
+        await asyncio.to_thread(call, args.base, "POST", f"/v1/keys/{key['id']}/revoke", args.token, {})
+        answered = time.monotonic()
+        deadline = answered + 30
+        while len(arrivals.get(key["id"], [])) < len(subscribers):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(arrivals.get(key['id'], []))} of {len(subscribers)} streams got the event")
+            await asyncio.sleep(0.0005)
+        times = [max(0.0, t - answered) for t in arrivals[key["id"]]]
+        delivery.extend(times)
+        last.append(max(times))
+    for subscriber in subscribers:
+        subscriber.task.cancel()
+    await asyncio.gather(*(s.task for s in subscribers), return_exceptions=True)
+    return {"delivery": delivery, "last": last, "probe": probe}
+
+
+def report(name: str, result: dict) -> None:
+    ms = lambda values, p: percentile(values, p) * 1000  # noqa: E731
+    print(f"{name:<16} deliveries {len(result['delivery'])}: p50 {ms(result['delivery'], 50):.2f} ms, "
+          f"p99 {ms(result['delivery'], 99):.2f} ms; last stream per revocation p50 {ms(result['last'], 50):.2f} ms, "
+          f"p99 {ms(result['last'], 99):.2f} ms; cached introspection meanwhile p50 {ms(result['probe'], 50):.2f} ms")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    tag = secrets.token_hex(4)
+    instance = call(args.base, "POST", "/v1/instances", args.token,
+                    {"name": f"fanout-{tag}", "allowed_scopes": ["inference:chat"]})["id"]
+    node_keys: list[str] = []
+    for start in range(0, args.streams, 50):
+        made = await asyncio.gather(*(
+            asyncio.to_thread(call, args.base, "POST", "/v1/nodes", args.token, {"name": f"fanout-{tag}-{i}"})
+            for i in range(start, min(start + 50, args.streams))))
+        node_keys.extend(node["secret"] for node in made)
+    one = await measure(args, node_keys[:1], instance)
+    report("1 stream", one)
+    many = await measure(args, node_keys, instance)
+    report(f"{args.streams} streams", many)
+    print(f"ratio            delivery p99 {percentile(many['delivery'], 99) / percentile(one['delivery'], 99):.1f}x "
+          f"the one-stream baseline; cached introspection p50 "
+          f"{percentile(many['probe'], 50) / percentile(one['probe'], 50):.2f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
