@@ -26,8 +26,8 @@ CERTS_DIR=${CERTS_DIR:-/certs}
 CA_DIR=${CA_DIR:-/ca}
 CERT_DAYS=${CERT_DAYS:-397}
 CERT_RENEW_DAYS=${CERT_RENEW_DAYS:-30}
-POSTGRES_SANS=${POSTGRES_SANS:-DNS:postgres,DNS:localhost}
-KEYPLANE_SANS=${KEYPLANE_SANS:-DNS:keyplane,DNS:localhost,IP:127.0.0.1}
+POSTGRES_SANS=${POSTGRES_SANS:-DNS:postgres,DNS:haproxy,DNS:pg-1,DNS:pg-2,DNS:localhost}
+KEYPLANE_SANS=${KEYPLANE_SANS:-DNS:keyplane,DNS:keyplane-1,DNS:keyplane-2,DNS:keyplane-3,DNS:localhost,IP:127.0.0.1}
 GATE_SANS=${GATE_SANS:-DNS:gate,DNS:localhost,IP:127.0.0.1}
 
 if ! command -v openssl >/dev/null 2>&1; then

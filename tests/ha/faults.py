@@ -41,6 +41,10 @@ from harness import (
 )
 
 RECOVERY_BOUND = 30.0
+# The scheduler's session advisory lock (keyplane_store::scheduler::LOCK)
+# as pg_locks shows it, held on the primary.
+SCHEDULER_LOCK_HELD = ("select count(*) from pg_locks where locktype = 'advisory' and granted"
+                       " and classid = 1801812336 and objid = 1818324581 and objsubid = 1")
 PARTITION = 120.0
 # The partitioned gates' settings, and what may be served past them: a
 # request's answer is timed when it arrives, up to a second late.
@@ -79,6 +83,11 @@ def primary_lost(cluster: Cluster, api: str, before_kill=None) -> dict:
         return any(t > last_failure + 1 for t in writer.successes)
 
     wait_until(recovered, RECOVERY_BOUND + 30, "writes to work again")
+    # The scheduler's leader lost its lock with the old primary: one takes
+    # it again on the new one.
+    wait_until(lambda: cluster.psql(SCHEDULER_LOCK_HELD, database="keyplane") == "1", RECOVERY_BOUND,
+               "the scheduler's lock to be taken on the new primary")
+    relocked_at = time.monotonic()
     writer.finish()
     failed = [f for f in writer.failures if f[0] > killed_at]
     last_failure = max((t for t, _ in failed), default=killed_at)
@@ -87,6 +96,7 @@ def primary_lost(cluster: Cluster, api: str, before_kill=None) -> dict:
     return {
         "victim": victim,
         "recovery_s": round(recovered_at - killed_at, 2),
+        "relocked_s": round(relocked_at - killed_at, 2),
         "failed": len(failed),
         "failed_statuses": sorted({s for _, s in failed}),
         "writes": len(writer.acked),
@@ -243,7 +253,8 @@ def main() -> int:
         one = primary_lost(cluster, api)
         print(f"fault 1 (primary lost under writes): recovered in {one['recovery_s']} s; "
               f"requests failed {one['failed']} {one['failed_statuses']}; writes {one['writes']}, "
-              f"lost {one['lost']}; revoked keys served 0 (none revoked)", flush=True)
+              f"lost {one['lost']}; revoked keys served 0 (none revoked); the scheduler's lock held on the new "
+              f"primary within {one['relocked_s']} s", flush=True)
         assert one["lost"] == 0, one
         assert one["recovery_s"] <= RECOVERY_BOUND, one
         assert all(s == 503 for s in one["failed_statuses"]), f"a failure other than 503: {one}"
@@ -269,7 +280,8 @@ def main() -> int:
         print(f"fault 2 (key revoked 100 ms before the primary was lost): recovered in {two['recovery_s']} s; "
               f"requests failed {two['failed']} {two['failed_statuses']}; writes {two['writes']}, lost {two['lost']}; "
               f"revoked keys served {served}; audit chain {'verifies' if verified.get('valid') else 'BROKEN'}, "
-              f"revocation audited {len(audit['items'])}x", flush=True)
+              f"revocation audited {len(audit['items'])}x; the scheduler's lock held on the new primary within "
+              f"{two['relocked_s']} s", flush=True)
         assert two["lost"] == 0 and served == 0, two
         assert verified.get("valid") is True, verified
         assert len(audit["items"]) == 1, audit

@@ -133,7 +133,8 @@ class Cluster:
         template = (ROOT / "deploy/ha/patroni.yml.template").read_text()
         for name, node in self.nodes.items():
             config = (template.replace("@NAME@", name).replace("@PG_PORT@", str(node["pg"]))
-                      .replace("@API_PORT@", str(node["api"])).replace("@ETCD_PORT@", str(self.etcd_port))
+                      .replace("@LISTEN@", "127.0.0.1").replace("@HOST@", "127.0.0.1")
+                      .replace("@API_PORT@", str(node["api"])).replace("@ETCD@", f"127.0.0.1:{self.etcd_port}")
                       .replace("@DATA@", str(self.work / name)).replace("@PG_BIN@", PG_BIN)
                       .replace("@WORK@", str(self.work)).replace("@PASSWORD@", PASSWORD))
             path = self.work / f"{name}.yml"
@@ -147,11 +148,12 @@ class Cluster:
     def start_haproxy(self, keyplane_port: int, replica_ports: list[int]) -> None:
         """HAProxy as deploy/ha/haproxy.cfg.template says, for the database and for keyplane."""
         haproxy = (ROOT / "deploy/ha/haproxy.cfg.template").read_text()
-        places = {"@PRIMARY_PORT@": self.primary_port, "@STANDBY_PORT@": self.standby_port,
-                  "@PG1_PORT@": self.nodes["pg1"]["pg"], "@PG2_PORT@": self.nodes["pg2"]["pg"],
+        places = {"@BIND@": "127.0.0.1", "@KEYPLANE_CHECK@": "",
+                  "@PRIMARY_PORT@": self.primary_port, "@STANDBY_PORT@": self.standby_port,
+                  "@PG1@": f"127.0.0.1:{self.nodes['pg1']['pg']}", "@PG2@": f"127.0.0.1:{self.nodes['pg2']['pg']}",
                   "@API1_PORT@": self.nodes["pg1"]["api"], "@API2_PORT@": self.nodes["pg2"]["api"],
                   "@KEYPLANE_PORT@": keyplane_port}
-        places.update({f"@KP{i + 1}_PORT@": port for i, port in enumerate(replica_ports)})
+        places.update({f"@KP{i + 1}@": f"127.0.0.1:{port}" for i, port in enumerate(replica_ports)})
         for key, value in places.items():
             haproxy = haproxy.replace(key, str(value))
         assert "@" not in re.sub(r"#.*", "", haproxy), "a place in haproxy.cfg.template left unfilled"
