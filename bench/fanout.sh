@@ -14,7 +14,7 @@ STREAMS=${STREAMS:-1000}
 ROUNDS=${ROUNDS:-30}
 WORKERS=${WORKERS:-2}
 
-cargo build --release --locked -p keyplane-server >&2
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p keyplane-server >&2
 start_postgres
 "$KEYPLANE_PG_BIN/createdb" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres bench
 token="bench-bootstrap-token-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
