@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use keyplane_store::Database;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -23,12 +21,10 @@ use tower_http::timeout::TimeoutLayer;
 use crate::burst::BurstWatch;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Settings, describe_location};
-use crate::error::ApiError;
 use crate::events::{Event, Events};
 use crate::introspection::Introspector;
 use crate::metrics::Metrics;
 use crate::pagination::CursorKey;
-use crate::request::request_context;
 use crate::routes;
 use crate::signing::{MasterKey, Signer};
 use crate::state::{AppState, Shared};
@@ -357,24 +353,19 @@ fn http_service(state: AppState) -> Router {
     let settings = state.settings.clone();
     let router = routes::router(state)
         .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(middleware::from_fn_with_state(
-            settings.body_limit,
-            refuse_oversized,
-        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
-        ))
-        .layer(middleware::from_fn(request_context));
+        ));
     let router = if settings.cors_origins.is_empty() {
         router
     } else {
         router.layer(cors(&settings.cors_origins))
     };
-    router.layer(middleware::from_fn_with_state(
-        settings.tls.is_some(),
-        security_headers,
-    ))
+    router.layer(crate::envelope::EnvelopeLayer {
+        body_limit: settings.body_limit,
+        https: settings.tls.is_some(),
+    })
 }
 
 /// CORS for the configured origins only: browsers elsewhere get no CORS
@@ -397,43 +388,4 @@ fn cors(origins: &[header::HeaderValue]) -> tower_http::cors::CorsLayer {
             header::WWW_AUTHENTICATE,
         ])
         .max_age(Duration::from_secs(600))
-}
-
-/// On every answer: no MIME sniffing, no framing, no referrer; HSTS under TLS.
-async fn security_headers(State(https): State<bool>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::X_FRAME_OPTIONS,
-        header::HeaderValue::from_static("DENY"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    if https {
-        headers.insert(
-            header::STRICT_TRANSPORT_SECURITY,
-            header::HeaderValue::from_static("max-age=31536000"),
-        );
-    }
-    response
-}
-
-/// Answers 413 before reading a body whose declared length is over the limit;
-/// a body without a length is cut off at the limit by `DefaultBodyLimit`.
-async fn refuse_oversized(State(limit): State<usize>, request: Request, next: Next) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit as u64 => ApiError::PayloadTooLarge.into_response(),
-        _ => next.run(request).await,
-    }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod credentials;
 pub mod destinations;
+pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod extract;

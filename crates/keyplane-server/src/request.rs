@@ -1,16 +1,15 @@
-//! Per-request context: the request id, the tracing span every log line of
-//! the request is written in, and the problem body of error answers.
+//! Per-request context: the request id, what the matched route records
+//! (metrics, refusals by role or policy), and the identity on the span.
+//! The envelope every answer goes through is [`crate::envelope`].
 
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::error::{POLICY_REFUSED, PendingProblem, render_problem};
+use crate::error::{POLICY_REFUSED, PendingProblem};
 use crate::ops::denials::{self, Denial};
 use crate::ops::{Actor, Origin};
 use crate::state::AppState;
@@ -27,7 +26,7 @@ impl RequestId {
     /// Accepts 1 to 128 characters of `A-Z a-z 0-9 - _ . : /` that do not
     /// look like a key; anything else (which could forge log lines or carry a
     /// secret into them) is replaced.
-    fn from_request(request: &Request) -> RequestId {
+    pub(crate) fn from_request(request: &Request) -> RequestId {
         let given = request
             .headers()
             .get(REQUEST_ID_HEADER)
@@ -84,50 +83,135 @@ pub fn origin(extensions: &axum::http::Extensions) -> Origin {
     }
 }
 
-/// Records the matched route template (never the raw path, which may carry
-/// ids) on the request's span; runs after routing.
-pub async fn observe_route(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some(route) = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned()
-    else {
-        return next.run(request).await;
-    };
-    tracing::Span::current().record("route", route.as_str());
-    let method = request.method().clone();
-    // Only operators' requests can be refused by role or policy; node routes
-    // (the hot path) and public ones skip the bookkeeping.
-    let operator_route =
-        route.as_str().starts_with("/v1/") && !NODE_ROUTES.contains(&route.as_str());
-    let audit_context = operator_route.then(|| {
-        let caller = CallerSlot::default();
-        request.extensions_mut().insert(caller.clone());
-        (caller, origin(request.extensions()))
-    });
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status();
-    state
-        .metrics
-        .answered(&method, route.as_str(), status, started.elapsed());
-    let Some((caller, origin)) = audit_context else {
-        return response;
-    };
-    let refused_by_policy = response
-        .extensions()
-        .get::<PendingProblem>()
-        .is_some_and(|problem| problem.code == POLICY_REFUSED);
-    if let Some(actor) = caller.get()
-        && (status == StatusCode::FORBIDDEN || refused_by_policy)
-    {
-        audit_refusal(&state, actor, &method, route.as_str(), status, &origin);
+/// Records, for every routed request, the matched route template on its
+/// span (never the raw path, which may carry ids) and in the metrics, and
+/// audits an operator's refusal by role or policy. A tower layer rather
+/// than a `from_fn` middleware: the hot path pays no clone of the route's
+/// service and no boxed future for it.
+#[derive(Clone)]
+pub struct ObserveRouteLayer(pub AppState);
+
+impl<S> tower::Layer<S> for ObserveRouteLayer {
+    type Service = ObserveRoute<S>;
+
+    fn layer(&self, inner: S) -> ObserveRoute<S> {
+        ObserveRoute {
+            inner,
+            state: self.0.clone(),
+        }
     }
-    response
+}
+
+/// See [`ObserveRouteLayer`].
+#[derive(Clone)]
+pub struct ObserveRoute<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> tower::Service<Request> for ObserveRoute<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = ObservedFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let observed = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .cloned()
+            .map(|route| {
+                tracing::Span::current().record("route", route.as_str());
+                // Only operators' requests can be refused by role or policy;
+                // node routes (the hot path) and public ones skip the bookkeeping.
+                let operator_route =
+                    route.as_str().starts_with("/v1/") && !NODE_ROUTES.contains(&route.as_str());
+                let audit = operator_route.then(|| {
+                    let caller = CallerSlot::default();
+                    request.extensions_mut().insert(caller.clone());
+                    (caller, origin(request.extensions()))
+                });
+                Observed {
+                    state: self.state.clone(),
+                    method: request.method().clone(),
+                    route,
+                    audit,
+                    started: Instant::now(),
+                }
+            });
+        ObservedFuture {
+            inner: self.inner.call(request),
+            observed,
+        }
+    }
+}
+
+/// What is noted about a routed request once it is answered.
+struct Observed {
+    state: AppState,
+    method: Method,
+    route: axum::extract::MatchedPath,
+    audit: Option<(CallerSlot, Origin)>,
+    started: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an [`ObserveRoute`].
+    pub struct ObservedFuture<F> {
+        #[pin]
+        inner: F,
+        observed: Option<Observed>,
+    }
+}
+
+impl<F> std::future::Future for ObservedFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        if let Some(observed) = this.observed.take() {
+            observed.answered(&response);
+        }
+        std::task::Poll::Ready(Ok(response))
+    }
+}
+
+impl Observed {
+    fn answered(self, response: &Response) {
+        let status = response.status();
+        let route = self.route.as_str();
+        self.state
+            .metrics
+            .answered(&self.method, route, status, self.started.elapsed());
+        let Some((caller, origin)) = self.audit else {
+            return;
+        };
+        let refused_by_policy = response
+            .extensions()
+            .get::<PendingProblem>()
+            .is_some_and(|problem| problem.code == POLICY_REFUSED);
+        if let Some(actor) = caller.get()
+            && (status == StatusCode::FORBIDDEN || refused_by_policy)
+        {
+            audit_refusal(&self.state, actor, &self.method, route, status, &origin);
+        }
+    }
 }
 
 /// The route Envoy's ext_authz calls: `/v1/authz/check` followed by the
@@ -186,42 +270,4 @@ pub fn record_identity(node_id: Option<Uuid>, verdict: Option<(Uuid, Uuid)>) {
         span.record("instance_id", tracing::field::display(instance_id));
         span.record("key_id", tracing::field::display(key_id));
     }
-}
-
-/// Gives the request its id and span, logs its outcome, writes the problem
-/// body of an error answer and echoes the id back.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
-    let id = RequestId::from_request(&request);
-    request.extensions_mut().insert(id.clone());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id.as_str(),
-        method = %request.method(),
-        // A key pasted into a URL must not reach the logs.
-        path = %keyplane_domain::scrub_keys(request.uri().path()),
-        route = tracing::field::Empty,
-        status = tracing::field::Empty,
-        node_id = tracing::field::Empty,
-        instance_id = tracing::field::Empty,
-        key_id = tracing::field::Empty,
-    );
-    // A caller's W3C traceparent makes this request part of its trace.
-    keyplane_telemetry::set_parent_from(&span, request.headers());
-    let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    let mut response = render_problem(response, id.as_str());
-    let status = response.status();
-    span.record("status", status.as_u16());
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(latency_ms, "request answered");
-        } else {
-            tracing::debug!(latency_ms, "request answered");
-        }
-    });
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
 }

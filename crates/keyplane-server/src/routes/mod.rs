@@ -303,27 +303,24 @@ async fn docs_script() -> axum::response::Response {
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api_router().split_for_parts();
     let spec_json = spec.clone();
-    api.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        crate::request::observe_route,
-    ))
-    .route(
-        "/openapi.json",
-        get(move || async move { axum::Json(spec_json) }),
-    )
-    .merge(
-        Router::from(Scalar::with_url("/docs", spec).custom_html(DOCS_PAGE)).layer(
-            axum::middleware::map_response(|mut response: axum::response::Response| async {
-                response.headers_mut().insert(
-                    axum::http::header::CONTENT_SECURITY_POLICY,
-                    axum::http::HeaderValue::from_static(DOCS_POLICY),
-                );
-                response
-            }),
-        ),
-    )
-    .route(DOCS_SCRIPT, get(docs_script))
-    .merge(crate::console::router())
-    .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
-    .with_state(state)
+    api.route_layer(crate::request::ObserveRouteLayer(state.clone()))
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(spec_json) }),
+        )
+        .merge(
+            Router::from(Scalar::with_url("/docs", spec).custom_html(DOCS_PAGE)).layer(
+                axum::middleware::map_response(|mut response: axum::response::Response| async {
+                    response.headers_mut().insert(
+                        axum::http::header::CONTENT_SECURITY_POLICY,
+                        axum::http::HeaderValue::from_static(DOCS_POLICY),
+                    );
+                    response
+                }),
+            ),
+        )
+        .route(DOCS_SCRIPT, get(docs_script))
+        .merge(crate::console::router())
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .with_state(state)
 }
