@@ -15,23 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import time
 import urllib.parse
-import urllib.request
 
-
-def call(base: str, method: str, path: str, token: str, body: object = None, form: dict | None = None):
-    data, headers = None, {"Authorization": f"Bearer {token}"}
-    if body is not None:
-        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
-    if form is not None:
-        data = urllib.parse.urlencode(form).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
+from propagation import call, percentile  # bench/, beside this file
 
 
 class Subscriber(asyncio.Protocol):
@@ -66,11 +54,6 @@ class Subscriber(asyncio.Protocol):
         end = self.buffer.find(needle) + len(needle)
         assert end >= len(needle), "never arrived"
         return next(when for offset, when in self.arrivals if offset >= end)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def measure(args, node_keys: list[str], instance: str) -> dict:

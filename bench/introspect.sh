@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 WORKERS=${WORKERS:-2}
@@ -63,23 +64,10 @@ stop_last_keyplane() {
   unset "pids[$last]"; pids=("${pids[@]}")
 }
 
-admin() { curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' "$@"; }
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
-
 A=18181; B=18182
 start_keyplane $A
 base="http://127.0.0.1:$A"
-instance=$(admin -d '{"name": "bench", "allowed_scopes": ["inference:chat"]}' "$base/v1/instances" | field id)
-node=$(admin -d '{"name": "bench-node"}' "$base/v1/nodes")
-node_key=$(printf '%s' "$node" | field secret)
-key=$(admin -d '{"name": "bench", "scopes": ["inference:chat"]}' "$base/v1/instances/$instance/keys" | field secret)
-
-cat >"$work/introspect.lua" <<LUA
-wrk.method = "POST"
-wrk.body = "token=$key&scope=inference:chat"
-wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-wrk.headers["Authorization"] = "Bearer $node_key"
-LUA
+introspect_fixture "$base"
 
 rps() { wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
 # measure PID WRK-ARGS...: "req/s µs-of-CPU-per-request" for the process PID

@@ -452,8 +452,10 @@ async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<Sse>
     events
 }
 
-/// Revocations committed at once, by many requests, all reach a stream that
-/// follows the log by id: none is skipped by committing behind a later one.
+/// Revocations made at once, by many requests, all reach a stream through
+/// the replica's shared reader of the log, in id order. (The ordering of
+/// commits itself is `revocation_ids_are_committed_in_order`'s: this one
+/// does not provoke that race.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_revocations_all_reach_the_stream_in_order() {
     let f = Fixture::start().await;
