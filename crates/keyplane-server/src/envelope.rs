@@ -82,9 +82,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let answer = match declared {
-            Some(length) if length > self.settings.body_limit as u64 => Answer::Refused {
-                response: Some(ApiError::PayloadTooLarge.into_response()),
-            },
+            Some(length) if length > self.settings.body_limit as u64 => Answer::TooLarge,
             // Whatever the services inside do on the call itself is in
             // the span too, as what they do when polled is.
             _ => Answer::Inner {
@@ -119,7 +117,7 @@ pin_project_lite::pin_project! {
     #[project = AnswerProjection]
     enum Answer<F> {
         Inner { #[pin] future: Instrumented<F> },
-        Refused { response: Option<Response> },
+        TooLarge,
     }
 }
 
@@ -137,9 +135,7 @@ where
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => return Poll::Pending,
             },
-            AnswerProjection::Refused { response } => response
-                .take()
-                .unwrap_or_else(|| ApiError::PayloadTooLarge.into_response()),
+            AnswerProjection::TooLarge => ApiError::PayloadTooLarge.into_response(),
         };
         Poll::Ready(Ok(finish(
             response,
