@@ -1,13 +1,15 @@
 # What the bench scripts share; sourced after scripts/lib/postgres.sh.
 
 # bench_setup: a throwaway PostgreSQL with a database "bench"
-# ($database_url), a bootstrap token ($token), a scratch directory ($work),
+# ($database_url), a bootstrap token ($token), a master key ($master), a
+# scratch directory ($work),
 # and, on exit, every process in $bench_pids stopped and all of it removed.
 bench_setup() {
   start_postgres
   "$KEYPLANE_PG_BIN/createdb" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres bench
   database_url="${KEYPLANE_TEST_DATABASE_URL%/*}/bench"
   token="bench-bootstrap-token-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+  master=$(head -c 32 /dev/urandom | base64)
   work=$(mktemp -d)
   bench_pids=()
   trap bench_cleanup EXIT
@@ -22,13 +24,14 @@ bench_cleanup() {
 }
 
 # bench_keyplane PORT [VAR=VALUE ...]: the release keyplane on $database_url,
-# in $bench_pids, once it is ready. The node's own rate limit is lifted: a
-# benchmark counts answers, and a 429 is not one.
+# in $bench_pids, once it is ready. The node's own rate limits (its
+# requests, and its lookups of keys no cache holds) are lifted: a benchmark
+# counts answers, and a 429 is not one.
 bench_keyplane() {
   local port=$1; shift
   env DATABASE_URL="$database_url" KEYPLANE_LISTEN="127.0.0.1:$port" KEYPLANE_BOOTSTRAP_TOKEN="$token" \
-    KEYPLANE_MASTER_KEY="$(head -c 32 /dev/urandom | base64)" KEYPLANE_RATE_NODE=100000000 RUST_LOG=warn "$@" \
-    target/release/keyplane serve >>"$work/keyplane-$port.log" 2>&1 &
+    KEYPLANE_MASTER_KEY="$master" KEYPLANE_RATE_NODE=100000000 KEYPLANE_RATE_MISSES_NODE=100000000 \
+    KEYPLANE_RATE_MISSES_ADDRESS=100000000 RUST_LOG=warn "$@" target/release/keyplane serve >>"$work/keyplane-$port.log" 2>&1 &
   bench_pids+=($!)
   for _ in $(seq 1 300); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
@@ -54,4 +57,38 @@ wrk.body = "token=$key&scope=inference:chat"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Authorization"] = "Bearer $node_key"
 LUA
+}
+
+# bench_wait_for CURL-ARGS...: until curl gets a 2xx from them (30 s at most).
+bench_wait_for() {
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null "$@" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "not up: $*" >&2
+  return 1
+}
+
+# gate_fixture HELLO-PORT KEYPLANE-PORT GATE-PORT: bench/hello as the
+# upstream ($hello_pid), keyplane, and a release gate ($gate_pid) in front
+# of hello checking keys with it; $key holds inference:chat and models:read.
+gate_fixture() {
+  local hello=$1 keyplane=$2 gate=$3 base="http://127.0.0.1:$2" instance node_key
+  HELLO_LISTEN="127.0.0.1:$hello" target/release/keyplane-bench-hello >>"$work/hello.log" 2>&1 &
+  hello_pid=$!
+  bench_pids+=("$hello_pid")
+  bench_wait_for "http://127.0.0.1:$hello/"
+  bench_keyplane "$keyplane"
+  admin() { curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' "$@"; }
+  field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+  instance=$(admin -d '{"name": "bench", "allowed_scopes": ["inference:chat", "models:read"]}' "$base/v1/instances" | field id)
+  key=$(admin -d '{"name": "bench", "scopes": ["inference:chat", "models:read"]}' "$base/v1/instances/$instance/keys" | field secret)
+  node_key=$(admin -d '{"name": "bench-gate"}' "$base/v1/nodes" | field secret)
+  env KEYPLANE_URL="$base" KEYPLANE_NODE_KEY="$node_key" KEYPLANE_GATE_UPSTREAM="http://127.0.0.1:$hello" \
+    KEYPLANE_GATE_LISTEN="127.0.0.1:$gate" ${GATE_WORKERS:+TOKIO_WORKER_THREADS=$GATE_WORKERS} RUST_LOG=warn \
+    target/release/keyplane-gate >>"$work/gate.log" 2>&1 &
+  gate_pid=$!
+  bench_pids+=("$gate_pid")
+  bench_wait_for "http://127.0.0.1:$gate/_keyplane/healthz"
+  bench_wait_for -H "Authorization: Bearer $key" "http://127.0.0.1:$gate/v1/models"
 }
