@@ -20,21 +20,28 @@ use keyplane_domain::{
 };
 use keyplane_store::introspection::{self, KeyFacts, NodeFacts};
 use keyplane_store::nodes;
-use moka::Expiry;
-use moka::future::Cache;
 use sqlx::PgPool;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::digest_cache::DigestCache;
 use crate::events::{Event, Events};
+use crate::lookups::Lookups;
 
 /// How long an unknown digest is remembered as unknown.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// The longest a known entry lives without an event, should one be missed.
 const POSITIVE_TTL: Duration = Duration::from_secs(60);
 
-/// What keyplane knows about one instance key.
+/// Nodes held by the node caches, whatever the key cache's capacity: a
+/// fleet's node credentials are few, and with the key cache off each lookup
+/// then costs the one query it measures.
+const NODES_CACHED: u64 = 10_000;
+
+/// What keyplane knows about one instance key. A cache holds one for each
+/// key in use (100,000 by default), so it is kept small: texts and lists
+/// boxed to their length, the scopes as the one text answers carry.
 #[derive(Debug)]
 pub struct CachedKey {
     /// The key.
@@ -42,14 +49,12 @@ pub struct CachedKey {
     /// Its instance.
     pub instance_id: Uuid,
     /// Its instance's name.
-    pub instance_name: String,
+    pub instance_name: Box<str>,
     usable: bool,
-    /// Its effective scopes.
-    pub scopes: ScopeSet,
-    /// The same, space-separated, as answers carry them.
-    pub scope_text: String,
-    audience: Vec<Uuid>,
-    networks: Vec<IpNet>,
+    /// Its effective scopes, space-separated, in order, as answers carry them.
+    pub scope_text: Box<str>,
+    audience: Box<[Uuid]>,
+    networks: Box<[IpNet]>,
     /// When it was issued.
     pub issued_at: DateTime<Utc>,
     /// When it stops working (expiry, or the end of its grace window).
@@ -82,10 +87,9 @@ impl CachedKey {
         CachedKey {
             key_id: facts.key_id,
             instance_id: facts.instance_id,
-            instance_name: facts.instance_name,
+            instance_name: facts.instance_name.into_boxed_str(),
             usable: facts.enabled && !facts.revoked && facts.instance_status == "active",
-            scope_text: scopes.to_oauth(),
-            scopes,
+            scope_text: scopes.to_oauth().into_boxed_str(),
             audience: facts
                 .audience
                 .iter()
@@ -107,10 +111,27 @@ impl CachedKey {
         }
     }
 
+    /// Whether this key works at `now` (wherever its audience and its
+    /// instance's networks let it be used).
+    pub fn works_at(&self, now: DateTime<Utc>) -> bool {
+        self.usable && now < self.ends_at
+    }
+
     /// The scopes this key grants at `now`, wherever its audience and its
     /// instance's networks let it be used; none once it does not work.
-    pub fn grants_at(&self, now: DateTime<Utc>) -> Option<&ScopeSet> {
-        (self.usable && now < self.ends_at).then_some(&self.scopes)
+    pub fn grants_at(&self, now: DateTime<Utc>) -> Option<ScopeSet> {
+        let scopes: Vec<&str> = self.scope_text.split_ascii_whitespace().collect();
+        self.works_at(now).then(|| ScopeSet::from_trusted(&scopes))
+    }
+
+    /// Whether it holds every scope in `wanted` (space-separated, as nodes
+    /// ask for them): on the hot path, so no parsing and no allocation.
+    pub fn holds_all(&self, wanted: &str) -> bool {
+        wanted.split_ascii_whitespace().all(|scope| {
+            self.scope_text
+                .split_ascii_whitespace()
+                .any(|held| held == scope)
+        })
     }
 
     /// The nodes that may accept it; empty means any node.
@@ -134,7 +155,7 @@ impl CachedKey {
             && now < self.ends_at
             && in_audience
             && from_allowed_network
-            && self.scopes.holds_all(wanted)
+            && self.holds_all(wanted)
     }
 }
 
@@ -231,29 +252,12 @@ impl From<NodeFacts> for CachedNode {
 
 /// Known entries live until an event drops them (or the safety-net TTL);
 /// unknown ones only briefly.
-struct Lifetimes;
-
-impl<V> Expiry<[u8; 32], Option<Arc<V>>> for Lifetimes {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Option<Arc<V>>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(if value.is_some() {
-            POSITIVE_TTL
-        } else {
-            NEGATIVE_TTL
-        })
-    }
-}
-
-fn digest_cache<V: Send + Sync + 'static>(capacity: u64) -> Cache<[u8; 32], Option<Arc<V>>> {
-    Cache::builder()
-        .max_capacity(capacity)
-        .expire_after(Lifetimes)
-        .support_invalidation_closures()
-        .build()
+fn digest_cache<V, E>(capacity: u64) -> Arc<DigestCache<V, E>>
+where
+    V: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    Arc::new(DigestCache::new(capacity, POSITIVE_TTL, NEGATIVE_TTL))
 }
 
 /// Last-use times waiting to be written, so that a request never writes.
@@ -291,10 +295,12 @@ impl Usage {
 #[derive(Clone)]
 pub struct Introspector {
     pool: PgPool,
-    keys: Cache<[u8; 32], Option<Arc<CachedKey>>>,
-    nodes: Cache<[u8; 32], Option<Arc<CachedNode>>>,
+    /// Connections of their own for lookups (see [`Lookups`]).
+    connections: Arc<Lookups>,
+    keys: Arc<DigestCache<CachedKey, Load>>,
+    nodes: Arc<DigestCache<CachedNode, keyplane_store::StoreError>>,
     /// Nodes by the fingerprint of the client certificate naming them.
-    certified: Cache<[u8; 32], Option<Arc<CachedNode>>>,
+    certified: Arc<DigestCache<CachedNode, keyplane_store::StoreError>>,
     /// False when the capacity is 0: every request goes to the database.
     cached: bool,
     /// Whether legacy keys (no prefix, no checksum) are looked up.
@@ -326,13 +332,14 @@ impl std::fmt::Debug for Introspector {
 }
 
 impl Introspector {
-    /// An empty cache of `capacity` keys (and as many nodes) over `pool`.
+    /// An empty cache of `capacity` keys (and up to [`NODES_CACHED`] nodes) over `pool`.
     pub fn new(pool: PgPool, capacity: u64) -> Introspector {
         Introspector {
+            connections: Lookups::new(pool.clone()),
             pool,
             keys: digest_cache(capacity),
-            nodes: digest_cache(capacity),
-            certified: digest_cache(capacity),
+            nodes: digest_cache(NODES_CACHED),
+            certified: digest_cache(NODES_CACHED),
             cached: capacity > 0,
             accept_legacy: false,
             changes: Arc::default(),
@@ -381,7 +388,7 @@ impl Introspector {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         // The hit path: a plain read, building no loader.
         let hit = match self.cached {
-            true => self.keys.get(&digest).await,
+            true => self.keys.get(&digest),
             false => None,
         };
         let cached = match hit {
@@ -413,13 +420,13 @@ impl Introspector {
     /// applied while it read) is not kept: what it read may be what the
     /// change just ended, so it is read again, uncached.
     async fn load_key(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, Unavailable> {
-        let read = |pool: PgPool, loads: Arc<AtomicU64>| async move {
+        let read = move |connections: Arc<Lookups>, loads: Arc<AtomicU64>| async move {
             loads.fetch_add(1, Ordering::Relaxed);
-            let facts = introspection::key_facts(&pool, &digest).await?;
+            let facts = connections.key_facts(&digest).await?;
             Ok::<_, keyplane_store::StoreError>(facts.map(|f| Arc::new(CachedKey::from_facts(f))))
         };
         if !self.cached {
-            return match read(self.pool.clone(), self.loads.clone()).await {
+            return match read(self.connections.clone(), self.loads.clone()).await {
                 Ok(loaded) => Ok(loaded),
                 Err(err) if self.may_ask_standby(&err) => self.read_standby(digest).await,
                 Err(err) => Err(unavailable(Arc::new(err))),
@@ -427,11 +434,14 @@ impl Introspector {
         }
         let before = self.changes.load(Ordering::SeqCst);
         let load = {
-            let (pool, loads, changes) =
-                (self.pool.clone(), self.loads.clone(), self.changes.clone());
+            let (connections, loads, changes) = (
+                self.connections.clone(),
+                self.loads.clone(),
+                self.changes.clone(),
+            );
             async move {
                 let started = changes.load(Ordering::SeqCst);
-                let loaded = read(pool, loads).await.map_err(Load::Store)?;
+                let loaded = read(connections, loads).await.map_err(Load::Store)?;
                 match changes.load(Ordering::SeqCst) == started {
                     true => Ok(loaded),
                     false => Err(Load::Raced),
@@ -443,7 +453,7 @@ impl Introspector {
             // the entry and read again.
             Ok(loaded) if self.changes.load(Ordering::SeqCst) == before => Ok(loaded),
             Ok(_) => {
-                self.keys.invalidate(&digest).await;
+                self.keys.invalidate(&digest);
                 self.read_fresh(digest).await
             }
             Err(err) => match &*err {
@@ -459,7 +469,7 @@ impl Introspector {
     /// Reads `digest`'s facts without caching them.
     async fn read_fresh(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, Unavailable> {
         self.loads.fetch_add(1, Ordering::Relaxed);
-        match introspection::key_facts(&self.pool, &digest).await {
+        match self.connections.key_facts(&digest).await {
             Ok(facts) => Ok(facts.map(|f| Arc::new(CachedKey::from_facts(f)))),
             Err(err) if self.may_ask_standby(&err) => self.read_standby(digest).await,
             Err(err) => Err(unavailable(Arc::new(err))),
@@ -494,7 +504,7 @@ impl Introspector {
 
     /// Whether `digest` is a key the cache holds as live (a cheap look, no load).
     pub async fn knows_key(&self, digest: &[u8; 32]) -> bool {
-        matches!(self.keys.get(digest).await, Some(Some(_)))
+        matches!(self.keys.get(digest), Some(Some(_)))
     }
 
     /// Key lookups so far, and how many of them missed the cache.
@@ -515,14 +525,14 @@ impl Introspector {
             return Ok(None);
         };
         let digest = *key.digest().as_bytes();
-        let cached = match self.nodes.get(&digest).await {
+        let cached = match self.nodes.get(&digest) {
             Some(cached) => cached,
             None => self
                 .nodes
                 .try_get_with(digest, {
-                    let pool = self.pool.clone();
+                    let connections = self.connections.clone();
                     async move {
-                        let facts = introspection::node_facts(&pool, &digest).await?;
+                        let facts = connections.node_facts(&digest).await?;
                         Ok::<_, keyplane_store::StoreError>(
                             facts.map(|f| Arc::new(CachedNode::of_key(f, digest))),
                         )
@@ -598,39 +608,26 @@ impl Introspector {
     pub fn apply(&self, event: &Event) {
         // Counted first: a load in flight now must not keep what it read.
         self.changes.fetch_add(1, Ordering::SeqCst);
-        let registered = match *event {
+        match *event {
             Event::Key { id } => self
                 .keys
-                .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|k| k.key_id == id))
-                .map(drop),
+                .invalidate_entries_if(|k| k.as_ref().is_some_and(|k| k.key_id == id)),
             Event::Instance { id } => self
                 .keys
-                .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|k| k.instance_id == id))
-                .map(drop),
+                .invalidate_entries_if(|k| k.as_ref().is_some_and(|k| k.instance_id == id)),
             Event::Node { id } => {
                 // A new node may be named by a certificate refused before.
                 self.certified.invalidate_all();
                 self.nodes
-                    .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|n| n.id == id))
-                    .map(drop)
+                    .invalidate_entries_if(|n| n.as_ref().is_some_and(|n| n.id == id));
             }
-            Event::Roles => {
-                self.keys.invalidate_all();
-                Ok(())
-            }
+            Event::Roles => self.keys.invalidate_all(),
             Event::Resync => {
                 self.keys.invalidate_all();
                 self.nodes.invalidate_all();
                 self.certified.invalidate_all();
-                Ok(())
             }
-            Event::Revocations | Event::SigningKeys | Event::AdminKeys => Ok(()),
-        };
-        if registered.is_err() {
-            // Predicates could not be registered: be safe, drop everything.
-            self.keys.invalidate_all();
-            self.nodes.invalidate_all();
-            self.certified.invalidate_all();
+            Event::Revocations | Event::SigningKeys | Event::AdminKeys => {}
         }
     }
 
@@ -737,7 +734,7 @@ impl From<Unavailable> for Lookup {
 #[error("the database is not available")]
 pub struct Unavailable;
 
-/// moka shares a loader's error between every request that waited on it.
+/// The cache shares a loader's error between every request that waited on it.
 fn unavailable(err: Arc<keyplane_store::StoreError>) -> Unavailable {
     tracing::error!(error = %err, "introspection lookup failed");
     Unavailable

@@ -110,10 +110,7 @@ impl Database {
     /// standby down at start-up must not stop keyplane).
     pub fn standby(url: &SecretString, settings: &PoolSettings) -> Result<PgPool, StoreError> {
         let options = PgConnectOptions::from_str(url.expose_secret())?;
-        Ok(PgPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options))
+        Ok(pool_options(settings).connect_lazy_with(options))
     }
 
     /// The pool, for queries.
@@ -190,6 +187,29 @@ fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
+/// A connection idle this long is pinged before it is used again.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// How every pool is built. sqlx pings each connection it hands out by
+/// default: a second round trip on every query, half the budget of a lookup
+/// that needs one. A connection in steady use is live; one that sat idle
+/// (long enough for a failover, a restart, a dropped NAT entry) is pinged,
+/// and replaced when the ping fails.
+fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 async fn connect_with_retry(
     options: PgConnectOptions,
     settings: &PoolSettings,
@@ -198,11 +218,7 @@ async fn connect_with_retry(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = PgPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options.clone())
-            .await;
+        let attempt = pool_options(settings).connect_with(options.clone()).await;
         match attempt {
             Ok(pool) => return Ok(pool),
             Err(err) if !is_transient(&err) => {

@@ -419,7 +419,7 @@ impl<'a, R: Run> Change<'a, R> {
 fn grant(key: &CachedKey, at: DateTime<Utc>) -> Grant {
     Grant {
         instance_id: key.instance_id,
-        scopes: key.grants_at(at).cloned().unwrap_or_default(),
+        scopes: key.grants_at(at).unwrap_or_default(),
         audience: key.audience().to_vec(),
     }
 }

@@ -362,7 +362,7 @@ impl Ops<Node> {
         let mut tx = pool.begin().await?;
         let facts = key_facts_of(&mut *tx, KeysOf::Ids(&[request.key_id]), now).await?;
         let key = facts.into_iter().next().map(CachedKey::from_facts);
-        let Some(key) = key.filter(|key| key.grants_at(now).is_some()) else {
+        let Some(key) = key.filter(|key| key.works_at(now)) else {
             // A key that no longer works gets nothing.
             return Ok(LeaseResponse {
                 key_id: request.key_id,

@@ -587,7 +587,7 @@ async fn authorize(
         .ok_or_else(bad_key)?;
     record_identity(Some(node.id), Some((verdict.instance_id, verdict.key_id)));
     match scope {
-        Some(scope) if verdict.scopes.contains(&scope) => {}
+        Some(scope) if verdict.holds_all(scope.as_str()) => {}
         Some(scope) => {
             return Err(ApiError::Forbidden(format!(
                 "the key lacks the scope {scope}"
@@ -614,7 +614,7 @@ fn allowed(caller: Option<&Verdict>) -> Response {
         Some(verdict) => (
             verdict.instance_id.to_string(),
             verdict.key_id.to_string(),
-            verdict.scope_text.clone(),
+            verdict.scope_text.to_string(),
         ),
         None => Default::default(),
     };
