@@ -347,25 +347,26 @@ impl App {
     }
 }
 
-/// The router with every cross-cutting layer, outermost last: request id,
-/// span and problem bodies; timeout; body limits.
+/// The router inside every cross-cutting layer, outermost first: request
+/// id, span and problem bodies; CORS; timeout; body limits. The layers wrap
+/// the router once: `Router::layer` would wrap each route in each of them,
+/// and every request would pay a boxed clone per layer.
 fn http_service(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let router = routes::router(state)
-        .layer(DefaultBodyLimit::max(settings.body_limit))
+    let cors = (!settings.cors_origins.is_empty()).then(|| cors(&settings.cors_origins));
+    let layered = tower::ServiceBuilder::new()
+        .layer(crate::envelope::EnvelopeLayer {
+            body_limit: settings.body_limit,
+            https: settings.tls.is_some(),
+        })
+        .option_layer(cors)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
-        ));
-    let router = if settings.cors_origins.is_empty() {
-        router
-    } else {
-        router.layer(cors(&settings.cors_origins))
-    };
-    router.layer(crate::envelope::EnvelopeLayer {
-        body_limit: settings.body_limit,
-        https: settings.tls.is_some(),
-    })
+        ))
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .service(routes::router(state));
+    Router::new().fallback_service(layered)
 }
 
 /// CORS for the configured origins only: browsers elsewhere get no CORS
