@@ -6,6 +6,7 @@ mod heartbeat;
 mod metering;
 mod proxy;
 mod settings;
+mod upstream;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use axum::routing::get;
 use clap::Parser;
 use keyplane_client::{Budgets, Config, Introspector, KeyplaneLayer, UsageRecorder};
 use keyplane_domain::Mode;
+use secrecy::ExposeSecret;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -108,18 +110,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("building the upstream client")?;
+    let upstream_authorization = match &settings.upstream_key {
+        Some(key) => {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+                .context("KEYPLANE_GATE_UPSTREAM_KEY: not a valid header value")?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
     let gate = Arc::new(Gate {
         guard: introspector
             .clone()
             .map(|i| KeyplaneLayer::new(i, settings.routes.clone())),
-        http,
-        upstream: settings.upstream.clone(),
-        upstream_key: settings.upstream_key.clone(),
+        upstream: upstream::Upstream::new(&settings.upstream)?,
+        upstream_authorization,
         max_body: settings.max_body,
         request_timeout: settings.request_timeout,
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),

@@ -1,36 +1,39 @@
 //! The gate's request path: check the key, strip it, forward, stream back.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
+use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use futures_util::StreamExt;
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
 use keyplane_client::{
     Admission, BudgetRefusal, Budgets, Charge, Identity, KeyplaneLayer, Limiter, UsageRecorder,
     Used, openai_error, window_headers,
 };
 use keyplane_domain::Limits;
-use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::metering::{self, Meter};
+use crate::upstream::{SendError, Upstream};
 
 /// What every request needs.
 pub struct Gate {
     /// Checks keys; None when auth is disabled (dev, loopback).
     pub guard: Option<KeyplaneLayer>,
-    /// Forwards to the upstream.
-    pub http: reqwest::Client,
-    /// The upstream's base URL.
-    pub upstream: String,
-    /// The upstream's own key, sent instead of the client's.
-    pub upstream_key: Option<SecretString>,
+    /// The upstream, and the connections to it.
+    pub upstream: Upstream,
+    /// `Bearer <the upstream's own key>`, sent instead of the client's.
+    pub upstream_authorization: Option<HeaderValue>,
     /// The body cap.
     pub max_body: u64,
     /// The longest the upstream may take to start answering.
@@ -68,6 +71,8 @@ struct Metered {
     model: String,
     /// Whether the gate asked for `usage` in a stream on the client's behalf.
     strip_usage: bool,
+    /// Whether it was an inference request (its answer may say what it used).
+    inference: bool,
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
@@ -82,27 +87,55 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-/// The headers worth passing on: no hop-by-hop ones, none the connection
-/// header names, and none in `drop`.
-fn forwardable(headers: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
-    let named_by_connection: Vec<String> = headers
-        .get_all("connection")
+/// Takes out of `headers` the ones that describe one hop, and any the
+/// Connection header names; what is left is worth passing on. Nothing is
+/// copied, and a map with none of them is only looked at.
+fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    let named_by_connection: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name_text = name.as_str();
-        let skip = HOP_BY_HOP.contains(&name_text)
-            || named_by_connection.iter().any(|n| n == name_text)
-            || drop.contains(name);
-        if !skip {
-            out.append(name.clone(), value.clone());
+    for name in named_by_connection {
+        headers.remove(name);
+    }
+    if headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
         }
     }
-    out
+}
+
+/// An upstream's answer, holding its place among the requests in flight
+/// until its last frame has gone (or the client has gone).
+struct Held {
+    body: Incoming,
+    _place: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn too_large(max: u64) -> Response<Body> {
@@ -152,7 +185,7 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) -> Response<Body> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Ok(place) = gate.in_flight.clone().try_acquire_owned() else {
         let mut busy = openai_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -222,22 +255,35 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
         None => (Unread(body), None),
     };
 
+    let forwarded_for = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
     // The client's key, and any X-Keyplane-* header it tried to forge (the
     // upstream trusts those: identity, scopes), stop here.
-    let mut headers = forwardable(&parts.headers, &[AUTHORIZATION, HOST]);
-    let forged: Vec<HeaderName> = headers
+    let mut headers = std::mem::take(&mut parts.headers);
+    drop_hop_by_hop(&mut headers);
+    headers.remove(AUTHORIZATION);
+    headers.remove(HOST);
+    if headers
         .keys()
-        .filter(|name| name.as_str().starts_with("x-keyplane-"))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
-    if let Some(key) = &gate.upstream_key
-        && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+        .any(|name| name.as_str().starts_with("x-keyplane-"))
     {
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-keyplane-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            headers.remove(name);
+        }
+    }
+    if let Some(authorization) = &gate.upstream_authorization {
+        headers.insert(AUTHORIZATION, authorization.clone());
     }
     if let Some(caller) = &caller {
         let span = tracing::Span::current();
@@ -252,14 +298,6 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
             }
         }
     }
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
@@ -273,13 +311,14 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
         Read(bytes) => {
             // Its length is its own (it may have been rewritten).
             headers.remove(CONTENT_LENGTH);
-            reqwest::Body::from(bytes)
+            Body::from(bytes)
         }
+        Unread(body) if body.is_end_stream() => Body::empty(),
         Unread(body) => {
             let max_body = gate.max_body;
             let mut seen = 0u64;
             let over_cap = over_cap.clone();
-            reqwest::Body::wrap_stream(body.into_data_stream().map(move |chunk| {
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
                 let chunk = chunk?;
                 seen += chunk.len() as u64;
                 if seen > max_body {
@@ -291,12 +330,22 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
         }
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let upstream = gate
-        .http
-        .request(parts.method, format!("{}{path}", gate.upstream))
-        .headers(headers)
-        .body(body)
-        .send();
+    let uri = match gate.upstream.uri(path) {
+        Ok(uri) => uri,
+        Err(_) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_path",
+                "The request's path cannot be passed to the inference server.",
+            );
+        }
+    };
+    let mut request = axum::http::Request::new(body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    let upstream = gate.upstream.send(request);
     let upstream = match tokio::time::timeout(gate.request_timeout, upstream).await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(_)) if over_cap.load(Ordering::Relaxed) => return too_large(gate.max_body),
@@ -310,7 +359,11 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
             );
         }
         Ok(Err(err)) => {
-            tracing::warn!(error = %err.without_url(), "the upstream cannot be reached");
+            let err: &dyn std::error::Error = match &err {
+                SendError::Client(client) => client,
+                uri => uri,
+            };
+            tracing::warn!(error = %err, cause = ?std::error::Error::source(err), "the upstream cannot be reached");
             return openai_error(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
@@ -321,29 +374,47 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
     };
     gate.forwarded.fetch_add(1, Ordering::Relaxed);
 
-    // The answer streams back chunk by chunk as the upstream sends it (SSE).
-    let status = upstream.status();
-    let mut headers = forwardable(upstream.headers(), &[]);
+    // The answer streams back frame by frame as the upstream sends it (SSE).
+    let (head, incoming) = upstream.into_parts();
+    let (status, mut headers) = (head.status, head.headers);
+    drop_hop_by_hop(&mut headers);
     let events = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    // The answer holds its place until its last chunk has gone.
-    let stream = upstream.bytes_stream().map(move |chunk| {
-        let _place = &place;
-        chunk
-    });
     let body = match metered {
+        // An answer that cannot say what it used (a model list, a file) is
+        // settled now and streams through untouched.
+        Some(metered) if !metered.inference => {
+            settle(&gate, metered, status.is_success(), None);
+            Body::new(Held {
+                body: incoming,
+                _place: place,
+            })
+        }
         Some(metered) => {
             window_headers(
                 &mut headers,
                 metered.admission.requests,
                 metered.admission.tokens,
             );
+            // Taking the usage event the gate asked for out of a stream
+            // changes its length.
+            if metered.strip_usage && events {
+                headers.remove(CONTENT_LENGTH);
+            }
             let meter = settle_when_done(&gate, metered, status.is_success(), events);
+            // The answer holds its place until its last chunk has gone.
+            let stream = Body::new(incoming).into_data_stream().map(move |chunk| {
+                let _place = &place;
+                chunk
+            });
             Body::from_stream(metered_stream(stream, meter))
         }
-        None => Body::from_stream(stream),
+        None => Body::new(Held {
+            body: incoming,
+            _place: place,
+        }),
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -417,8 +488,11 @@ async fn limit(
         },
         None => Charge::default(),
     };
-    let (model, strip_usage) = match inference {
-        Some(inference) => (inference.model.unwrap_or_default(), inference.strip_usage),
+    let (model, strip_usage) = match &inference {
+        Some(inference) => (
+            inference.model.clone().unwrap_or_default(),
+            inference.strip_usage,
+        ),
         None => (String::new(), false),
     };
     let metered = Metered {
@@ -428,6 +502,7 @@ async fn limit(
         charge,
         model,
         strip_usage,
+        inference: inference.is_some(),
     };
     Ok((body, Some(metered)))
 }
@@ -480,54 +555,75 @@ async fn read_whole(body: Body, max: u64) -> Result<Bytes, Response<Body>> {
 /// estimate, when the upstream did not say), and counts it for the usage
 /// report.
 fn settle_when_done(gate: &Gate, metered: Metered, succeeded: bool, events: bool) -> Meter {
-    let limiter = gate.limiter.clone();
+    let (limiter, metering) = settlers(gate);
+    Meter::new(events, metered.strip_usage, move |usage| {
+        settle_with(&limiter, metering, metered, succeeded, usage);
+    })
+}
+
+/// Settles a request now, with what its answer said it used (if anything).
+fn settle(gate: &Gate, metered: Metered, succeeded: bool, usage: Option<metering::Usage>) {
+    let (limiter, metering) = settlers(gate);
+    settle_with(&limiter, metering, metered, succeeded, usage);
+}
+
+/// What settling needs: the limiter, and usage and budgets (with keyplane).
+fn settlers(gate: &Gate) -> (Limiter, Option<(UsageRecorder, Budgets)>) {
     let metering = gate
         .metering
         .as_ref()
         .map(|m| (m.usage.clone(), m.budgets.clone()));
-    Meter::new(events, metered.strip_usage, move |usage| {
-        let charged = metered.admission.charged;
-        let used = match (succeeded, usage) {
-            (false, _) => 0,
-            (true, Some(usage)) => usage.total(),
-            (true, None) => charged,
+    (gate.limiter.clone(), metering)
+}
+
+fn settle_with(
+    limiter: &Limiter,
+    metering: Option<(UsageRecorder, Budgets)>,
+    metered: Metered,
+    succeeded: bool,
+    usage: Option<metering::Usage>,
+) {
+    let charged = metered.admission.charged;
+    let used = match (succeeded, usage) {
+        (false, _) => 0,
+        (true, Some(usage)) => usage.total(),
+        (true, None) => charged,
+    };
+    limiter.settle(metered.key_id, &metered.limits, charged, used);
+    let Some((recorder, budgets)) = metering else {
+        return;
+    };
+    let usage = usage.unwrap_or_default();
+    recorder.record(
+        metered.key_id,
+        &metered.model,
+        Used {
+            prompt_tokens: usage.prompt,
+            completion_tokens: usage.completion,
+            error: !succeeded,
+        },
+    );
+    if metered.charge != Charge::default() {
+        let budget_used = match (succeeded, usage.total()) {
+            (false, _) => Some(0),
+            (true, 0) => None,
+            (true, total) => Some(total),
         };
-        limiter.settle(metered.key_id, &metered.limits, charged, used);
-        let Some((recorder, budgets)) = metering else {
-            return;
-        };
-        let usage = usage.unwrap_or_default();
-        recorder.record(
-            metered.key_id,
-            &metered.model,
-            Used {
-                prompt_tokens: usage.prompt,
-                completion_tokens: usage.completion,
-                error: !succeeded,
-            },
-        );
-        if metered.charge != Charge::default() {
-            let budget_used = match (succeeded, usage.total()) {
-                (false, _) => Some(0),
-                (true, 0) => None,
-                (true, total) => Some(total),
-            };
-            tokio::spawn(async move {
-                budgets
-                    .settle(metered.key_id, metered.charge, budget_used)
-                    .await;
-            });
-        }
-    })
+        tokio::spawn(async move {
+            budgets
+                .settle(metered.key_id, metered.charge, budget_used)
+                .await;
+        });
+    }
 }
 
 /// `stream` read through `meter`, with what it holds back sent at the end.
 fn metered_stream<S>(
     stream: S,
     meter: Meter,
-) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static
+) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static
 where
-    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
 {
     futures_util::stream::unfold(Some((stream, meter)), |state| async move {
         let (mut stream, mut meter) = state?;
