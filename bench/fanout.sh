@@ -15,7 +15,7 @@ STREAMS=${STREAMS:-1000}
 ROUNDS=${ROUNDS:-30}
 WORKERS=${WORKERS:-2}
 
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p keyplane-server >&2
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p keyplane-server -p keyplane-bench-fanout >&2
 bench_setup
 ulimit -n "$(( STREAMS * 2 + 1024 ))" 2>/dev/null || true
 port=18185

@@ -4,7 +4,7 @@
 # perf, with the functions that take the most of it printed (self time,
 # and with what they call). See bench/README.md, "Where the time goes".
 #
-#   bench/profile.sh healthz              # or: introspect, hello
+#   bench/profile.sh healthz              # or: introspect, uncached, hello, gate
 #   DURATION=20 bench/profile.sh introspect
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,8 @@ for tool in wrk perf curl; do
 done
 
 # The release build as shipped; perf unwinds its stacks from DWARF CFI.
-cargo build --release --locked -p keyplane-server -p keyplane-bench-hello >&2
+[ -n "${SKIP_BUILD:-}" ] ||
+  cargo build --release --locked -p keyplane-server -p keyplane-gate -p keyplane-bench-hello >&2
 bin=target/release
 bench_setup
 port=18187
@@ -41,9 +42,18 @@ case "$TARGET" in
     bench_keyplane $port TOKIO_WORKER_THREADS=2
     introspect_fixture "$base"
     wrk_args=(-s "$work/introspect.lua" "$base/v1/introspect") ;;
-  *) echo "profile.sh: hello, healthz or introspect" >&2; exit 2 ;;
+  uncached)
+    # Introspection with the key cache off: every request reads PostgreSQL.
+    bench_keyplane $port TOKIO_WORKER_THREADS=2 KEYPLANE_INTROSPECTION_CACHE_CAPACITY=0
+    introspect_fixture "$base"
+    wrk_args=(-s "$work/introspect.lua" "$base/v1/introspect") ;;
+  gate)
+    # The gate forwarding GET /v1/models to hello, with a cached key.
+    gate_fixture $((port + 1)) $((port + 2)) $port
+    wrk_args=(-H "Authorization: Bearer $key" "$base/v1/models") ;;
+  *) echo "profile.sh: hello, healthz, introspect, uncached or gate" >&2; exit 2 ;;
 esac
-pid=${bench_pids[0]}
+pid=${gate_pid:-${bench_pids[0]}}
 
 wrk -t1 -c32 -d"$((DURATION + 2))s" "${wrk_args[@]}" >"$work/wrk.txt" &
 wrk_pid=$!
@@ -51,7 +61,7 @@ sleep 1
 perf record -F 999 --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sleep "$DURATION" 2>/dev/null
 wait "$wrk_pid"
 grep -E "Requests/sec|Non-2xx" "$work/wrk.txt"
-report() { perf report -i "$work/perf.data" -g none --percent-limit 0.1 --stdio "$@" 2>/dev/null | grep -E '^ +[0-9]' || true; }
+report() { perf report -i "$work/perf.data" -g none --percent-limit 0.1 --stdio "$@" 2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/ +/ /g; s/( -)+ *$//' || true; }
 echo "== self time, top $TOP =="
 report --no-children --sort dso,symbol | head -n "$TOP"
 echo "== with what they call, top $TOP =="

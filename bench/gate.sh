@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The gate against nginx's plain proxy_pass, both in front of the same
+# upstream (bench/hello), in one run: throughput and CPU per proxied
+# request (wrk -t1 -c32, the gate checking a cached key), and the latency
+# the gate adds to a chat completion, streamed and not, over calling the
+# upstream directly. Ratios against the same run's baselines, because
+# shared machines are noisy. See bench/README.md.
+#
+#   bench/gate.sh                        # 3 rounds, 10 s per measurement
+#   ROUNDS=5 DURATION=20 bench/gate.sh   # SKIP_BUILD=1 reuses the release binaries
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/postgres.sh
+source bench/lib.sh
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+ROUNDS=${ROUNDS:-3}
+SAMPLES=${SAMPLES:-2000}     # latency: requests of each kind, one at a time
+TICKS=$(getconf CLK_TCK)
+
+for tool in wrk curl nginx; do
+  command -v "$tool" >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk curl nginx-light >/dev/null 2>&1 ||
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk curl nginx >/dev/null
+    break
+  }
+done
+
+[ -n "${SKIP_BUILD:-}" ] ||
+  cargo build --release --locked -p keyplane-server -p keyplane-gate -p keyplane-bench-hello >&2
+bench_setup
+chmod 755 "$work"
+
+HELLO=18200; NGINX=18201; KEYPLANE=18202; GATE=18203
+gate_fixture $HELLO $KEYPLANE $GATE
+
+# nginx as the issue measures it: one worker, keep-alive to the upstream.
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  upstream hello { server 127.0.0.1:$HELLO; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / {
+      proxy_pass http://hello;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+nginx -p "$work/nginx" -c "$work/nginx.conf"
+bench_wait_for "http://127.0.0.1:$NGINX/"
+nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")")
+stop_nginx() { kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; }
+trap 'stop_nginx; bench_cleanup' EXIT
+
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# measure PID URL [WRK-ARGS...]: "req/s µs-of-CPU-per-request" of PID
+# (user + system from /proc); any answer but a 2xx voids the run.
+measure() {
+  local pid=$1; shift
+  local before after out
+  before=$(cpu_ticks "$pid")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$@")
+  after=$(cpu_ticks "$pid")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+    echo "gate.sh: failed answers from $*:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk -v before="$before" -v after="$after" -v ticks="$TICKS" '
+    / requests in / {requests = $1}
+    /Requests\/sec/ {rps = $2}
+    END {printf "%s %.1f\n", rps, (after - before) / ticks * 1e6 / requests}' <<<"$out"
+}
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+
+echo "gate against nginx proxy_pass: $(nproc) cores, wrk -t1 -c$CONNECTIONS, ${DURATION}s each, GET /v1/models (the gate checks a cached key)"
+for round in $(seq 1 "$ROUNDS"); do
+  read -r direct_rps direct_cpu < <(measure "$hello_pid" "http://127.0.0.1:$HELLO/v1/models")
+  read -r nginx_rps nginx_cpu < <(measure "$nginx_worker" "http://127.0.0.1:$NGINX/v1/models")
+  read -r gate_rps gate_cpu < <(measure "$gate_pid" -H "Authorization: Bearer $key" "http://127.0.0.1:$GATE/v1/models")
+  echo "round $round  direct $direct_rps req/s; nginx $nginx_rps req/s ($(ratio "$nginx_rps" "$direct_rps") of direct), ${nginx_cpu} µs CPU/req; gate $gate_rps req/s ($(ratio "$gate_rps" "$direct_rps") of direct), ${gate_cpu} µs CPU/req; gate/nginx $(ratio "$gate_rps" "$nginx_rps") (goal >= 0.90)"
+done
+
+echo "latency a chat completion sees, $SAMPLES requests of each, one at a time, direct, through nginx and through the gate in turn"
+python3 bench/gate_latency.py --direct "http://127.0.0.1:$HELLO" --nginx "http://127.0.0.1:$NGINX" --gate "http://127.0.0.1:$GATE" \
+  --key "$key" --samples "$SAMPLES"
