@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,10 +41,18 @@ impl<V> Clone for Entry<V> {
 
 type Load<V, E> = Shared<BoxFuture<'static, Result<Known<V>, Arc<E>>>>;
 
+/// A load under way, and which one (a later load of the same digest is another).
+struct Running<V, E> {
+    id: u64,
+    load: Load<V, E>,
+}
+
 /// A bounded cache of what is known by digest, with loads coalesced.
 pub struct DigestCache<V, E> {
     entries: quick_cache::sync::Cache<Digest, Entry<V>>,
-    loads: Mutex<HashMap<Digest, Load<V, E>>>,
+    loads: Mutex<HashMap<Digest, Running<V, E>>>,
+    /// The id of the next load.
+    next_load: AtomicU64,
     began: Instant,
     /// How long a known credential is kept, and how long "none".
     known_for: Duration,
@@ -61,6 +70,7 @@ where
         DigestCache {
             entries: quick_cache::sync::Cache::new(capacity),
             loads: Mutex::default(),
+            next_load: AtomicU64::new(0),
             began: Instant::now(),
             known_for,
             unknown_for,
@@ -97,28 +107,38 @@ where
 
     /// What is known about `digest`, loaded by `load` (and kept) when it
     /// is not cached. Requests that miss the same digest meanwhile wait on
-    /// the same load and share its answer or its error.
+    /// the same load and share its answer or its error; when every one of
+    /// them has gone (their clients hung up), the load is dropped with
+    /// them, never left holding what it holds (a connection, a turn).
     pub async fn try_get_with<F>(&self, digest: Digest, load: F) -> Result<Known<V>, Arc<E>>
     where
         F: Future<Output = Result<Known<V>, E>> + Send + 'static,
     {
-        let shared = {
+        let mut waiter = {
             let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
             // A load that finished since the caller looked has kept its answer.
             if let Some(known) = self.get(&digest) {
                 return Ok(known);
             }
-            loads
-                .entry(digest)
-                .or_insert_with(|| load.map(|r| r.map_err(Arc::new)).boxed().shared())
-                .clone()
+            let running = loads.entry(digest).or_insert_with(|| Running {
+                id: self.next_load.fetch_add(1, Ordering::Relaxed),
+                load: load.map(|r| r.map_err(Arc::new)).boxed().shared(),
+            });
+            Waiter {
+                cache: self,
+                digest,
+                id: running.id,
+                load: running.load.clone(),
+                done: false,
+            }
         };
-        let result = shared.clone().await;
+        let result = (&mut waiter.load).await;
+        waiter.done = true;
         // Whoever sees the load finish first keeps its answer and retires it.
         let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
         if loads
             .get(&digest)
-            .is_some_and(|running| running.ptr_eq(&shared))
+            .is_some_and(|running| running.id == waiter.id)
         {
             loads.remove(&digest);
             if let Ok(known) = &result {
@@ -146,6 +166,36 @@ where
     /// How many entries are cached (expired ones included until evicted).
     pub fn entry_count(&self) -> u64 {
         self.entries.len() as u64
+    }
+}
+
+/// A request waiting on a load. Gone before the load finished (its
+/// client hung up), and the last to wait on it, it drops the load too.
+struct Waiter<'a, V, E> {
+    cache: &'a DigestCache<V, E>,
+    digest: Digest,
+    id: u64,
+    load: Load<V, E>,
+    done: bool,
+}
+
+impl<V, E> Drop for Waiter<'_, V, E> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut loads = self
+            .cache
+            .loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Two holders left, the table and this waiter: nobody else waits.
+        if loads
+            .get(&self.digest)
+            .is_some_and(|running| running.id == self.id && running.load.strong_count() == Some(2))
+        {
+            loads.remove(&self.digest);
+        }
     }
 }
 
@@ -207,6 +257,33 @@ mod tests {
             matches!(cache.get(&[2; 32]), Some(None)),
             "none is kept too"
         );
+    }
+
+    #[tokio::test]
+    async fn a_load_nobody_waits_for_any_more_is_dropped_with_what_it_holds() {
+        let cache = cache();
+        let held = Arc::new(());
+        let load = {
+            let held = held.clone();
+            async move {
+                let _held = held;
+                std::future::pending::<()>().await;
+                Ok(None)
+            }
+        };
+        let waiting = cache.try_get_with([5; 32], load);
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), waiting).await;
+        assert!(gave_up.is_err(), "the load never finishes");
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "the load, and what it held, are gone"
+        );
+        let known = cache
+            .try_get_with([5; 32], async { Ok(None) })
+            .await
+            .unwrap();
+        assert!(known.is_none(), "a later request loads again");
     }
 
     #[tokio::test]
