@@ -17,7 +17,6 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-3}
 SAMPLES=${SAMPLES:-2000}     # latency: requests of each kind, one at a time
-TICKS=$(getconf CLK_TCK)
 
 for tool in wrk curl nginx; do
   command -v "$tool" >/dev/null || {
@@ -67,33 +66,13 @@ nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")")
 stop_nginx() { kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; }
 trap 'stop_nginx; bench_cleanup' EXIT
 
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# measure PID URL [WRK-ARGS...]: "req/s µs-of-CPU-per-request" of PID
-# (user + system from /proc); any answer but a 2xx voids the run.
-measure() {
-  local pid=$1; shift
-  local before after out
-  before=$(cpu_ticks "$pid")
-  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$@")
-  after=$(cpu_ticks "$pid")
-  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
-    echo "gate.sh: failed answers from $*:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
-  awk -v before="$before" -v after="$after" -v ticks="$TICKS" '
-    / requests in / {requests = $1}
-    /Requests\/sec/ {rps = $2}
-    END {printf "%s %.1f\n", rps, (after - before) / ticks * 1e6 / requests}' <<<"$out"
-}
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
 echo "gate against nginx proxy_pass: $(nproc) cores, wrk -t1 -c$CONNECTIONS, ${DURATION}s each, GET /v1/models (the gate checks a cached key)"
 for round in $(seq 1 "$ROUNDS"); do
-  read -r direct_rps direct_cpu < <(measure "$hello_pid" "http://127.0.0.1:$HELLO/v1/models")
-  read -r nginx_rps nginx_cpu < <(measure "$nginx_worker" "http://127.0.0.1:$NGINX/v1/models")
-  read -r gate_rps gate_cpu < <(measure "$gate_pid" -H "Authorization: Bearer $key" "http://127.0.0.1:$GATE/v1/models")
+  read -r direct_rps direct_cpu < <(bench_measure "$hello_pid" "http://127.0.0.1:$HELLO/v1/models")
+  read -r nginx_rps nginx_cpu < <(bench_measure "$nginx_worker" "http://127.0.0.1:$NGINX/v1/models")
+  read -r gate_rps gate_cpu < <(bench_measure "$gate_pid" -H "Authorization: Bearer $key" "http://127.0.0.1:$GATE/v1/models")
   echo "round $round  direct $direct_rps req/s; nginx $nginx_rps req/s ($(ratio "$nginx_rps" "$direct_rps") of direct), ${nginx_cpu} µs CPU/req; gate $gate_rps req/s ($(ratio "$gate_rps" "$direct_rps") of direct), ${gate_cpu} µs CPU/req; gate/nginx $(ratio "$gate_rps" "$nginx_rps") (goal >= 0.90)"
 done
 

@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
+source bench/lib.sh
 
 DURATION=${DURATION:-10}
 RATE=${RATE:-400}            # requests per second, in all
@@ -114,16 +115,7 @@ latency() {
   local url=$1 key=$2
   hey -z "${DURATION}s" -c "$CONNECTIONS" -q $(( RATE / CONNECTIONS )) -m POST -T application/json \
     -D "$body" -H "Authorization: Bearer $key" -o csv "$url/v1/chat/completions" >"$work/hey.csv"
-  python3 - "$work/hey.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-bad = [r["status-code"] for r in rows if r["status-code"] != "200"]
-if not rows or bad:
-    sys.exit(f"{len(bad)} of {len(rows)} answers were not 200 ({sorted(set(bad))}): the run is void")
-times = sorted(float(r["response-time"]) * 1000 for r in rows)
-pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
-print(f"{pick(0.50):.3f} {pick(0.99):.3f}")
-PY
+  bench_percentiles "$work/hey.csv"
 }
 
 # Warm every path (connections, caches, the first lease).

@@ -18,7 +18,6 @@ ROUNDS=${ROUNDS:-200}
 # Throughput rounds: hello, /healthz and cached introspection, one after
 # another, THROUGHPUT_ROUNDS times.
 THROUGHPUT_ROUNDS=${THROUGHPUT_ROUNDS:-3}
-TICKS=$(getconf CLK_TCK)
 
 for tool in wrk hey curl; do
   command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hey curl >/dev/null; break; }
@@ -71,26 +70,6 @@ start_keyplane $A
 base="http://127.0.0.1:$A"
 introspect_fixture "$base"
 
-# measure PID WRK-ARGS...: "req/s µs-of-CPU-per-request" for the process PID
-# (user + system time from /proc, steadier than req/s on a shared machine).
-# Any answer that is not a 2xx fails the run: it is not throughput.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-measure() {
-  local pid=$1; shift
-  local before after out
-  before=$(cpu_ticks "$pid")
-  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$@")
-  after=$(cpu_ticks "$pid")
-  if grep -q "Non-2xx" <<<"$out"; then
-    echo "introspect.sh: non-2xx answers from $*:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
-  awk -v before="$before" -v after="$after" -v ticks="$TICKS" '
-    / requests in / {requests = $1}
-    /Requests\/sec/ {rps = $2}
-    END {printf "%s %.1f\n", rps, (after - before) / ticks * 1e6 / requests}' <<<"$out"
-}
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 # p50 and p99 in ms from hey at a fixed offered load (RATE in all, spread over the connections).
 latency() {
@@ -108,9 +87,9 @@ hello_pid=$!
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$HELLO/" >/dev/null 2>&1 && break; sleep 0.1; done
 keyplane_pid=${pids[0]}
 for round in $(seq 1 "$THROUGHPUT_ROUNDS"); do
-  read -r hello_rps hello_cpu < <(measure "$hello_pid" "http://127.0.0.1:$HELLO/")
-  read -r healthz_rps healthz_cpu < <(measure "$keyplane_pid" "$base/healthz")
-  read -r cached_rps cached_cpu < <(measure "$keyplane_pid" -s "$work/introspect.lua" "$base/v1/introspect")
+  read -r hello_rps hello_cpu < <(bench_measure "$hello_pid" "http://127.0.0.1:$HELLO/")
+  read -r healthz_rps healthz_cpu < <(bench_measure "$keyplane_pid" "$base/healthz")
+  read -r cached_rps cached_cpu < <(bench_measure "$keyplane_pid" -s "$work/introspect.lua" "$base/v1/introspect")
   echo "round $round     hello $hello_rps req/s, ${hello_cpu} µs CPU/req; healthz $healthz_rps req/s, ${healthz_cpu} µs, $(ratio "$healthz_rps" "$hello_rps") of hello (goal >= 0.90); cached introspection $cached_rps req/s, ${cached_cpu} µs, $(ratio "$cached_rps" "$hello_rps") of hello (goal >= 0.80)"
 done
 kill "$hello_pid"; wait "$hello_pid" 2>/dev/null || true; hello_pid=
@@ -123,7 +102,7 @@ echo "latency at $RATE req/s  healthz p50 ${h50} ms p99 ${h99} ms; cached intros
 
 stop_last_keyplane
 start_keyplane $A KEYPLANE_INTROSPECTION_CACHE_CAPACITY=0
-read -r uncached_rps uncached_cpu < <(measure "${pids[-1]}" -s "$work/introspect.lua" "$base/v1/introspect")
+read -r uncached_rps uncached_cpu < <(bench_measure "${pids[-1]}" -s "$work/introspect.lua" "$base/v1/introspect")
 "$KEYPLANE_PG_BIN/pgbench" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres -i -q pgbench >/dev/null 2>&1
 pgbench_tps=$("$KEYPLANE_PG_BIN/pgbench" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres -S -M prepared \
   -c "$CONNECTIONS" -j 1 -T "$DURATION" pgbench 2>/dev/null | awk '/^tps/ {print $3; exit}')

@@ -92,3 +92,40 @@ gate_fixture() {
   bench_wait_for "http://127.0.0.1:$gate/_keyplane/healthz"
   bench_wait_for -H "Authorization: Bearer $key" "http://127.0.0.1:$gate/v1/models"
 }
+
+# bench_measure PID WRK-ARGS...: "req/s µs-of-CPU-per-request" of process
+# PID (user + system time from /proc, steadier than req/s on a shared
+# machine) under wrk -t1 -c$CONNECTIONS for $DURATION s. Any answer but a
+# 2xx, or a socket error, fails the run: it is not throughput.
+bench_measure() {
+  local pid=$1 before after out
+  shift
+  before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$@")
+  after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+    echo "${0##*/}: failed answers from $*:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk -v before="$before" -v after="$after" -v ticks="$(getconf CLK_TCK)" '
+    / requests in / {requests = $1}
+    /Requests\/sec/ {rps = $2}
+    END {printf "%s %.1f\n", rps, (after - before) / ticks * 1e6 / requests}' <<<"$out"
+}
+
+# bench_percentiles CSV: "p50 p99" in ms from hey's per-request times
+# (`hey -o csv`; its summary rounds to 0.1 ms). Any answer but 200 voids
+# the run.
+bench_percentiles() {
+  python3 - "$1" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+bad = [r["status-code"] for r in rows if r["status-code"] != "200"]
+if not rows or bad:
+    sys.exit(f"{len(bad)} of {len(rows)} answers were not 200 ({sorted(set(bad))}): the run is void")
+times = sorted(float(r["response-time"]) * 1000 for r in rows)
+pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
+print(f"{pick(0.50):.3f} {pick(0.99):.3f}")
+PY
+}

@@ -24,6 +24,10 @@ KEYS=${KEYS:-1000000}          # keys in all, at the large size
 INSTANCES=${INSTANCES:-10000}  # instances in all, at the large size
 CACHED=${CACHED:-100000}       # keys filled into the cache for the memory figure
 
+if (( CACHED / 10 > INSTANCES || CACHED > KEYS )); then
+  echo "scale.sh: the CACHED keys are 10 an instance: it needs INSTANCES >= CACHED / 10 and KEYS >= CACHED" >&2
+  exit 2
+fi
 for tool in wrk hey curl; do
   command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hey curl >/dev/null; break; }
 done
@@ -110,16 +114,7 @@ latency() {
   hey -z "${DURATION}s" -c 16 -q $(( RATE / 16 )) -m POST -T application/x-www-form-urlencoded \
     -H "Authorization: Bearer ${node_key[$1]}" -d "token=$secret&scope=inference:chat" -o csv \
     "http://127.0.0.1:${port[$1]}/v1/introspect" >"$work/hey.csv"
-  python3 - "$work/hey.csv" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-bad = [r["status-code"] for r in rows if r["status-code"] != "200"]
-if not rows or bad:
-    sys.exit(f"{len(bad)} of {len(rows)} answers were not 200 ({sorted(set(bad))}): the run is void")
-times = sorted(float(r["response-time"]) * 1000 for r in rows)
-pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
-print(f"{pick(0.50):.3f} {pick(0.99):.3f}")
-PY
+  bench_percentiles "$work/hey.csv"
 }
 times() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
