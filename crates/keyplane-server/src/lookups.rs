@@ -58,38 +58,62 @@ impl Lookups {
 
     /// The facts about the key of `digest`.
     pub async fn key_facts(&self, digest: &[u8]) -> Result<Option<KeyFacts>, StoreError> {
-        let mut lent = self.lend().await?;
-        let facts = match lent.as_mut().and_then(Lent::connection) {
-            Some(connection) => introspection::key_facts(connection, digest).await,
-            None => introspection::key_facts(&self.pool, digest).await,
-        };
-        if facts.is_ok()
-            && let Some(lent) = lent
-        {
-            lent.give_back();
+        let mut fresh = false;
+        loop {
+            let mut lent = self.lend(fresh).await?;
+            let facts = match lent.as_mut().and_then(Lent::connection) {
+                Some(connection) => introspection::key_facts(connection, digest).await,
+                None => return introspection::key_facts(&self.pool, digest).await,
+            };
+            match facts {
+                Ok(facts) => {
+                    if let Some(lent) = lent {
+                        lent.give_back();
+                    }
+                    return Ok(facts);
+                }
+                // A connection kept here that broke (a failover, a restart)
+                // is closed, and the lookup tried once more on a new one,
+                // as the pool's ping before use would have.
+                Err(StoreError::Unavailable(_)) if !fresh && lent.is_some_and(|l| l.reused) => {
+                    fresh = true;
+                }
+                Err(err) => return Err(err),
+            }
         }
-        facts
     }
 
     /// The facts about the node whose key has `digest`.
     pub async fn node_facts(&self, digest: &[u8]) -> Result<Option<NodeFacts>, StoreError> {
-        let mut lent = self.lend().await?;
-        let facts = match lent.as_mut().and_then(Lent::connection) {
-            Some(connection) => introspection::node_facts(connection, digest).await,
-            None => introspection::node_facts(&self.pool, digest).await,
-        };
-        if facts.is_ok()
-            && let Some(lent) = lent
-        {
-            lent.give_back();
+        let mut fresh = false;
+        loop {
+            let mut lent = self.lend(fresh).await?;
+            let facts = match lent.as_mut().and_then(Lent::connection) {
+                Some(connection) => introspection::node_facts(connection, digest).await,
+                None => return introspection::node_facts(&self.pool, digest).await,
+            };
+            match facts {
+                Ok(facts) => {
+                    if let Some(lent) = lent {
+                        lent.give_back();
+                    }
+                    return Ok(facts);
+                }
+                // A connection kept here that broke (a failover, a restart)
+                // is closed, and the lookup tried once more on a new one,
+                // as the pool's ping before use would have.
+                Err(StoreError::Unavailable(_)) if !fresh && lent.is_some_and(|l| l.reused) => {
+                    fresh = true;
+                }
+                Err(err) => return Err(err),
+            }
         }
-        facts
     }
 
     /// A connection for one lookup, once it is this lookup's turn (within
-    /// the pool's acquire timeout): an idle one, or a new one. None when
-    /// lookups use the pool.
-    async fn lend(&self) -> Result<Option<Lent<'_>>, StoreError> {
+    /// the pool's acquire timeout): an idle one (unless `fresh`), or a new
+    /// one. None when lookups use the pool.
+    async fn lend(&self, fresh: bool) -> Result<Option<Lent<'_>>, StoreError> {
         if self.most == 0 {
             return Ok(None);
         }
@@ -99,15 +123,16 @@ impl Lookups {
             Ok(Err(_closed)) => return Ok(None),
             Err(_) => return Err(sqlx::Error::PoolTimedOut.into()),
         };
-        loop {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let Some((mut connection, since)) = idle else {
-                break;
-            };
+        // Reused unless asked for a fresh one.
+        while let Some((mut connection, since)) = (!fresh)
+            .then(|| {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop()
+            })
+            .flatten()
+        {
             // One that fails the ping (broken while it waited: a failover,
             // a restart) is closed.
             if since.elapsed() < PING_WHEN_IDLE_FOR
@@ -115,6 +140,7 @@ impl Lookups {
             {
                 return Ok(Some(Lent {
                     connection: Some(connection),
+                    reused: true,
                     lookups: self,
                     _turn: turn,
                 }));
@@ -125,6 +151,7 @@ impl Lookups {
         let pooled = self.pool.acquire().await?;
         Ok(Some(Lent {
             connection: Some(pooled.detach()),
+            reused: false,
             lookups: self,
             _turn: turn,
         }))
@@ -135,6 +162,8 @@ impl Lookups {
 /// is closed (what state it is in is not known), and its turn passes on.
 struct Lent<'a> {
     connection: Option<PgConnection>,
+    /// Whether it served an earlier lookup (and may have broken since).
+    reused: bool,
     lookups: &'a Lookups,
     _turn: SemaphorePermit<'a>,
 }

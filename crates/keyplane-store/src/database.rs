@@ -187,27 +187,11 @@ fn describe(options: &PgConnectOptions) -> String {
     )
 }
 
-/// A connection idle this long is pinged before it is used again.
-const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// How every pool is built. sqlx pings each connection it hands out by
-/// default: a second round trip on every query, half the budget of a lookup
-/// that needs one. A connection in steady use is live; one that sat idle
-/// (long enough for a failover, a restart, a dropped NAT entry) is pinged,
-/// and replaced when the ping fails.
+/// How every pool is built.
 fn pool_options(settings: &PoolSettings) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_WHEN_IDLE_FOR {
-                    sqlx::Connection::ping(connection).await?;
-                }
-                Ok(true)
-            })
-        })
 }
 
 async fn connect_with_retry(
