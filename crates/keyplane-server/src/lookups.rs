@@ -24,6 +24,37 @@ const MOST: usize = 8;
 /// A connection idle this long is pinged before it is used again.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// Runs `$query(executor, $digest)` (a lookup of `keyplane_store::introspection`)
+/// on a connection lent by `$lookups`, or on the pool when none are kept. A
+/// connection kept here that broke (a failover, a restart) is closed, and
+/// the lookup tried once more on a new one, as the pool's ping before use
+/// would have. A macro, because the lookups differ only in their query
+/// and what it answers.
+macro_rules! look_up {
+    ($lookups:ident, $query:path, $digest:expr) => {{
+        let mut fresh = false;
+        loop {
+            let mut lent = $lookups.lend(fresh).await?;
+            let facts = match lent.as_mut().and_then(Lent::connection) {
+                Some(connection) => $query(connection, $digest).await,
+                None => return $query(&$lookups.pool, $digest).await,
+            };
+            match facts {
+                Ok(facts) => {
+                    if let Some(lent) = lent {
+                        lent.give_back();
+                    }
+                    return Ok(facts);
+                }
+                Err(StoreError::Unavailable(_)) if !fresh && lent.is_some_and(|l| l.reused) => {
+                    fresh = true;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }};
+}
+
 /// The connections kept for lookups.
 pub struct Lookups {
     pool: PgPool,
@@ -58,56 +89,12 @@ impl Lookups {
 
     /// The facts about the key of `digest`.
     pub async fn key_facts(&self, digest: &[u8]) -> Result<Option<KeyFacts>, StoreError> {
-        let mut fresh = false;
-        loop {
-            let mut lent = self.lend(fresh).await?;
-            let facts = match lent.as_mut().and_then(Lent::connection) {
-                Some(connection) => introspection::key_facts(connection, digest).await,
-                None => return introspection::key_facts(&self.pool, digest).await,
-            };
-            match facts {
-                Ok(facts) => {
-                    if let Some(lent) = lent {
-                        lent.give_back();
-                    }
-                    return Ok(facts);
-                }
-                // A connection kept here that broke (a failover, a restart)
-                // is closed, and the lookup tried once more on a new one,
-                // as the pool's ping before use would have.
-                Err(StoreError::Unavailable(_)) if !fresh && lent.is_some_and(|l| l.reused) => {
-                    fresh = true;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        look_up!(self, introspection::key_facts, digest)
     }
 
     /// The facts about the node whose key has `digest`.
     pub async fn node_facts(&self, digest: &[u8]) -> Result<Option<NodeFacts>, StoreError> {
-        let mut fresh = false;
-        loop {
-            let mut lent = self.lend(fresh).await?;
-            let facts = match lent.as_mut().and_then(Lent::connection) {
-                Some(connection) => introspection::node_facts(connection, digest).await,
-                None => return introspection::node_facts(&self.pool, digest).await,
-            };
-            match facts {
-                Ok(facts) => {
-                    if let Some(lent) = lent {
-                        lent.give_back();
-                    }
-                    return Ok(facts);
-                }
-                // A connection kept here that broke (a failover, a restart)
-                // is closed, and the lookup tried once more on a new one,
-                // as the pool's ping before use would have.
-                Err(StoreError::Unavailable(_)) if !fresh && lent.is_some_and(|l| l.reused) => {
-                    fresh = true;
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        look_up!(self, introspection::node_facts, digest)
     }
 
     /// A connection for one lookup, once it is this lookup's turn (within
