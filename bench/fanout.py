@@ -7,10 +7,10 @@ and times, for each stream, from the revoke call's answer to that key's
 run, as the baseline. While N streams are open, a prober times cached
 introspection calls, to show what the streams cost everyone else.
 
-The streams are read by bench/fanout-reader (Rust, a few microseconds a
-stream), which notes when each event's bytes arrived (wall-clock, the same
-clock this script reads); an asyncio reader spent more time on 1,000
-sockets than keyplane did.
+The streams are read by bench/fanout-reader (Rust), which notes when each
+event's bytes arrived (wall-clock, the same clock this script reads). With
+the asyncio reader it replaced, on the same two cores, delivery p99 over
+1,000 streams was 37-44 ms; with it, 13 ms (bench/README.md).
 """
 
 from __future__ import annotations

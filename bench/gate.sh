@@ -30,41 +30,21 @@ done
 [ -n "${SKIP_BUILD:-}" ] ||
   cargo build --release --locked -p keyplane-server -p keyplane-gate -p keyplane-bench-hello >&2
 bench_setup
-chmod 755 "$work"
 
 HELLO=18200; NGINX=18201; KEYPLANE=18202; GATE=18203
 gate_fixture $HELLO $KEYPLANE $GATE
 
 # nginx as the issue measures it: one worker, keep-alive to the upstream.
-mkdir -p "$work/nginx/logs"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
-  proxy_temp_path $work/nginx;
-  fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx;
-  scgi_temp_path $work/nginx;
-  upstream hello { server 127.0.0.1:$HELLO; keepalive 64; }
+bench_nginx "  upstream hello { server 127.0.0.1:$HELLO; keepalive 64; }
   server {
     listen 127.0.0.1:$NGINX;
     location / {
       proxy_pass http://hello;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
     }
-  }
-}
-NGINX
-nginx -p "$work/nginx" -c "$work/nginx.conf"
+  }"
 bench_wait_for "http://127.0.0.1:$NGINX/"
-nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")")
-stop_nginx() { kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; }
-trap 'stop_nginx; bench_cleanup' EXIT
 
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 

@@ -28,62 +28,19 @@ for tool in hey curl nginx; do
 done
 
 cargo build --release --locked -p keyplane-server -p keyplane-gate >&2
-start_postgres
-"$KEYPLANE_PG_BIN/createdb" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres bench
-database_url="${KEYPLANE_TEST_DATABASE_URL%/*}/bench"
-token="bench-bootstrap-token-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-master=$(head -c 32 /dev/urandom | base64)
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-  stop_postgres
-}
-trap cleanup EXIT
-
-wait_for() {
-  for _ in $(seq 1 300); do
-    curl -fsS "$1" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "not up: $1" >&2
-  return 1
-}
+bench_setup
 
 # The upstream: nginx answering every chat completion with the same body,
 # usage block included, as fast as anything on this machine can.
 UPSTREAM=18190; KEYPLANE=18191; GATE_FREE=18192; GATE_LIMITED=18193
 answer='{"id":"chatcmpl-bench","object":"chat.completion","created":0,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}'
-mkdir -p "$work/nginx/logs"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
-  proxy_temp_path $work/nginx;
-  fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx;
-  scgi_temp_path $work/nginx;
-  server {
+bench_nginx "  server {
     listen 127.0.0.1:$UPSTREAM;
     location / { default_type application/json; return 200 '$answer'; }
-  }
-}
-NGINX
-nginx -p "$work/nginx" -c "$work/nginx.conf"
-wait_for "http://127.0.0.1:$UPSTREAM/v1/models"
+  }"
+bench_wait_for "http://127.0.0.1:$UPSTREAM/v1/models"
 
-env DATABASE_URL="$database_url" KEYPLANE_LISTEN="127.0.0.1:$KEYPLANE" KEYPLANE_BOOTSTRAP_TOKEN="$token" \
-  KEYPLANE_MASTER_KEY="$master" RUST_LOG=warn target/release/keyplane serve >>"$work/keyplane.log" 2>&1 &
-pids+=($!)
-wait_for "http://127.0.0.1:$KEYPLANE/readyz"
+bench_keyplane $KEYPLANE
 base="http://127.0.0.1:$KEYPLANE"
 admin() { curl -fsS -H "Authorization: Bearer $token" -H 'content-type: application/json' "$@"; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
@@ -100,8 +57,8 @@ start_gate() {
   node=$(admin -d "{\"name\": \"gate-$1\"}" "$base/v1/nodes" | field secret)
   env KEYPLANE_URL="$base" KEYPLANE_NODE_KEY="$node" KEYPLANE_GATE_UPSTREAM="http://127.0.0.1:$UPSTREAM" \
     KEYPLANE_GATE_LISTEN="127.0.0.1:$1" RUST_LOG=warn target/release/keyplane-gate >>"$work/gate-$1.log" 2>&1 &
-  pids+=($!)
-  wait_for "http://127.0.0.1:$1/_keyplane/healthz"
+  bench_pids+=($!)
+  bench_wait_for "http://127.0.0.1:$1/_keyplane/healthz"
 }
 start_gate $GATE_FREE
 start_gate $GATE_LIMITED

@@ -24,46 +24,13 @@ for tool in wrk hey curl; do
 done
 
 cargo build --release --locked -p keyplane-server -p keyplane-bench-hello >&2
-bin=target/release/keyplane
-start_postgres
-"$KEYPLANE_PG_BIN/createdb" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres bench
+bench_setup
 "$KEYPLANE_PG_BIN/createdb" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres pgbench
-database_url="${KEYPLANE_TEST_DATABASE_URL%/*}/bench"
-token="bench-bootstrap-token-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-master=$(head -c 32 /dev/urandom | base64)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}" ${hello_pid:-}; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-  stop_postgres
-}
-trap cleanup EXIT
 
-# start_keyplane PORT [VAR=VALUE ...]: a release server on this database.
-start_keyplane() {
-  local port=$1; shift
-  # The node's own limits (50,000 requests/s, and 500 lookups/s of keys no
-  # cache holds, by default) are lifted: a benchmark counts answers, and a
-  # 429 is not one.
-  env DATABASE_URL="$database_url" KEYPLANE_LISTEN="127.0.0.1:$port" KEYPLANE_BOOTSTRAP_TOKEN="$token" \
-    KEYPLANE_MASTER_KEY="$master" TOKIO_WORKER_THREADS="$WORKERS" KEYPLANE_RATE_NODE=100000000 KEYPLANE_RATE_MISSES_NODE=100000000 \
-    KEYPLANE_RATE_MISSES_ADDRESS=100000000 RUST_LOG=warn "$@" \
-    "$bin" serve >>"$work/keyplane-$port.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 300); do
-    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  cat "$work/keyplane-$port.log" >&2
-  return 1
-}
-stop_last_keyplane() {
-  local last=$(( ${#pids[@]} - 1 ))
-  kill "${pids[$last]}"; wait "${pids[$last]}" 2>/dev/null || true
-  unset "pids[$last]"; pids=("${pids[@]}")
-}
+# start_keyplane PORT [VAR=VALUE ...]: a release server on this database,
+# with WORKERS tokio workers.
+start_keyplane() { bench_keyplane "$1" TOKIO_WORKER_THREADS="$WORKERS" "${@:2}"; }
+stop_last_keyplane() { bench_stop "${bench_pids[-1]}"; }
 
 A=18181; B=18182
 start_keyplane $A
@@ -82,17 +49,18 @@ curl -fsS -X POST -H "Authorization: Bearer $node_key" -d "token=$key" "$base/v1
 
 # The limit: axum's hello world (bench/hello), measured in every round.
 HELLO=18180
+keyplane_pid=${bench_pids[0]}
 HELLO_LISTEN="127.0.0.1:$HELLO" target/release/keyplane-bench-hello >>"$work/hello.log" 2>&1 &
 hello_pid=$!
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$HELLO/" >/dev/null 2>&1 && break; sleep 0.1; done
-keyplane_pid=${pids[0]}
+bench_pids+=("$hello_pid")
+bench_wait_for "http://127.0.0.1:$HELLO/"
 for round in $(seq 1 "$THROUGHPUT_ROUNDS"); do
   read -r hello_rps hello_cpu < <(bench_measure "$hello_pid" "http://127.0.0.1:$HELLO/")
   read -r healthz_rps healthz_cpu < <(bench_measure "$keyplane_pid" "$base/healthz")
   read -r cached_rps cached_cpu < <(bench_measure "$keyplane_pid" -s "$work/introspect.lua" "$base/v1/introspect")
   echo "round $round     hello $hello_rps req/s, ${hello_cpu} µs CPU/req; healthz $healthz_rps req/s, ${healthz_cpu} µs, $(ratio "$healthz_rps" "$hello_rps") of hello (goal >= 0.90); cached introspection $cached_rps req/s, ${cached_cpu} µs, $(ratio "$cached_rps" "$hello_rps") of hello (goal >= 0.80)"
 done
-kill "$hello_pid"; wait "$hello_pid" 2>/dev/null || true; hello_pid=
+bench_stop "$hello_pid"
 echo "throughput  healthz $healthz_rps req/s; cached introspection $cached_rps req/s; ratio $(ratio "$cached_rps" "$healthz_rps") (last round, against healthz)"
 
 read -r h50 h99 < <(latency "$base/healthz")
@@ -102,7 +70,7 @@ echo "latency at $RATE req/s  healthz p50 ${h50} ms p99 ${h99} ms; cached intros
 
 stop_last_keyplane
 start_keyplane $A KEYPLANE_INTROSPECTION_CACHE_CAPACITY=0
-read -r uncached_rps uncached_cpu < <(bench_measure "${pids[-1]}" -s "$work/introspect.lua" "$base/v1/introspect")
+read -r uncached_rps uncached_cpu < <(bench_measure "${bench_pids[-1]}" -s "$work/introspect.lua" "$base/v1/introspect")
 "$KEYPLANE_PG_BIN/pgbench" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres -i -q pgbench >/dev/null 2>&1
 pgbench_tps=$("$KEYPLANE_PG_BIN/pgbench" -h 127.0.0.1 -p "$KEYPLANE_PG_PORT" -U postgres -S -M prepared \
   -c "$CONNECTIONS" -j 1 -T "$DURATION" pgbench 2>/dev/null | awk '/^tps/ {print $3; exit}')

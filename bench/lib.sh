@@ -18,6 +18,7 @@ bench_setup() {
 bench_cleanup() {
   local pid
   for pid in "${bench_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
   wait 2>/dev/null || true
   rm -rf "$work"
   stop_postgres
@@ -128,4 +129,38 @@ times = sorted(float(r["response-time"]) * 1000 for r in rows)
 pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]
 print(f"{pick(0.50):.3f} {pick(0.99):.3f}")
 PY
+}
+
+# bench_stop PID: stops a process started for the run, and forgets it.
+bench_stop() {
+  local pid=$1 kept=() other
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for other in "${bench_pids[@]}"; do [ "$other" = "$pid" ] || kept+=("$other"); done
+  bench_pids=("${kept[@]}")
+}
+
+# bench_nginx HTTP-BLOCK: nginx with one worker, its files in $work/nginx,
+# serving what HTTP-BLOCK (upstreams, servers) says; $nginx_worker is its
+# worker's pid. bench_cleanup stops it.
+bench_nginx() {
+  mkdir -p "$work/nginx/logs"
+  chmod 755 "$work"
+  cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+$1
+}
+NGINX
+  nginx -p "$work/nginx" -c "$work/nginx.conf"
+  nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")")
 }

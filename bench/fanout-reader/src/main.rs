@@ -4,8 +4,8 @@
 //! stream has said `ready`, and then, for each revoked key every stream has
 //! seen, one line: `event KEY-ID NS...`, the wall-clock time (nanoseconds
 //! since the Unix epoch) when the bytes completing the event arrived at
-//! each stream. Reading in Rust on a runtime of its own costs a few
-//! microseconds a stream, so what is timed is keyplane, not the reader.
+//! each stream. It only notes times and looks for key ids, so that what is
+//! timed is mostly keyplane, not the reader.
 
 use std::collections::HashMap;
 use std::io::Write as _;
