@@ -10,19 +10,29 @@
 //! - an idle deadline: a connection with no request in flight (a response
 //!   still streaming counts as in flight) is closed after `idle_timeout`,
 //!   for HTTP/1 keep-alive and HTTP/2 alike;
-//! - shutdown that stops accepting and waits for the requests in flight.
+//! - shutdown that stops accepting and waits for the requests in flight;
+//! - an HTTP/1 connection kept for the next request after an answer given
+//!   without reading the request's body (a refusal on the headers alone):
+//!   what is left of a small body is read first, briefly. hyper would
+//!   close the connection unless the body had already arrived, without
+//!   saying so, and a client could send its next request on the closing
+//!   connection and see it dropped unanswered; when the body is too large
+//!   or too slow, the answer says `Connection: close`.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -161,8 +171,16 @@ impl Connection {
             }
             let app = app.clone();
             let in_flight = activity.begin();
+            let (request, left) = watch_body(request);
             async move {
-                let response = app.oneshot(request.map(Body::new)).await?;
+                let mut response = app.oneshot(request).await?;
+                if let Some(left) = left
+                    && !left.read_after_answer().await
+                {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 // In flight until its body has been sent (or dropped).
                 Ok::<_, std::convert::Infallible>(response.map(|body| {
                     Body::new(Tracked {
@@ -189,6 +207,128 @@ impl Connection {
             .into_owned();
         if let Err(err) = self.watcher.watch(connection).await {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
+}
+
+/// The most of a request's body read after its answer to keep the connection.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// The longest an answer waits for the rest of its request's body.
+const DRAIN_WAIT: Duration = Duration::from_millis(100);
+
+/// The request with its body as the router takes it, and, for an HTTP/1
+/// request with a body, what the router leaves of that body.
+fn watch_body(
+    request: axum::http::Request<Incoming>,
+) -> (axum::http::Request<Body>, Option<Arc<Left>>) {
+    let http1 = matches!(
+        request.version(),
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    );
+    if !http1 || request.body().is_end_stream() {
+        return (request.map(Body::new), None);
+    }
+    let left = Arc::new(Left::default());
+    let request = request.map(|body| {
+        Body::new(Watched {
+            body: Some(body),
+            left: left.clone(),
+        })
+    });
+    (request, Some(left))
+}
+
+/// What the router left of a request's body.
+#[derive(Default)]
+struct Left {
+    /// Read to its end.
+    read: AtomicBool,
+    /// Dropped before its end.
+    unread: Mutex<Option<Incoming>>,
+}
+
+impl Left {
+    /// Whether the connection may serve another request once the answer is
+    /// out: the body was read to its end, by the router or now.
+    async fn read_after_answer(&self) -> bool {
+        if self.read.load(Ordering::Acquire) {
+            return true;
+        }
+        let unread = self.unread.lock().ok().and_then(|mut unread| unread.take());
+        // Still held (a proxied body on its way upstream): hyper decides.
+        let Some(mut body) = unread else {
+            return false;
+        };
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|length| length > DRAIN_LIMIT as u64)
+        {
+            return false;
+        }
+        let drain = async {
+            let mut seen = 0;
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                let Ok(frame) = frame else { return false };
+                seen += frame.data_ref().map_or(0, |data| data.len());
+                if seen > DRAIN_LIMIT {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(DRAIN_WAIT, drain)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A request body that tells [`Left`] how it ended.
+struct Watched {
+    body: Option<Incoming>,
+    left: Arc<Left>,
+}
+
+impl http_body::Body for Watched {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(&mut *body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || body.is_end_stream() {
+            self.left.read.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(|body| body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            |body| body.size_hint(),
+        )
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if self.left.read.load(Ordering::Acquire) {
+            return;
+        }
+        if let (Some(body), Ok(mut unread)) = (self.body.take(), self.left.unread.lock()) {
+            *unread = Some(body);
         }
     }
 }
@@ -288,5 +428,114 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves a route that refuses without reading the body, and one that
+    /// echoes it.
+    async fn server() -> SocketAddr {
+        let app = Router::new()
+            .route("/refuse", post(|| async { StatusCode::UNAUTHORIZED }))
+            .route("/echo", post(|body: String| async move { body }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ConnectionLimits::default();
+        tokio::spawn(serve(listener, None, app, limits, std::future::pending()));
+        address
+    }
+
+    fn post_head(path: &str, length: usize) -> String {
+        format!("POST {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {length}\r\n\r\n")
+    }
+
+    /// Reads one answer: its head (lowercased) and its body.
+    async fn answer(tcp: &mut TcpStream) -> (String, String) {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let head_end = loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let n = tcp.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the connection closed before an answer");
+            seen.extend_from_slice(&buffer[..n]);
+        };
+        let head = String::from_utf8_lossy(&seen[..head_end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .map_or(0, |value| value.trim().parse().unwrap());
+        while seen.len() < head_end + length {
+            let n = tcp.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the connection closed within an answer");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        let body = String::from_utf8_lossy(&seen[head_end..head_end + length]).into_owned();
+        (head, body)
+    }
+
+    async fn closes(tcp: &mut TcpStream) -> bool {
+        let mut buffer = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buffer));
+        matches!(read.await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn a_refusal_whose_body_came_with_it_keeps_the_connection() {
+        let mut tcp = TcpStream::connect(server().await).await.unwrap();
+        let request = format!("{}hello", post_head("/refuse", 5));
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let (head, _) = answer(&mut tcp).await;
+        assert!(head.starts_with("http/1.1 401"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+
+        let request = format!("{}again", post_head("/echo", 5));
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut tcp).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "again");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_before_its_body_arrives_says_the_connection_closes() {
+        let mut tcp = TcpStream::connect(server().await).await.unwrap();
+        // The body is announced and never sent.
+        tcp.write_all(post_head("/refuse", 5).as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = answer(&mut tcp).await;
+        assert!(head.starts_with("http/1.1 401"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(closes(&mut tcp).await, "the connection stayed open");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_of_a_large_body_does_not_read_it() {
+        let mut tcp = TcpStream::connect(server().await).await.unwrap();
+        let length = DRAIN_LIMIT + 1;
+        let request = format!("{}{}", post_head("/refuse", length), "x".repeat(length));
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let (head, _) = answer(&mut tcp).await;
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(closes(&mut tcp).await, "the connection stayed open");
+    }
+
+    #[tokio::test]
+    async fn a_body_the_route_reads_keeps_the_connection() {
+        let mut tcp = TcpStream::connect(server().await).await.unwrap();
+        for word in ["one", "two"] {
+            let request = format!("{}{word}", post_head("/echo", word.len()));
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let (head, body) = answer(&mut tcp).await;
+            assert!(!head.contains("connection: close"), "{head}");
+            assert_eq!(body, word);
+        }
     }
 }
