@@ -20,6 +20,18 @@ use futures_util::future::{BoxFuture, Shared};
 /// A digest: the key of every entry.
 pub type Digest = [u8; 32];
 
+/// Where a digest is kept: its first 128 bits. Secrets are made by keyplane,
+/// not chosen by callers, so to share a slot with a real key a made-up one
+/// would need a second preimage of 128 bits (2^128 tries); half a digest
+/// keeps every entry 16 bytes smaller.
+type Slot = [u8; 16];
+
+fn slot(digest: &Digest) -> Slot {
+    let mut slot = [0; 16];
+    slot.copy_from_slice(&digest[..16]);
+    slot
+}
+
 /// What is known about a digest: a credential, or that there is none.
 pub type Known<V> = Option<Arc<V>>;
 
@@ -49,7 +61,7 @@ struct Running<V, E> {
 
 /// A bounded cache of what is known by digest, with loads coalesced.
 pub struct DigestCache<V, E> {
-    entries: quick_cache::sync::Cache<Digest, Entry<V>>,
+    entries: quick_cache::sync::Cache<Slot, Entry<V>>,
     loads: Mutex<HashMap<Digest, Running<V, E>>>,
     /// The id of the next load.
     next_load: AtomicU64,
@@ -83,11 +95,11 @@ where
 
     /// What is known about `digest`, unless it is not cached or has expired.
     pub fn get(&self, digest: &Digest) -> Option<Known<V>> {
-        let entry = self.entries.get(digest)?;
+        let entry = self.entries.get(&slot(digest))?;
         let now = self.now_ms();
         if entry.expires_ms <= now {
             self.entries
-                .remove_if(digest, |entry| entry.expires_ms <= now);
+                .remove_if(&slot(digest), |entry| entry.expires_ms <= now);
             return None;
         }
         Some(entry.known)
@@ -102,7 +114,8 @@ where
         let expires_ms = self
             .now_ms()
             .saturating_add(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX));
-        self.entries.insert(digest, Entry { known, expires_ms });
+        self.entries
+            .insert(slot(&digest), Entry { known, expires_ms });
     }
 
     /// What is known about `digest`, loaded by `load` (and kept) when it
@@ -150,7 +163,7 @@ where
 
     /// Forgets `digest`.
     pub fn invalidate(&self, digest: &Digest) {
-        self.entries.remove(digest);
+        self.entries.remove(&slot(digest));
     }
 
     /// Forgets every entry `stale` says is.

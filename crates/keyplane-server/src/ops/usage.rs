@@ -376,15 +376,15 @@ impl Ops<Node> {
         let left = |budget: Option<u64>, used: i64| {
             budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX).saturating_sub(used))
         };
-        let daily = left(key.limits.daily_tokens, spending.today);
-        let monthly = left(key.limits.monthly_tokens, spending.this_month);
+        let daily = left(key.limits().daily_tokens, spending.today);
+        let monthly = left(key.limits().monthly_tokens, spending.this_month);
         let available = match (daily, monthly) {
             (None, None) => i64::MAX,
             (a, b) => a.unwrap_or(i64::MAX).min(b.unwrap_or(i64::MAX)),
         }
         .saturating_sub(spending.held_elsewhere)
         .max(0);
-        let smallest_budget = [key.limits.daily_tokens, key.limits.monthly_tokens]
+        let smallest_budget = [key.limits().daily_tokens, key.limits().monthly_tokens]
             .into_iter()
             .flatten()
             .min()

@@ -307,7 +307,7 @@ fn active_body<'a>(
     verdict: &'a Verdict,
     now: DateTime<Utc>,
 ) -> (IntrospectResponse<'a>, u64) {
-    let remaining = (verdict.ends_at - now).num_seconds().max(0);
+    let remaining = (verdict.ends_at() - now).num_seconds().max(0);
     let cache_ttl = state
         .settings
         .introspection_cache_ttl
@@ -322,13 +322,13 @@ fn active_body<'a>(
         instance_name: Some(&verdict.instance_name),
         scope: Some(&verdict.scope_text),
         aud: Some(std::slice::from_ref(&node.id)),
-        exp: Some(verdict.ends_at.timestamp()),
-        iat: Some(verdict.issued_at.timestamp()),
-        nbf: Some(verdict.issued_at.timestamp()),
+        exp: Some(verdict.ends_at().timestamp()),
+        iat: Some(verdict.issued_at().timestamp()),
+        nbf: Some(verdict.issued_at().timestamp()),
         iss: Some(&state.issuer),
         cache_ttl: Some(cache_ttl),
-        limits: (!verdict.limits.is_unlimited()).then_some(&verdict.limits),
-        models: verdict.models.as_deref(),
+        limits: (!verdict.limits().is_unlimited()).then_some(verdict.limits()),
+        models: verdict.models(),
     };
     (body, cache_ttl)
 }
