@@ -314,6 +314,32 @@ where
     Arc::new(DigestCache::new(capacity, POSITIVE_TTL, NEGATIVE_TTL))
 }
 
+/// The most last-use times one statement writes: a connection's buffer
+/// grows to the largest statement it sent and keeps that size, and an
+/// update holds its rows' locks until it ends.
+const WRITE_BATCH: usize = 4096;
+
+/// Writes `pending` with `write`, [`WRITE_BATCH`] at a time; on the first
+/// failure, stops and answers the error and what was not written.
+async fn in_batches<K, F, W>(
+    pending: HashMap<K, DateTime<Utc>>,
+    mut write: W,
+) -> Result<(), (keyplane_store::StoreError, HashMap<K, DateTime<Utc>>)>
+where
+    K: std::hash::Hash + Eq + Copy,
+    W: FnMut(&[(K, DateTime<Utc>)]) -> F,
+    F: std::future::Future<Output = Result<(), keyplane_store::StoreError>>,
+{
+    let pending: Vec<(K, DateTime<Utc>)> = pending.into_iter().collect();
+    for (done, batch) in pending.chunks(WRITE_BATCH).enumerate() {
+        if let Err(err) = write(batch).await {
+            let rest = pending[done * WRITE_BATCH..].iter().copied().collect();
+            return Err((err, rest));
+        }
+    }
+    Ok(())
+}
+
 /// Last-use times waiting to be written, so that a request never writes.
 #[derive(Debug, Default)]
 struct Usage {
@@ -712,29 +738,30 @@ impl Introspector {
         // What could not be written (the database away, or failing over) is
         // kept for the next flush, not dropped.
         let mut unwritten = Usage::default();
-        if !usage.keys.is_empty() {
-            let (ids, times): (Vec<_>, Vec<_>) = usage.keys.iter().map(|(k, t)| (*k, *t)).unzip();
-            if let Err(err) = introspection::touch_keys(&self.pool, &ids, &times).await {
-                tracing::warn!(error = %err, "could not record when keys were last used; trying again at the next flush");
-                unwritten.keys = usage.keys;
-            }
+        let pool = &self.pool;
+        let keys = in_batches(usage.keys, |batch| {
+            let (ids, times): (Vec<_>, Vec<_>) = batch.iter().copied().unzip();
+            async move { introspection::touch_keys(pool, &ids, &times).await }
+        });
+        if let Err((err, rest)) = keys.await {
+            tracing::warn!(error = %err, "could not record when keys were last used; trying again at the next flush");
+            unwritten.keys = rest;
         }
-        if !usage.nodes.is_empty() {
-            let (ids, times): (Vec<_>, Vec<_>) = usage.nodes.iter().map(|(k, t)| (*k, *t)).unzip();
-            if let Err(err) = introspection::touch_nodes(&self.pool, &ids, &times).await {
-                tracing::warn!(error = %err, "could not record when nodes were last seen; trying again at the next flush");
-                unwritten.nodes = usage.nodes;
-            }
+        let nodes = in_batches(usage.nodes, |batch| {
+            let (ids, times): (Vec<_>, Vec<_>) = batch.iter().copied().unzip();
+            async move { introspection::touch_nodes(pool, &ids, &times).await }
+        });
+        if let Err((err, rest)) = nodes.await {
+            tracing::warn!(error = %err, "could not record when nodes were last seen; trying again at the next flush");
+            unwritten.nodes = rest;
         }
-        if !usage.sightings.is_empty() {
-            let ((keys, nodes), times): ((Vec<_>, Vec<_>), Vec<_>) =
-                usage.sightings.iter().map(|(pair, t)| (*pair, *t)).unzip();
-            if let Err(err) =
-                keyplane_store::usage::note_sightings(&self.pool, &keys, &nodes, &times).await
-            {
-                tracing::warn!(error = %err, "could not record which nodes saw which keys; trying again at the next flush");
-                unwritten.sightings = usage.sightings;
-            }
+        let sightings = in_batches(usage.sightings, |batch| {
+            let ((keys, nodes), times): ((Vec<_>, Vec<_>), Vec<_>) = batch.iter().copied().unzip();
+            async move { keyplane_store::usage::note_sightings(pool, &keys, &nodes, &times).await }
+        });
+        if let Err((err, rest)) = sightings.await {
+            tracing::warn!(error = %err, "could not record which nodes saw which keys; trying again at the next flush");
+            unwritten.sightings = rest;
         }
         if !usage.new_node_keys.is_empty() {
             let (mut ids, mut digests, mut times) = (Vec::new(), Vec::new(), Vec::new());
@@ -821,6 +848,39 @@ mod tests {
         // moves every one of them to the next size class.
         let in_arc = std::mem::size_of::<CachedKey>() + 2 * std::mem::size_of::<usize>();
         assert!(in_arc <= 128, "CachedKey takes {in_arc} bytes in its Arc");
+    }
+
+    #[tokio::test]
+    async fn usage_is_written_in_batches_and_what_a_failed_batch_left_is_kept() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let pending: HashMap<u32, DateTime<Utc>> = (0..10_000).map(|n| (n, at)).collect();
+        let mut written = Vec::new();
+        in_batches(pending.clone(), |batch| {
+            written.push(batch.len());
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            written,
+            [WRITE_BATCH, WRITE_BATCH, 10_000 - 2 * WRITE_BATCH]
+        );
+
+        let mut calls = 0;
+        let (_, rest) = in_batches(pending, |_| {
+            calls += 1;
+            let outcome = match calls {
+                2 => Err(keyplane_store::StoreError::Unavailable(
+                    sqlx::Error::PoolTimedOut,
+                )),
+                _ => Ok(()),
+            };
+            async move { outcome }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 2, "no batch is tried after one failed");
+        assert_eq!(rest.len(), 10_000 - WRITE_BATCH);
     }
 
     #[test]
