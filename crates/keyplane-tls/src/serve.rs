@@ -256,7 +256,8 @@ impl Left {
             return true;
         }
         let unread = self.unread.lock().ok().and_then(|mut unread| unread.take());
-        // Still held (a proxied body on its way upstream): hyper decides.
+        // Still held elsewhere (a proxied body still on its way upstream
+        // when the upstream answered): the connection ends with this answer.
         let Some(mut body) = unread else {
             return false;
         };
