@@ -18,7 +18,10 @@ struct Fleet {
 }
 
 async fn fleet(key_limits: Value) -> Fleet {
-    let server = TestServer::start_admin().await;
+    fleet_on(TestServer::start_admin().await, key_limits).await
+}
+
+async fn fleet_on(server: TestServer, key_limits: Value) -> Fleet {
     let instance = server.instance("jan-1", &["inference:chat"]).await;
     let key = server
         .key(
@@ -168,6 +171,43 @@ async fn reports_roll_up_and_a_node_reports_only_keys_it_saw() {
     assert_eq!(daily["truncated"], false);
     let none = f.usage(&format!("key_id={}", uuid::Uuid::new_v4())).await;
     assert_eq!(none["items"], json!([]));
+}
+
+#[tokio::test]
+async fn metrics_show_the_busiest_instances_recent_usage() {
+    let url = crate::support::fresh_database().await;
+    let settings = keyplane_server::Settings {
+        metrics_refresh: std::time::Duration::from_millis(200),
+        ..crate::support::admin_settings_for(&url)
+    };
+    let f = fleet_on(TestServer::start_with(settings).await, json!({})).await;
+    let (status, answer) = f
+        .report(
+            &f.seen,
+            json!([
+                item(&f.key_id, "llama3", 10, 20),
+                item(&f.key_id, "phi3", 1, 2)
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let labels = format!("instance_id=\"{}\",instance=\"jan-1\"", f.instance);
+    // The database's figures are read in the background, not at scrape time.
+    let text = crate::support::eventually(
+        std::time::Duration::from_secs(30),
+        "the usage gauges",
+        || async {
+            let text = f.server.get("/metrics").await.text().await.ok()?;
+            text.contains(&format!("keyplane_usage_tokens_recent{{{labels}}} 33"))
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        text.contains(&format!("keyplane_usage_requests_recent{{{labels}}} 2")),
+        "{text}"
+    );
+    assert!(!text.contains(&f.secret) && !text.contains(&f.seen));
 }
 
 #[tokio::test]
