@@ -150,17 +150,16 @@ base="http://127.0.0.1:${port[large]}"
 rss() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/${pid[large]}/status"; }
 misses() { curl -fsS "$base/metrics" | awk '/^keyplane_introspection_cache_lookups_total\{result="miss"\}/ {print $2}'; }
 lua_for large "$CACHED"
-fill() { wrk -t1 -c"$CONNECTIONS" -d"$1" -s "$work/introspect-large-$CACHED.lua" "$base/v1/introspect" >/dev/null; }
-fill_in_background() { wrk -t1 -c"$CONNECTIONS" -d120s -s "$work/introspect-large-$CACHED.lua" "$base/v1/introspect" >/dev/null & }
+fill=(-t1 -c"$CONNECTIONS" -s "$work/introspect-large-$CACHED.lua" "$base/v1/introspect")
 # A short warm-up first (connections, threads, the allocator's first
 # pages: paid once, not per key), its last-use times written; the keys it
 # loaded are not counted.
 misses_start=$(misses)
-fill 2s
+wrk -d2s "${fill[@]}" >/dev/null
 sleep 6
 before=$(rss)
 misses_before=$(misses)
-fill_in_background
+wrk -d120s "${fill[@]}" >/dev/null &
 filler=$!
 for _ in $(seq 1 1200); do
   [ "$(( $(misses) - misses_start ))" -ge "$CACHED" ] && break
