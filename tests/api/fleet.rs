@@ -568,6 +568,33 @@ async fn signing_keys_renew_on_schedule_published_before_they_sign() {
     assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
 }
 
+/// Renewal decides from the stored keys: a run that comes before this
+/// process's view has caught up with the last one makes no second key.
+#[tokio::test]
+async fn a_renewal_run_before_the_view_catches_up_makes_no_second_key() {
+    use keyplane_server::clock::Clock;
+    use keyplane_server::signing::{MasterKey, Schedule, Signer};
+
+    let url = fresh_database().await;
+    let (_server, clock) = TestServer::start_with_clock(admin_settings_for(&url)).await;
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let master = MasterKey::parse(crate::support::MASTER_KEY).unwrap();
+    let signer = Signer::load(&db, master, Schedule::default(), clock.now())
+        .await
+        .unwrap();
+    let due = clock.now() + Duration::days(29) + Duration::minutes(1);
+
+    let mut tx = db.begin().await.unwrap();
+    let made = signer.renew(&mut tx, due).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(made.is_some(), "the next key is due");
+    // No reload in between: the view still has one key.
+    let mut tx = db.begin().await.unwrap();
+    let again = signer.renew(&mut tx, due).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(again, None, "the next key is made already");
+}
+
 #[tokio::test]
 async fn the_master_key_rotates_and_every_sealed_secret_follows() {
     let url = fresh_database().await;

@@ -274,10 +274,6 @@ impl Default for Schedule {
 struct Current {
     kid: String,
     encoding: EncodingKey,
-    /// When the signing key started signing.
-    active_from: DateTime<Utc>,
-    /// Whether a next key is already made.
-    next_made: bool,
     /// When this view goes stale: the next key starts signing, or a retired
     /// key leaves the JWKS.
     stale_at: Option<DateTime<Utc>>,
@@ -339,12 +335,16 @@ impl Signer {
     /// `renew_after` less `publish_ahead`) and none is made yet, in the
     /// caller's transaction: it starts signing `publish_ahead` from now at
     /// the earliest. Answers its key id and when it signs, if it made one.
+    ///
+    /// It decides from the stored keys, under a lock, never from this
+    /// process's view: the view follows a commit a moment later, and a
+    /// renewal run within that moment would make a second next key.
     pub async fn renew(
         &self,
         conn: &mut sqlx::PgConnection,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<(String, DateTime<Utc>)>> {
-        let Some(current) = self.current() else {
+        let Some(newest) = signing_keys::newest_locked(conn).await? else {
             return Ok(None);
         };
         let Schedule {
@@ -352,10 +352,11 @@ impl Signer {
             publish_ahead,
             ..
         } = self.schedule;
-        if current.next_made || now < current.active_from + renew_after - publish_ahead {
+        // A newest key that does not sign yet is the next one, made already.
+        if newest.active_from > now || now < newest.active_from + renew_after - publish_ahead {
             return Ok(None);
         }
-        let active_from = (current.active_from + renew_after).max(now + publish_ahead);
+        let active_from = (newest.active_from + renew_after).max(now + publish_ahead);
         let kid = add_key(conn, &self.master, now, active_from).await?;
         Ok(Some((kid, active_from)))
     }
@@ -526,8 +527,6 @@ async fn load_current(
     Ok(Current {
         kid: newest.kid.clone(),
         encoding: EncodingKey::from_ed_der(der.as_bytes()),
-        active_from: newest.active_from,
-        next_made: signing > 0,
         stale_at,
         jwks: json!({ "keys": published }),
         trusted: Arc::new(trusted),

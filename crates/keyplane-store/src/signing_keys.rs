@@ -30,6 +30,21 @@ pub async fn newest(db: impl PgExecutor<'_>, count: i64) -> Result<Vec<SigningKe
     .await?)
 }
 
+/// The newest key by when it starts signing, read with every other maker
+/// of keys kept waiting until the transaction ends: whoever decides whether
+/// a key is due reads the keys as committed, not as a cached view had them.
+pub async fn newest_locked(conn: &mut PgConnection) -> Result<Option<SigningKey>, StoreError> {
+    // Conflicts with itself and with inserts, never with readers.
+    sqlx::query(r#"lock table signing_keys in share row exclusive mode"#)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_as::<_, SigningKey>(
+        r#"select * from signing_keys order by active_from desc, created_at desc, kid desc limit 1"#,
+    )
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Stores a new key.
 pub async fn insert(db: impl PgExecutor<'_>, key: &SigningKey) -> Result<(), StoreError> {
     sqlx::query(
