@@ -14,7 +14,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use futures_util::StreamExt;
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use keyplane_client::{
     Admission, BudgetRefusal, Budgets, Charge, Identity, KeyplaneLayer, Limiter, UsageRecorder,
     Used, openai_error, window_headers,
@@ -24,7 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::metering::{self, Meter};
-use crate::upstream::{SendError, Upstream};
+use crate::upstream::{Answer, Upstream};
 
 /// What every request needs.
 pub struct Gate {
@@ -114,7 +113,7 @@ fn drop_hop_by_hop(headers: &mut HeaderMap) {
 /// An upstream's answer, holding its place among the requests in flight
 /// until its last frame has gone (or the client has gone).
 struct Held {
-    body: Incoming,
+    body: Answer,
     _place: OwnedSemaphorePermit,
 }
 
@@ -359,11 +358,7 @@ async fn forward_in_span(gate: Arc<Gate>, peer: SocketAddr, request: Request) ->
             );
         }
         Ok(Err(err)) => {
-            let err: &dyn std::error::Error = match &err {
-                SendError::Client(client) => client,
-                uri => uri,
-            };
-            tracing::warn!(error = %err, cause = ?std::error::Error::source(err), "the upstream cannot be reached");
+            tracing::warn!(error = %err, cause = ?std::error::Error::source(&err), "the upstream cannot be reached");
             return openai_error(
                 StatusCode::BAD_GATEWAY,
                 "server_error",
