@@ -6,6 +6,7 @@
 #
 #   bench/profile.sh healthz              # or: introspect, uncached, hello, gate
 #   DURATION=20 bench/profile.sh introspect
+#   KEEP=/tmp/gate.data bench/profile.sh gate   # keeps perf's samples to look further
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/postgres.sh
@@ -66,3 +67,4 @@ echo "== self time, top $TOP =="
 report --no-children --sort dso,symbol | head -n "$TOP"
 echo "== with what they call, top $TOP =="
 report --children --sort symbol | head -n "$TOP"
+[ -z "${KEEP:-}" ] || cp "$work/perf.data" "$KEEP"

@@ -138,6 +138,13 @@ impl Budgets {
         if limits.daily_tokens.is_none() && limits.monthly_tokens.is_none() {
             return Ok(Charge::default());
         }
+        // Boxed: leasing is a large future, which every request of a key
+        // without budgets would carry (and move) otherwise.
+        Box::pin(self.charge_leased(key_id, estimate)).await
+    }
+
+    /// [`Budgets::charge`] for a key with budgets.
+    async fn charge_leased(&self, key_id: Uuid, estimate: u64) -> Result<Charge, BudgetRefusal> {
         let estimate = i64::try_from(estimate).unwrap_or(i64::MAX).max(1);
         let key = self.keys.get_with(key_id, Arc::default);
         // At most twice: with the lease held, then with a new one.

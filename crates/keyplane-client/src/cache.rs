@@ -433,21 +433,37 @@ impl Introspector {
         key: InstanceKey,
     ) -> Result<Arc<Identity>, Refusal> {
         let inner = &self.inner;
-        let now = Instant::now();
-        match inner.fresh.get(&cache_key).await {
+        let kept_too_long = match inner.fresh.get(&cache_key).await {
             Some(Answer::Inactive) => {
                 inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal::InvalidKey);
             }
             Some(Answer::Active {
                 identity, fetched, ..
-            }) if inner.trusted(fetched, now) && !identity.expired() => {
+            }) if inner.trusted(fetched, Instant::now()) && !identity.expired() => {
                 inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(identity);
             }
+            Some(Answer::Active { .. }) => true,
+            None => false,
+        };
+        // Asking keyplane is a large future; boxed, it is not part of (and
+        // moved with) every request's future, most of which are hits.
+        Box::pin(self.ask(cache_key, key, kept_too_long)).await
+    }
+
+    /// A miss: asks keyplane, or, while it cannot be asked, serves what
+    /// may be served stale.
+    async fn ask(
+        &self,
+        cache_key: CacheKey,
+        key: InstanceKey,
+        kept_too_long: bool,
+    ) -> Result<Arc<Identity>, Refusal> {
+        let inner = &self.inner;
+        if kept_too_long {
             // Kept past what may be trusted now: ask again.
-            Some(Answer::Active { .. }) => inner.fresh.invalidate(&cache_key).await,
-            None => {}
+            inner.fresh.invalidate(&cache_key).await;
         }
         inner.counters.misses.fetch_add(1, Ordering::Relaxed);
         let masked = key.masked();

@@ -477,7 +477,9 @@ impl Introspector {
                 // Made-up keys (their checksum is public) cost a lookup
                 // each: budgeted, so a flood cannot take the pool.
                 limits.spend_miss(node, client_ip).map_err(Lookup::Busy)?;
-                self.load_key(digest).await?
+                // Boxed: a load is a large future (the query), which every
+                // hit would carry (and move) otherwise.
+                Box::pin(self.load_key(digest)).await?
             }
         };
         let verdict = cached.filter(|key| key.admits(node, wanted, client_ip, now));
@@ -607,19 +609,18 @@ impl Introspector {
         let digest = *key.digest().as_bytes();
         let cached = match self.nodes.get(&digest) {
             Some(cached) => cached,
-            None => self
-                .nodes
-                .try_get_with(digest, {
-                    let connections = self.connections.clone();
-                    async move {
-                        let facts = connections.node_facts(&digest).await?;
-                        Ok::<_, keyplane_store::StoreError>(
-                            facts.map(|f| Arc::new(CachedNode::of_key(f, digest))),
-                        )
-                    }
-                })
-                .await
-                .map_err(unavailable)?,
+            // Boxed, as a key's load is.
+            None => Box::pin(self.nodes.try_get_with(digest, {
+                let connections = self.connections.clone();
+                async move {
+                    let facts = connections.node_facts(&digest).await?;
+                    Ok::<_, keyplane_store::StoreError>(
+                        facts.map(|f| Arc::new(CachedNode::of_key(f, digest))),
+                    )
+                }
+            }))
+            .await
+            .map_err(unavailable)?,
         };
         Ok(self.live(cached, now))
     }

@@ -104,7 +104,8 @@ impl FromRequestParts<AppState> for NodeAuth {
                 node
             }
             (None, Some(certificate)) => {
-                state.introspector.certified_node(&certificate, now).await?
+                // Boxed: a node's own requests need not carry this future.
+                Box::pin(state.introspector.certified_node(&certificate, now)).await?
             }
             (None, None) => None,
         }
