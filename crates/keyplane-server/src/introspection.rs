@@ -319,12 +319,14 @@ where
 /// update holds its rows' locks until it ends.
 const WRITE_BATCH: usize = 4096;
 
-/// Writes `pending` with `write`, [`WRITE_BATCH`] at a time; on the first
-/// failure, stops and answers the error and what was not written.
+/// Writes `pending` (the record of `what`) with `write`, [`WRITE_BATCH`] at
+/// a time; on the first failure, logs it, stops, and answers what was not
+/// written, for the next flush (nothing, when all of it was).
 async fn in_batches<K, F, W>(
+    what: &str,
     pending: HashMap<K, DateTime<Utc>>,
     mut write: W,
-) -> Result<(), (keyplane_store::StoreError, HashMap<K, DateTime<Utc>>)>
+) -> HashMap<K, DateTime<Utc>>
 where
     K: std::hash::Hash + Eq + Copy,
     W: FnMut(&[(K, DateTime<Utc>)]) -> F,
@@ -333,11 +335,11 @@ where
     let pending: Vec<(K, DateTime<Utc>)> = pending.into_iter().collect();
     for (done, batch) in pending.chunks(WRITE_BATCH).enumerate() {
         if let Err(err) = write(batch).await {
-            let rest = pending[done * WRITE_BATCH..].iter().copied().collect();
-            return Err((err, rest));
+            tracing::warn!(error = %err, "could not record {what}; trying again at the next flush");
+            return pending[done * WRITE_BATCH..].iter().copied().collect();
         }
     }
-    Ok(())
+    HashMap::new()
 }
 
 /// Last-use times waiting to be written, so that a request never writes.
@@ -740,30 +742,22 @@ impl Introspector {
         // kept for the next flush, not dropped.
         let mut unwritten = Usage::default();
         let pool = &self.pool;
-        let keys = in_batches(usage.keys, |batch| {
+        unwritten.keys = in_batches("when keys were last used", usage.keys, |batch| {
             let (ids, times): (Vec<_>, Vec<_>) = batch.iter().copied().unzip();
             async move { introspection::touch_keys(pool, &ids, &times).await }
-        });
-        if let Err((err, rest)) = keys.await {
-            tracing::warn!(error = %err, "could not record when keys were last used; trying again at the next flush");
-            unwritten.keys = rest;
-        }
-        let nodes = in_batches(usage.nodes, |batch| {
+        })
+        .await;
+        unwritten.nodes = in_batches("when nodes were last seen", usage.nodes, |batch| {
             let (ids, times): (Vec<_>, Vec<_>) = batch.iter().copied().unzip();
             async move { introspection::touch_nodes(pool, &ids, &times).await }
-        });
-        if let Err((err, rest)) = nodes.await {
-            tracing::warn!(error = %err, "could not record when nodes were last seen; trying again at the next flush");
-            unwritten.nodes = rest;
-        }
-        let sightings = in_batches(usage.sightings, |batch| {
+        })
+        .await;
+        let seen_by = "which nodes saw which keys";
+        unwritten.sightings = in_batches(seen_by, usage.sightings, |batch| {
             let ((keys, nodes), times): ((Vec<_>, Vec<_>), Vec<_>) = batch.iter().copied().unzip();
             async move { keyplane_store::usage::note_sightings(pool, &keys, &nodes, &times).await }
-        });
-        if let Err((err, rest)) = sightings.await {
-            tracing::warn!(error = %err, "could not record which nodes saw which keys; trying again at the next flush");
-            unwritten.sightings = rest;
-        }
+        })
+        .await;
         if !usage.new_node_keys.is_empty() {
             let (mut ids, mut digests, mut times) = (Vec::new(), Vec::new(), Vec::new());
             for (id, digest, at) in &usage.new_node_keys {
@@ -856,19 +850,19 @@ mod tests {
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let pending: HashMap<u32, DateTime<Utc>> = (0..10_000).map(|n| (n, at)).collect();
         let mut written = Vec::new();
-        in_batches(pending.clone(), |batch| {
+        let left = in_batches("times", pending.clone(), |batch| {
             written.push(batch.len());
             async { Ok(()) }
         })
-        .await
-        .unwrap();
+        .await;
+        assert!(left.is_empty());
         assert_eq!(
             written,
             [WRITE_BATCH, WRITE_BATCH, 10_000 - 2 * WRITE_BATCH]
         );
 
         let mut calls = 0;
-        let (_, rest) = in_batches(pending, |_| {
+        let rest = in_batches("times", pending, |_| {
             calls += 1;
             let outcome = match calls {
                 2 => Err(keyplane_store::StoreError::Unavailable(
@@ -878,8 +872,7 @@ mod tests {
             };
             async move { outcome }
         })
-        .await
-        .unwrap_err();
+        .await;
         assert_eq!(calls, 2, "no batch is tried after one failed");
         assert_eq!(rest.len(), 10_000 - WRITE_BATCH);
     }
