@@ -24,7 +24,8 @@ bench_cleanup() {
   stop_postgres
 }
 
-# bench_keyplane PORT [VAR=VALUE ...]: the release keyplane on $database_url,
+# bench_keyplane PORT [VAR=VALUE ...]: the release keyplane ($KEYPLANE_BIN if
+# set) on $database_url,
 # in $bench_pids, once it is ready. The node's own rate limits (its
 # requests, and its lookups of keys no cache holds) are lifted: a benchmark
 # counts answers, and a 429 is not one.
@@ -32,7 +33,7 @@ bench_keyplane() {
   local port=$1; shift
   env DATABASE_URL="$database_url" KEYPLANE_LISTEN="127.0.0.1:$port" KEYPLANE_BOOTSTRAP_TOKEN="$token" \
     KEYPLANE_MASTER_KEY="$master" KEYPLANE_RATE_NODE=100000000 KEYPLANE_RATE_MISSES_NODE=100000000 \
-    KEYPLANE_RATE_MISSES_ADDRESS=100000000 RUST_LOG=warn "$@" target/release/keyplane serve >>"$work/keyplane-$port.log" 2>&1 &
+    KEYPLANE_RATE_MISSES_ADDRESS=100000000 RUST_LOG=warn "$@" "${KEYPLANE_BIN:-target/release/keyplane}" serve >>"$work/keyplane-$port.log" 2>&1 &
   bench_pids+=($!)
   for _ in $(seq 1 300); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0

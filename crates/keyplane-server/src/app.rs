@@ -1,21 +1,23 @@
 //! Building and running the server, so that `main` and the tests start it the
 //! same way.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
+use axum::response::Response;
 use keyplane_store::Database;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
+use tower::Service;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::burst::BurstWatch;
@@ -35,7 +37,6 @@ const CERTIFICATE_CHECK: Duration = Duration::from_secs(30);
 /// A built server: database connected and migrated, listener bound.
 pub struct App {
     listener: TcpListener,
-    router: Router,
     state: AppState,
     /// Background work (event listener, cache follower, usage flusher).
     tasks: Tasks,
@@ -280,7 +281,6 @@ impl App {
         tasks.push(crate::scheduler::spawn(state.clone()));
         tasks.push(refresh_gauges(&state));
         Ok(App {
-            router: http_service(state.clone()),
             listener,
             state,
             tasks: Tasks(tasks),
@@ -325,7 +325,7 @@ impl App {
                 .tls
                 .as_ref()
                 .map(|tls| tls.certificates.clone()),
-            self.router,
+            http_service(self.state.clone()),
             self.state.settings.connections,
             signal,
         );
@@ -350,11 +350,16 @@ impl App {
 /// The router inside every cross-cutting layer, outermost first: request
 /// id, span and problem bodies; CORS; timeout; body limits. The layers wrap
 /// the router once: `Router::layer` would wrap each route in each of them,
-/// and every request would pay a boxed clone per layer.
-fn http_service(state: AppState) -> Router {
+/// and every request would pay a boxed clone per layer. Served as it is,
+/// not as a router's fallback, which cost every request a second route
+/// lookup and a boxed clone.
+fn http_service(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
     let settings = state.settings.clone();
     let cors = (!settings.cors_origins.is_empty()).then(|| cors(&settings.cors_origins));
-    let layered = tower::ServiceBuilder::new()
+    tower::ServiceBuilder::new()
         .layer(crate::envelope::EnvelopeLayer {
             body_limit: settings.body_limit,
             https: settings.tls.is_some(),
@@ -365,8 +370,7 @@ fn http_service(state: AppState) -> Router {
             settings.request_timeout,
         ))
         .layer(DefaultBodyLimit::max(settings.body_limit))
-        .service(routes::router(state));
-    Router::new().fallback_service(layered)
+        .service(routes::router(state))
 }
 
 /// CORS for the configured origins only: browsers elsewhere get no CORS

@@ -19,6 +19,7 @@
 //!   connection and see it dropped unanswered; when the body is too large
 //!   or too slow, the answer says `Connection: close`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,11 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderValue, Version};
+use axum::response::Response;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::{Certificates, ClientCertificate};
 
@@ -68,17 +69,21 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown`
-/// completes, then stops accepting and waits for the open connections to
-/// finish their requests. Handlers see the peer as `ConnectInfo<SocketAddr>`,
-/// and a verified client certificate as `Arc<ClientCertificate>`.
-pub async fn serve(
+/// Serves `app` (a [`Router`], or any service that answers as one does) on
+/// `listener` (over TLS with `tls`) until `shutdown` completes, then stops
+/// accepting and waits for the open connections to finish their requests.
+/// Handlers see the peer as `ConnectInfo<SocketAddr>`, and a verified client
+/// certificate as `Arc<ClientCertificate>`.
+pub async fn serve<S>(
     listener: TcpListener,
     tls: Option<Arc<Certificates>>,
-    app: Router,
+    app: S,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
-) {
+) where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -117,15 +122,19 @@ pub async fn serve(
 }
 
 /// One accepted connection, holding its place under the bound until it ends.
-struct Connection {
-    app: Router,
+struct Connection<S> {
+    app: S,
     peer: SocketAddr,
     limits: ConnectionLimits,
     watcher: Watcher,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Connection {
+impl<S> Connection<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         let activity = Arc::new(Activity::default());
         let deadlines = activity.clone().deadlines(self.limits);
@@ -164,7 +173,7 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (app, peer) = (self.app, self.peer);
-        let service = tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
+        let service = tower::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             if let Some(certificate) = &certificate {
                 request.extensions_mut().insert(certificate.clone());
@@ -182,11 +191,9 @@ impl Connection {
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 // In flight until its body has been sent (or dropped).
-                Ok::<_, std::convert::Infallible>(response.map(|body| {
-                    Body::new(Tracked {
-                        body,
-                        _in_flight: in_flight,
-                    })
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
                 }))
             }
         });
@@ -219,9 +226,7 @@ const DRAIN_WAIT: Duration = Duration::from_millis(100);
 
 /// The request with its body as the router takes it, and, for an HTTP/1
 /// request with a body, what the router leaves of that body.
-fn watch_body(
-    request: axum::http::Request<Incoming>,
-) -> (axum::http::Request<Body>, Option<Arc<Left>>) {
+fn watch_body(request: Request<Incoming>) -> (Request, Option<Arc<Left>>) {
     let http1 = matches!(
         request.version(),
         Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
@@ -435,6 +440,7 @@ impl http_body::Body for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use axum::http::StatusCode;
     use axum::routing::post;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
