@@ -45,6 +45,9 @@ fn main() {
     let threads = setting("PROXY_THREADS", "1").parse().unwrap_or(1);
     let conf = ServerConf {
         threads,
+        // The benchmark's SIGTERM ends it at once (Pingora waits 5 minutes).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

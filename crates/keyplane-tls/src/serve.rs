@@ -3,6 +3,8 @@
 //!
 //! - a bound on open connections (handshakes in progress count): past it,
 //!   new ones wait in the kernel's backlog rather than cost a task each;
+//! - `TCP_NODELAY` on every connection, so that streamed events go out as
+//!   they are written;
 //! - a deadline for a connection's first request, whatever the protocol: a
 //!   client that sends nothing, stalls its TLS handshake, or opens HTTP/2 and
 //!   asks for nothing is closed once `header_timeout` has passed (hyper's own
@@ -106,6 +108,12 @@ pub async fn serve<S>(
             },
             () = &mut shutdown => break,
         };
+        // Each write goes out at once: a streamed event (a revocation to a
+        // node, a token to a chat client) must not wait, under Nagle's
+        // algorithm, for the peer to acknowledge the one before it.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
         let connection = Connection {
             app: app.clone(),
             peer,
