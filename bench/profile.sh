@@ -2,7 +2,8 @@
 # Where keyplane's CPU goes on the hot path: a release keyplane on a
 # throwaway PostgreSQL, under wrk (-t1 -c32) on one target, sampled by
 # perf, with the functions that take the most of it printed (self time,
-# and with what they call). See bench/README.md, "Where the time goes".
+# and with what they call) and its CPU a request layer by layer
+# (bench/layers.py). See bench/README.md.
 #
 #   bench/profile.sh healthz              # or: introspect, uncached, hello, gate
 #   DURATION=20 bench/profile.sh introspect
@@ -67,4 +68,8 @@ echo "== self time, top $TOP =="
 report --no-children --sort dso,symbol | head -n "$TOP"
 echo "== with what they call, top $TOP =="
 report --children --sort symbol | head -n "$TOP"
+# Requests served while perf sampled, from wrk's steady rate.
+requests=$(awk -v seconds="$DURATION" '/Requests\/sec/ {print $2 * seconds}' "$work/wrk.txt")
+echo "== by layer, µs of CPU a request (bench/layers.py) =="
+perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 bench/layers.py --requests "$requests"
 [ -z "${KEEP:-}" ] || cp "$work/perf.data" "$KEEP"
