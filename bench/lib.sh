@@ -25,10 +25,9 @@ bench_cleanup() {
 }
 
 # bench_keyplane PORT [VAR=VALUE ...]: the release keyplane ($KEYPLANE_BIN if
-# set) on $database_url,
-# in $bench_pids, once it is ready. The node's own rate limits (its
-# requests, and its lookups of keys no cache holds) are lifted: a benchmark
-# counts answers, and a 429 is not one.
+# set) on $database_url, in $bench_pids, once it is ready. The node's own
+# rate limits (its requests, and its lookups of keys no cache holds) are
+# lifted: a benchmark counts answers, and a 429 is not one.
 bench_keyplane() {
   local port=$1; shift
   env DATABASE_URL="$database_url" KEYPLANE_LISTEN="127.0.0.1:$port" KEYPLANE_BOOTSTRAP_TOKEN="$token" \
